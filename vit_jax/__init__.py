@@ -1,0 +1,1 @@
+"""vit_jax: Vision Transformer pretraining and fine-tuning in JAX/Flax."""
