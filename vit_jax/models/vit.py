@@ -96,6 +96,31 @@ def _attention_weights(q: Array, k: Array, key_mask: Optional[Array] = None) -> 
   return jax.nn.softmax(logits, axis=-1).astype(q.dtype)
 
 
+class Projection(nn.Module):
+  """`nn.DenseGeneral` over the last `in_dims` axes, with the kernel created at its stored rank.
+
+  flax's DenseGeneral initialises a flat 2-D kernel and reshapes it, so 3-D logical axis names would be applied
+  to a 2-D array under an active mesh; here the Xavier fan-in/fan-out are taken over the same axes directly.
+  """
+
+  features: Tuple[int, ...]
+  in_dims: int
+  kernel_axes: Axes
+  bias_axes: Axes
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    in_shape = x.shape[x.ndim - self.in_dims:]
+    n_in, n_out = len(in_shape), len(self.features)
+    init = nn.initializers.xavier_uniform(in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, n_in + n_out)))
+    kernel = self.param('kernel', _logical(init, self.kernel_axes), in_shape + tuple(self.features))
+    bias = self.param('bias', _logical(nn.initializers.zeros, self.bias_axes), tuple(self.features))
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    y = jax.lax.dot_general(x, kernel, (((tuple(range(x.ndim - n_in, x.ndim))), tuple(range(n_in))), ((), ())))
+    return y + bias
+
+
 def _pad_sequence(x: Array, multiple: int) -> Array:
   """Zero-pads axis 1 of a BTHD array up to a multiple of `multiple`."""
   pad = -x.shape[1] % multiple
@@ -136,10 +161,8 @@ class MultiHeadDotProductAttention(nn.Module):
     if d % self.num_heads:
       raise ValueError(f'hidden_size {d} is not divisible by num_heads {self.num_heads}.')
     head_dim = d // self.num_heads
-    qkv = functools.partial(
-        nn.DenseGeneral, features=(self.num_heads, head_dim), axis=-1, dtype=self.dtype,
-        kernel_init=_logical(nn.initializers.xavier_uniform(), ('embed', 'heads', 'kv')),
-        bias_init=_logical(nn.initializers.zeros, ('heads', 'kv')))
+    qkv = functools.partial(Projection, features=(self.num_heads, head_dim), in_dims=1, dtype=self.dtype,
+                            kernel_axes=('embed', 'heads', 'kv'), bias_axes=('heads', 'kv'))
     q = qkv(name='query')(inputs_q)
     k = qkv(name='key')(inputs_kv)
     v = qkv(name='value')(inputs_kv)
@@ -163,10 +186,8 @@ class MultiHeadDotProductAttention(nn.Module):
           q, k, v, key_value_seq_lengths=lengths, implementation=None if impl == 'dot_product' else impl)
     x = x[:, :q_len]
 
-    return nn.DenseGeneral(
-        features=d, axis=(-2, -1), dtype=self.dtype, name='out',
-        kernel_init=_logical(nn.initializers.xavier_uniform(), ('heads', 'kv', 'embed')),
-        bias_init=_logical(nn.initializers.zeros, ('embed',)))(x)
+    return Projection(features=(d,), in_dims=2, dtype=self.dtype, kernel_axes=('heads', 'kv', 'embed'),
+                      bias_axes=('embed',), name='out')(x)
 
 
 def _layer_norm(dtype: Dtype, name: Optional[str] = None) -> nn.LayerNorm:
