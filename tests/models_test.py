@@ -242,9 +242,10 @@ def test_dropout_and_drop_path():
   np.testing.assert_array_equal(run(1), run(1))
   assert not np.allclose(run(1), run(2))
   assert not np.allclose(run(1), clean)
-  # With every rate at zero, training mode computes exactly the inference function.
+  # With every rate at zero, training mode computes exactly the inference function and draws no randomness
+  # (no 'dropout' rng needed).
   plain = models.get_model('S/8', num_classes=5, **TINY)
-  np.testing.assert_allclose(plain.apply({'params': params}, x, train=True, rngs={'dropout': jax.random.PRNGKey(0)}),
+  np.testing.assert_allclose(plain.apply({'params': params}, x, train=True),
                              plain.apply({'params': params}, x, train=False), atol=1e-6)
 
 

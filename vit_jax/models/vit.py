@@ -214,6 +214,7 @@ class Encoder1DBlock(nn.Module):
   attention_impl: str = 'xla'
   attention_pad_to_multiple: int = 0
   deterministic: bool = True
+  drop_path: bool = False   # static: no rng draws at all when stochastic depth is off
 
   @nn.compact
   def __call__(self, inputs: Array, droppath_rate: Array) -> Tuple[Array, None]:
@@ -233,7 +234,7 @@ class Encoder1DBlock(nn.Module):
     return nn.with_logical_constraint(x, ('batch', 'length', 'embed')), None
 
   def _maybe_drop_path(self, y: Array, rate: Array) -> Array:
-    if self.deterministic:
+    if self.deterministic or not self.drop_path:
       return y
     return _drop_path(y, rate, self.make_rng('dropout'))
 
@@ -272,7 +273,8 @@ class Encoder(nn.Module):
     block_kwargs = dict(
         mlp_dim=self.mlp_dim, num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.dropout_rate,
         attention_dropout_rate=self.attention_dropout_rate, attention_impl=self.attention_impl,
-        attention_pad_to_multiple=self.attention_pad_to_multiple, deterministic=not self.train)
+        attention_pad_to_multiple=self.attention_pad_to_multiple, deterministic=not self.train,
+        drop_path=self.stochastic_depth > 0)
     block = Encoder1DBlock
     if self.remat_policy != 'none':
       block = nn.remat(block, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=not self.scan)
