@@ -58,6 +58,8 @@ def _allclose(a, b, **kw):
 def test_create_train_state():
   state = _state()
   assert int(state.step) == 0 and state.rng.dtype == jnp.uint32
+  typed = _init_fn()(jax.random.key(0))  # a typed key is stored as its raw uint32 data
+  assert typed.rng.dtype == jnp.uint32 and np.array_equal(typed.rng, state.rng)
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
   _allclose(state.ema_params, state.params, rtol=0)
   assert jax.eval_shape(functools.partial(train_step.create_train_state, _model(), TX, input_shape=INPUT),
@@ -137,8 +139,7 @@ def _sharded_run(mesh_shape, rules, steps=3):
   model = _model(dropout=0.1)
   mesh = sharding.make_mesh(dict(mesh_shape))
   init = functools.partial(train_step.create_train_state, model, TX, input_shape=INPUT, ema=True)
-  boxed = jax.eval_shape(functools.partial(init, unbox=False), jax.random.PRNGKey(0))
-  state_shardings = sharding.param_shardings(boxed, mesh, rules)
+  state_shardings = train_step.train_state_shardings(model, TX, INPUT, mesh, rules, ema=True)
   state = jax.jit(init, out_shardings=state_shardings)(jax.random.PRNGKey(0))
   step = jax.jit(train_step.make_train_step(model, TX, lr_schedule=SCHEDULE, ema_decay=0.99),
                  in_shardings=(state_shardings, sharding.batch_sharding(mesh)),

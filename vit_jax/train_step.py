@@ -1,9 +1,12 @@
 """The pure training core: train state, one jit-able train step (with gradient accumulation and EMA), eval step.
 
-No I/O and no host syncs: the loop jits these with `NamedSharding`s (see `vit_jax.sharding`) and donates the
-state. A step's randomness (dropout, stochastic depth) is `fold_in(fold_in(state.rng, state.step), micro)`, so a
-run is a function of (seed, step) and resumes exactly.
+No I/O and no host syncs: the loop jits these with `NamedSharding`s (see `vit_jax.sharding` and
+`train_state_shardings`) and donates the state. Activations are laid out by XLA's propagation from the param and
+batch shardings; the model's logical activation constraints are not applied yet (see `sharding.axis_rules`).
+A step's randomness (dropout, stochastic depth) is `fold_in(fold_in(state.rng, state.step), micro)`, so a run is
+a function of (seed, step) and resumes exactly.
 """
+import functools
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import flax
@@ -40,11 +43,12 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
                        input_shape: Sequence[int], *, ema: bool = False, unbox: bool = True) -> TrainState:
   """Fresh state: params from `fold_in(rng, 0)`, optimizer state, EMA copy, base key `fold_in(rng, 1)`.
 
-  Jit it with `out_shardings=sharding.param_shardings(jax.eval_shape(partial(create_train_state, ...,
-  unbox=False)), mesh, rules)`: with `unbox=False` params and optimizer state keep flax's logical-axis boxes,
-  which is what `param_shardings` reads; the result's structure is that of the unboxed state.
+  Jit it with `out_shardings=train_state_shardings(...)`, which evaluates this with `unbox=False` (params and
+  optimizer state keep flax's logical-axis boxes) and maps the boxes through the rules.
   """
   rng = jnp.asarray(rng)
+  if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    rng = jax.random.key_data(rng)  # keep a raw uint32 key: plain arrays checkpoint anywhere
   params = init_params(model, jax.random.fold_in(rng, 0), input_shape)
   if unbox:
     params = nn.meta.unbox(params)
@@ -53,6 +57,13 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
   ema_params = jax.tree.map(lambda x: x + 0., params) if ema else None
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
                     ema_params=ema_params, rng=jax.random.fold_in(rng, 1))
+
+
+def train_state_shardings(model: nn.Module, tx: optax.GradientTransformation, input_shape: Sequence[int],
+                          mesh: jax.sharding.Mesh, rules: Any, *, ema: bool = False) -> TrainState:
+  """NamedShardings of `create_train_state`'s result under `mesh` and the logical-axis `rules` (no compute)."""
+  init = functools.partial(create_train_state, model, tx, input_shape=input_shape, ema=ema, unbox=False)
+  return sharding_lib.param_shardings(jax.eval_shape(init, jax.random.PRNGKey(0)), mesh, rules)
 
 
 def _split_micro(x: Array, accum_steps: int) -> Array:
@@ -73,14 +84,13 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     loss_fn: losses.LossFn = losses.softmax_xent, *,
                     lr_schedule: Optional[Callable[[Array], Array]] = None,
                     accum_steps: int = 1, ema_decay: Optional[float] = None,
-                    mesh: Optional[jax.sharding.Mesh] = None, rules: Any = None,
                     ) -> Callable[[TrainState, Batch], Tuple[TrainState, Metrics]]:
   """step(state, {'image': [B,H,W,3], 'label': [B,C] float}) -> (state, metrics); pure and jit-able.
 
   The loss is the batch mean of `loss_fn` (per-example). With `accum_steps` > 1 the batch is split into that
   many micro-batches scanned one after another and their gradients averaged: the same update as one step on the
-  whole batch (without dropout), with a fraction of the activation memory. `mesh`/`rules` make the model's
-  activation constraints follow a rule table (see `vit_jax.sharding`).
+  whole batch (without dropout), with a fraction of the activation memory. `ema_decay`: EMA of the params,
+  e <- ema_decay * e + (1 - ema_decay) * params after each update (needs a state made with `ema=True`).
 
   metrics: 'loss', 'grad_norm' (global norm before clipping), 'param_norm' (after the update), 'lr' (of this
   update, when `lr_schedule` is given); NaN/inf show up in them, and the loop stops on them.
@@ -100,20 +110,19 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
       raise ValueError(f'Batch size {images.shape[0]} is not divisible by accum_steps={accum_steps}; '
                        'change config.batch or config.accum_steps.')
     rng = jax.random.fold_in(state.rng, state.step)
-    with sharding_lib.axis_rules(mesh, rules):
-      if accum_steps == 1:
-        loss, grads = loss_and_grad(state.params, images, labels, jax.random.fold_in(rng, 0))
-      else:
-        def body(carry, micro):
-          i, loss_sum, grad_sum = carry
-          loss_i, grads_i = loss_and_grad(state.params, micro[0], micro[1], jax.random.fold_in(rng, i))
-          return (i + 1, loss_sum + loss_i, jax.tree.map(jnp.add, grad_sum, grads_i)), None
-        zeros = jax.tree.map(jnp.zeros_like, state.params)
-        init = (jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32), zeros)
-        (_, loss, grads), _ = jax.lax.scan(
-            body, init, (_split_micro(images, accum_steps), _split_micro(labels, accum_steps)))
-        loss = loss / accum_steps
-        grads = jax.tree.map(lambda g: g / accum_steps, grads)
+    if accum_steps == 1:
+      loss, grads = loss_and_grad(state.params, images, labels, jax.random.fold_in(rng, 0))
+    else:
+      def body(carry, micro):
+        i, loss_sum, grad_sum = carry
+        loss_i, grads_i = loss_and_grad(state.params, micro[0], micro[1], jax.random.fold_in(rng, i))
+        return (i + 1, loss_sum + loss_i, jax.tree.map(jnp.add, grad_sum, grads_i)), None
+      zeros = jax.tree.map(jnp.zeros_like, state.params)
+      init = (jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32), zeros)
+      (_, loss, grads), _ = jax.lax.scan(
+          body, init, (_split_micro(images, accum_steps), _split_micro(labels, accum_steps)))
+      loss = loss / accum_steps
+      grads = jax.tree.map(lambda g: g / accum_steps, grads)
 
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -131,8 +140,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   return step
 
 
-def make_eval_step(model: nn.Module, loss_fn: losses.LossFn = losses.softmax_xent, *,
-                   mesh: Optional[jax.sharding.Mesh] = None, rules: Any = None,
+def make_eval_step(model: nn.Module, loss_fn: losses.LossFn = losses.softmax_xent,
                    ) -> Callable[[Any, Batch], Metrics]:
   """eval_step(params, {'image', 'label', 'mask'}) -> sums over the real (mask 1) examples.
 
@@ -141,8 +149,7 @@ def make_eval_step(model: nn.Module, loss_fn: losses.LossFn = losses.softmax_xen
   """
 
   def eval_step(params: Any, batch: Batch) -> Metrics:
-    with sharding_lib.axis_rules(mesh, rules):
-      logits = model.apply({'params': params}, batch['image'], train=False)
+    logits = model.apply({'params': params}, batch['image'], train=False)
     labels = batch['label']
     mask = batch['mask'].astype(jnp.float32) if 'mask' in batch else jnp.ones(labels.shape[:1], jnp.float32)
     return {
