@@ -1,6 +1,7 @@
 """The pure train/eval step: accumulation, rng, EMA, metrics, eval masking, sharded equality and golden values."""
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +13,7 @@ from vit_jax import models
 from vit_jax import optim
 from vit_jax import sharding
 from vit_jax import train_step
+from vit_jax.models import vit
 
 NUM_CLASSES = 10
 INPUT = (1, 32, 32, 3)
@@ -134,14 +136,15 @@ def test_eval_step_counts_each_real_example_once():
 
 
 @functools.lru_cache(maxsize=None)
-def _sharded_run(mesh_shape, rules, steps=3):
+def _sharded_run(mesh_shape, rules, steps=3, activation_rules=False):
   """Losses and final state of `steps` donated, sharded steps of the dropout model under `mesh_shape`/`rules`."""
   model = _model(dropout=0.1)
   mesh = sharding.make_mesh(dict(mesh_shape))
+  step_rules = dict(mesh=mesh, rules=rules) if activation_rules else {}
   init = functools.partial(train_step.create_train_state, model, TX, input_shape=INPUT, ema=True)
   state_shardings = train_step.train_state_shardings(model, TX, INPUT, mesh, rules, ema=True)
   state = jax.jit(init, out_shardings=state_shardings)(jax.random.PRNGKey(0))
-  step = jax.jit(train_step.make_train_step(model, TX, lr_schedule=SCHEDULE, ema_decay=0.99),
+  step = jax.jit(train_step.make_train_step(model, TX, lr_schedule=SCHEDULE, ema_decay=0.99, **step_rules),
                  in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                  out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
   losses_ = []
@@ -161,6 +164,25 @@ def test_dp_and_fsdp_train_identically():
   np.testing.assert_allclose(dp_losses, fsdp_losses, rtol=1e-5)
   _allclose(jax.device_get(dp_state.params), jax.device_get(fsdp_state.params), rtol=1e-5, atol=1e-6)
   _allclose(jax.device_get(dp_state.ema_params), jax.device_get(fsdp_state.ema_params), rtol=1e-5, atol=1e-6)
+
+
+class _FixedBox(nn.LogicallyPartitioned):
+  """The model fix proposed to the lead: no constraint on DenseGeneral's flat (pre-reshape) init kernel."""
+
+  def unbox(self, apply_constraint=True):
+    return super().unbox(apply_constraint and jnp.ndim(self.value) == len(self.names))
+
+
+def test_activation_rules_in_the_step(monkeypatch):
+  """With the model's boxes fixed, `mesh`/`rules` put activation constraints in the step; numerics unchanged."""
+  monkeypatch.setattr(vit, '_logical', lambda init, axes: lambda *a, **k: _FixedBox(init(*a, **k), axes))
+  mesh_shape = (('data', 2), ('fsdp', 4))
+  mesh = sharding.make_mesh(dict(mesh_shape))
+  step = train_step.make_train_step(_model(), TX, mesh=mesh, rules='fsdp')
+  hlo = jax.jit(step).lower(_state(), _batch(16)).as_text()
+  assert '"data", "fsdp"' in hlo  # activations: batch over both axes
+  losses_, _ = _sharded_run(mesh_shape, 'fsdp', steps=1, activation_rules=True)
+  np.testing.assert_allclose(losses_, _sharded_run((('data', 8),), 'dp')[0][:1], rtol=1e-5)
 
 
 # Golden first steps: seed 0, the dropout model, optimizer and batches above, mesh {'data': 8}. Updating these

@@ -2,7 +2,7 @@
 
 No I/O and no host syncs: the loop jits these with `NamedSharding`s (see `vit_jax.sharding` and
 `train_state_shardings`) and donates the state. Activations are laid out by XLA's propagation from the param and
-batch shardings; the model's logical activation constraints are not applied yet (see `sharding.axis_rules`).
+batch shardings unless `mesh`/`rules` are given (the current ViT cannot take them yet: `sharding.axis_rules`).
 A step's randomness (dropout, stochastic depth) is `fold_in(fold_in(state.rng, state.step), micro)`, so a run is
 a function of (seed, step) and resumes exactly.
 """
@@ -84,6 +84,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     loss_fn: losses.LossFn = losses.softmax_xent, *,
                     lr_schedule: Optional[Callable[[Array], Array]] = None,
                     accum_steps: int = 1, ema_decay: Optional[float] = None,
+                    mesh: Optional[jax.sharding.Mesh] = None, rules: Any = None,
                     ) -> Callable[[TrainState, Batch], Tuple[TrainState, Metrics]]:
   """step(state, {'image': [B,H,W,3], 'label': [B,C] float}) -> (state, metrics); pure and jit-able.
 
@@ -91,6 +92,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   many micro-batches scanned one after another and their gradients averaged: the same update as one step on the
   whole batch (without dropout), with a fraction of the activation memory. `ema_decay`: EMA of the params,
   e <- ema_decay * e + (1 - ema_decay) * params after each update (needs a state made with `ema=True`).
+  `mesh`/`rules`: trace the model under `sharding.axis_rules`, so its activation constraints follow the rule
+  table; the current ViT cannot (a ValueError at trace time, see `sharding.axis_rules`), so leave them None
+  until the model is fixed.
 
   metrics: 'loss', 'grad_norm' (global norm before clipping), 'param_norm' (after the update), 'lr' (of this
   update, when `lr_schedule` is given); NaN/inf show up in them, and the loop stops on them.
@@ -110,19 +114,20 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
       raise ValueError(f'Batch size {images.shape[0]} is not divisible by accum_steps={accum_steps}; '
                        'change config.batch or config.accum_steps.')
     rng = jax.random.fold_in(state.rng, state.step)
-    if accum_steps == 1:
-      loss, grads = loss_and_grad(state.params, images, labels, jax.random.fold_in(rng, 0))
-    else:
-      def body(carry, micro):
-        i, loss_sum, grad_sum = carry
-        loss_i, grads_i = loss_and_grad(state.params, micro[0], micro[1], jax.random.fold_in(rng, i))
-        return (i + 1, loss_sum + loss_i, jax.tree.map(jnp.add, grad_sum, grads_i)), None
-      zeros = jax.tree.map(jnp.zeros_like, state.params)
-      init = (jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32), zeros)
-      (_, loss, grads), _ = jax.lax.scan(
-          body, init, (_split_micro(images, accum_steps), _split_micro(labels, accum_steps)))
-      loss = loss / accum_steps
-      grads = jax.tree.map(lambda g: g / accum_steps, grads)
+    with sharding_lib.axis_rules(mesh, rules):
+      if accum_steps == 1:
+        loss, grads = loss_and_grad(state.params, images, labels, jax.random.fold_in(rng, 0))
+      else:
+        def body(carry, micro):
+          i, loss_sum, grad_sum = carry
+          loss_i, grads_i = loss_and_grad(state.params, micro[0], micro[1], jax.random.fold_in(rng, i))
+          return (i + 1, loss_sum + loss_i, jax.tree.map(jnp.add, grad_sum, grads_i)), None
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        init = (jnp.zeros((), jnp.int32), jnp.zeros((), jnp.float32), zeros)
+        (_, loss, grads), _ = jax.lax.scan(
+            body, init, (_split_micro(images, accum_steps), _split_micro(labels, accum_steps)))
+        loss = loss / accum_steps
+        grads = jax.tree.map(lambda g: g / accum_steps, grads)
 
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -140,16 +145,19 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   return step
 
 
-def make_eval_step(model: nn.Module, loss_fn: losses.LossFn = losses.softmax_xent,
+def make_eval_step(model: nn.Module, loss_fn: losses.LossFn = losses.softmax_xent, *,
+                   mesh: Optional[jax.sharding.Mesh] = None, rules: Any = None,
                    ) -> Callable[[Any, Batch], Metrics]:
   """eval_step(params, {'image', 'label', 'mask'}) -> sums over the real (mask 1) examples.
 
   Returns {'loss_sum', 'top1', 'top5', 'count'}: summed loss, top-1 and top-5 correct counts and the number of
-  examples, so the loop adds them over batches and divides once: padded examples never count.
+  examples, so the loop adds them over batches and divides once: padded examples never count. `mesh`/`rules`
+  as in `make_train_step`.
   """
 
   def eval_step(params: Any, batch: Batch) -> Metrics:
-    logits = model.apply({'params': params}, batch['image'], train=False)
+    with sharding_lib.axis_rules(mesh, rules):
+      logits = model.apply({'params': params}, batch['image'], train=False)
     labels = batch['label']
     mask = batch['mask'].astype(jnp.float32) if 'mask' in batch else jnp.ones(labels.shape[:1], jnp.float32)
     return {
