@@ -195,3 +195,18 @@ GOLDEN_LOSSES = [2.4624434, 2.5935411]
 def test_golden_first_steps():
   got, _ = _sharded_run((('data', 8),), 'dp')
   np.testing.assert_allclose(got[:2], GOLDEN_LOSSES, rtol=1e-6)
+
+
+def test_bf16_compute_keeps_float32_params_and_bf16_momentum():
+  model = models.get_model('testing', num_classes=NUM_CLASSES, dtype=jnp.bfloat16)
+  tx, schedule = optim.make_optimizer({**OPTIMIZER, 'optimizer': 'adam', 'mu_dtype': 'bfloat16'})
+  state = jax.jit(functools.partial(train_step.create_train_state, model, tx, input_shape=INPUT))(
+      jax.random.PRNGKey(0))
+  step = jax.jit(train_step.make_train_step(model, tx, losses.sigmoid_xent, lr_schedule=schedule, accum_steps=2),
+                 donate_argnums=0)
+  state, metrics = step(state, _batch(8))
+  assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}
+  adam = state.opt_state[1]
+  assert {x.dtype for x in jax.tree.leaves(adam.mu)} == {jnp.dtype(jnp.bfloat16)}
+  assert {x.dtype for x in jax.tree.leaves(adam.nu)} == {jnp.dtype(jnp.float32)}
+  assert all(v.dtype == jnp.float32 and np.isfinite(v) for v in metrics.values())

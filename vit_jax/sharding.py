@@ -82,7 +82,7 @@ def _device_grid(devices: Sequence[jax.Device], shape: Tuple[int, ...]) -> np.nd
     from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
     if len(devices) == len(jax.devices()) and jax.default_backend() != 'cpu':
       return mesh_utils.create_device_mesh(shape, devices=devices, allow_split_physical_axes=True)
-  except (ImportError, ValueError, NotImplementedError, AssertionError):
+  except (ImportError, TypeError, ValueError, NotImplementedError, AssertionError):
     pass
   return np.asarray(devices, dtype=object).reshape(shape)
 
