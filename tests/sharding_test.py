@@ -144,10 +144,8 @@ def test_batch_sharding():
   assert {s.data.shape for s in x.addressable_shards} == {(2, 4, 4, 3)}
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason='vit.py DenseGeneral kernels: flax applies the 3-D logical names to the '
-                   'flat init kernel under an active mesh + rules (reported to the lead)')
 def test_activation_constraints_under_axis_rules():
-  """When this starts passing, the loop can pass `mesh`/`rules` to the train and eval steps."""
+  """The model's logical constraints trace under a mesh + rules, so the loop can pass them to the steps."""
   model = _model()
   tx, _ = optim.make_optimizer({'base_lr': 1e-3, 'total_steps': 10})
   step = train_step.make_train_step(model, tx, mesh=sharding.make_mesh({'data': 2, 'fsdp': 4}), rules='fsdp')
