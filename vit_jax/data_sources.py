@@ -13,6 +13,10 @@ and repeated to 3 channels.
 Synthetic ('synthetic'): uniform random images and labels, generated from (seed, step) by
 `input_pipeline`; it has no source here because it needs no loader (and must not import TensorFlow).
 
+Image folders ('<root>/<split>/<class>/*.{jpg,jpeg,png}', extension case ignored): classes are the sorted
+folder names; the files are put in a fixed pseudo-random order (seed 0), so that 'train[:99%]' and
+'train[99%:]' are disjoint random subsets (a held-out set for ImageNet-21k, which has no test split).
+
 Split strings for in-memory sources and folders follow TFDS: 'train', 'test[:100]', 'train[10%:]'.
 """
 import dataclasses
@@ -127,16 +131,28 @@ def image_folder(root: str, split: str) -> Source:
     for f in sorted(os.listdir(os.path.join(split_dir, c))):
       if f.lower().endswith(IMAGE_EXTENSIONS):
         files.append((os.path.join(split_dir, c, f), label))
+  # A fixed permutation, so that slices such as 'train[:99%]' / 'train[99%:]' are random, disjoint subsets
+  # rather than whole classes.
+  files = [files[i] for i in np.random.default_rng(0).permutation(len(files))]
   _, start, stop = parse_split(split, {name: len(files)})
   return Source(_Slice(_FileRecords(files), start, stop), num_classes=len(classes), image_size=None)
 
 
-def _tfds_prepare_hint(name: str, data_dir: str | None) -> str:
+def _tfds_prepare_hint(builder, data_dir: str | None) -> str:
   d = f' --data_dir={data_dir}' if data_dir else ''
-  if name.startswith('imagenet21k') or name.startswith('imagenet2012'):
-    return (f'download the archives manually into <manual_dir> (see the TFDS catalog page for {name}), then run '
-            f'`tfds build {name}{d} --manual_dir=<manual_dir> --file_format=array_record`')
-  return f'run `tfds build {name}{d} --file_format=array_record`'
+  cmd = f'tfds build {builder.name}{d} --file_format=array_record'
+  if getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None):
+    return (f'download its archives by hand into <manual_dir> (see the TFDS catalog page for {builder.name}), '
+            f'then run `{cmd} --manual_dir=<manual_dir>`')
+  return f'run `{cmd}`'
+
+
+def _imagenet21k_hint(data_dir: str | None) -> str:
+  return (
+      "'imagenet21k' is not in the TFDS catalog: download winter21_whole.tar.gz from image-net.org by hand, "
+      'extract it to <root>/train/<wnid>/*.JPEG and set dataset=<root>, pp.train="train[:99%]", '
+      'pp.test="train[99%:]"; or write a TFDS builder for it and run `tfds build <builder_dir> '
+      f'--data_dir={data_dir or "<data_dir>"} --manual_dir=<dir with the archive> --file_format=array_record`.')
 
 
 class _TfdsRecords(Sequence):
@@ -163,14 +179,15 @@ def tfds_source(name: str, split: str, data_dir: str | None) -> Source:
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # pylint: disable=broad-except
+    if name.startswith('imagenet21k'):
+      raise FileNotFoundError(f'Dataset {name!r} not found (data_dir={data_dir!r}): {_imagenet21k_hint(data_dir)}') from None
     raise ValueError(f'Unknown dataset {name!r}: not a TFDS builder, an image folder, "synthetic" or '
                      f'"digits" ({type(e).__name__}).') from None
   formats = {str(getattr(f, 'value', f)) for f in _file_formats(builder)}
   if not builder.is_prepared() or 'array_record' not in formats:
-    where = data_dir or builder.data_dir
     state = 'is prepared only as ' + ','.join(sorted(formats)) if builder.is_prepared() else 'is not prepared'
-    raise FileNotFoundError(f'TFDS dataset {name!r} {state} in data_dir={where!r} (random access needs '
-                            f'array_record): {_tfds_prepare_hint(name, data_dir)}.')
+    raise FileNotFoundError(f'TFDS dataset {name!r} {state} in {builder.data_dir!r} (random access needs '
+                            f'array_record): {_tfds_prepare_hint(builder, data_dir)}.')
   features = builder.info.features
   image_key = 'image' if 'image' in features else next(
       k for k, f in features.items() if isinstance(f, tfds.features.Image))
