@@ -32,6 +32,19 @@ def _folder(tmp_path):
   return tmp_path
 
 
+@pytest.mark.parametrize('permute_below', [1 << 20, 1])  # numpy permutation / grain index_shuffle.
+def test_epoch_shuffle_is_a_permutation_per_epoch_and_pure(permute_below, monkeypatch):
+  monkeypatch.setattr(data_sources.EpochShuffle, '_PERMUTE_BELOW', permute_below)
+  recs = list(range(50))
+  a = data_sources.EpochShuffle(recs, seed=3)
+  epochs = [[a[e * 50 + i] for i in range(50)] for e in range(3)]
+  assert all(sorted(e) == recs for e in epochs)
+  assert epochs[0] != epochs[1] != epochs[2]
+  b = data_sources.EpochShuffle(recs, seed=3)
+  assert [b[i] for i in (120, 7, 99)] == [epochs[2][20], epochs[0][7], epochs[1][49]]  # Any order.
+  assert [data_sources.EpochShuffle(recs, seed=4)[i] for i in range(50)] != epochs[0]
+
+
 def test_folder_classes_sorted_and_sizes(folder):
   info = ip.get_dataset_info(str(folder), {'crop': 16})
   assert (info.num_classes, info.num_train, info.num_eval, info.image_size) == (3, 25, 9, 16)

@@ -22,6 +22,7 @@ Split strings for in-memory sources and folders follow TFDS: 'train', 'test[:100
 import dataclasses
 import os
 import re
+import sys
 from typing import Any, Sequence
 
 import numpy as np
@@ -84,6 +85,35 @@ class _ArrayRecords(Sequence):
 
   def __getitem__(self, i):
     return {'image': self._images[i], 'label': int(self._labels[i]), 'id': i, 'name': f'{self._prefix}[{i}]'}
+
+
+class EpochShuffle(Sequence):
+  """The records repeated forever, each epoch in its own order: a pure function of (seed, position)."""
+
+  # Below this size a cached numpy permutation per epoch is cheapest (grain's index_shuffle costs ~1 ms
+  # per lookup on tiny sets); above it, grain's stateless index_shuffle avoids holding a permutation.
+  _PERMUTE_BELOW = 1 << 20
+
+  def __init__(self, records: Sequence[dict[str, Any]], seed: int):
+    self._records, self._seed, self._n = records, seed, len(records)
+    self._perm: tuple[int, np.ndarray] | None = None
+
+  def __len__(self):
+    return sys.maxsize
+
+  def _index(self, epoch: int, pos: int) -> int:
+    if self._n >= self._PERMUTE_BELOW:
+      import grain  # pylint: disable=g-import-not-at-top
+      return grain.experimental.index_shuffle(pos, max_index=self._n - 1,
+                                              seed=(self._seed + epoch) % 2**32, rounds=4)
+    cached = self._perm  # One read: other reader threads may replace it concurrently.
+    if cached is None or cached[0] != epoch:
+      cached = (epoch, np.random.default_rng([self._seed, epoch]).permutation(self._n))
+      self._perm = cached
+    return int(cached[1][pos])
+
+  def __getitem__(self, i):
+    return self._records[self._index(*divmod(i, self._n))]
 
 
 def digits(split: str) -> Source:
