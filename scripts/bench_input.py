@@ -7,7 +7,9 @@ workers. "Per core" is measured as images per CPU-second the process consumed (a
 stays meaningful on a shared machine; wall-clock images/s per pinned core is printed too:
   ours:    vit_jax.input_pipeline.make_train_iterator over an image folder (grain, `workers` reader threads).
   tf.data: from_tensor_slices(paths).map(read+decode_jpeg+crop+resize+flip+normalise,
-           num_parallel_calls=workers) with a private thread pool of `workers` threads.
+           num_parallel_calls=workers) with a private thread pool of `workers` threads; measured with
+           tf.image.resize's default (bilinear, no antialiasing: aliases when shrinking) and with
+           antialias=True, the same class of filter as ours (area averaging when shrinking).
 
   python scripts/bench_input.py [--images 400] [--workers 1 2] [--json out.json]
 """
@@ -52,7 +54,7 @@ def measure_ours(root: str, workers: int, num_images: int) -> dict[str, float]:
   return _time(it, num_images)
 
 
-def measure_tf(root: str, workers: int, num_images: int) -> dict[str, float]:
+def measure_tf(root: str, workers: int, num_images: int, antialias: bool = False) -> dict[str, float]:
   """Images/s of a minimal tf.data pipeline doing the same ops on the same files."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -65,7 +67,7 @@ def measure_tf(root: str, workers: int, num_images: int) -> dict[str, float]:
         tf.shape(img), tf.zeros([0, 0, 4], tf.float32), seed=seed, area_range=(0.08, 1.0),
         aspect_ratio_range=(3 / 4, 4 / 3), max_attempts=10, use_image_if_no_bounding_boxes=True)
     img = tf.slice(img, begin, size)
-    img = tf.image.resize(img, [CROP, CROP], 'bilinear')
+    img = tf.image.resize(img, [CROP, CROP], 'bilinear', antialias=antialias)
     img = tf.image.stateless_random_flip_left_right(img, seed)
     return img / 127.5 - 1
 
@@ -91,12 +93,13 @@ def _time(batches, num_images: int) -> dict[str, float]:
 
 
 def _child(kind: str, root: str, workers: int, num_images: int) -> dict[str, float]:
-  """Runs one measurement in a fresh process pinned to `workers` cores."""
+  """Runs one measurement ('ours', 'tf' or 'tf_aa') in a fresh process pinned to `workers` cores."""
   cores = sorted(os.sched_getaffinity(0))[:workers]
+  call = {'ours': 'b.measure_ours(%r, %d, %d)', 'tf': 'b.measure_tf(%r, %d, %d)',
+          'tf_aa': 'b.measure_tf(%r, %d, %d, antialias=True)'}[kind] % (root, workers, num_images)
   code = ('import os, sys; sys.path.insert(0, %r); os.sched_setaffinity(0, %r); '
-          'import json; from scripts import bench_input as b; print(json.dumps(b.measure_%s(%r, %d, %d)))'
-          % (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), cores, kind, root, workers,
-             num_images))
+          'import json; from scripts import bench_input as b; print(json.dumps(%s))'
+          % (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), cores, call))
   env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3', CUDA_VISIBLE_DEVICES='')
   out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, check=False)
   if out.returncode:
@@ -120,22 +123,28 @@ def main(argv=None) -> list[dict[str, float]]:
       if w > len(os.sched_getaffinity(0)):
         print(f'skipping workers={w}: only {len(os.sched_getaffinity(0))} cores available')
         continue
-      best = {'ours': {'wall': 0., 'cpu': 0.}, 'tf': {'wall': 0., 'cpu': 0.}}
-      for _ in range(args.repeats):  # Interleaved, so both see the same machine load.
+      best = {k: {'wall': 0., 'cpu': 0.} for k in ('ours', 'tf', 'tf_aa')}
+      for _ in range(args.repeats):  # Interleaved, so all see the same machine load.
         for kind in best:
           r = _child(kind, root, w, args.measure)
           best[kind] = {k: max(best[kind][k], r[k]) for k in r}
-      rows.append({'workers': w, 'ours_per_cpu_s': best['ours']['cpu'], 'tf_per_cpu_s': best['tf']['cpu'],
-                   'ratio': best['ours']['cpu'] / best['tf']['cpu'],
-                   'ours_wall_per_core': best['ours']['wall'] / w, 'tf_wall_per_core': best['tf']['wall'] / w})
-  head = ('workers', 'ours img/CPU-s', 'tf.data img/CPU-s', 'ours/tf.data', 'ours img/s/core (wall)',
-          'tf.data img/s/core (wall)')
-  print(' | '.join(head))
+      row = {'workers': w}
+      for kind in best:
+        row[f'{kind}_cpu'] = best[kind]['cpu']
+        row[f'{kind}_wall_core'] = best[kind]['wall'] / w
+      row['ratio'] = row['ours_cpu'] / row['tf_cpu']
+      row['ratio_aa'] = row['ours_cpu'] / row['tf_aa_cpu']
+      row['ratio_wall'] = row['ours_wall_core'] / row['tf_wall_core']
+      rows.append(row)
+  cols = [('workers', 'workers'), ('ours_cpu', 'ours'), ('tf_cpu', 'tf.data'), ('ratio', 'ours/tf.data'),
+          ('tf_aa_cpu', 'tf.data antialias'), ('ratio_aa', 'ours/tf.data aa'),
+          ('ours_wall_core', 'ours wall/core'), ('tf_wall_core', 'tf.data wall/core'),
+          ('ratio_wall', 'ours/tf.data wall')]
+  print('images per CPU-second (first columns) and wall-clock images/s per pinned core (last three)')
+  print(' | '.join(h for _, h in cols))
   for r in rows:
-    vals = (r['workers'], r['ours_per_cpu_s'], r['tf_per_cpu_s'], r['ratio'], r['ours_wall_per_core'],
-            r['tf_wall_per_core'])
-    print(' | '.join(f'{v:>{len(h)}.2f}' if isinstance(v, float) else f'{v:>{len(h)}}'
-                     for h, v in zip(head, vals)))
+    print(' | '.join(f'{r[k]:>{len(h)}.2f}' if isinstance(r[k], float) else f'{r[k]:>{len(h)}}'
+                     for k, h in cols))
   if args.json:
     with open(args.json, 'w') as f:
       json.dump(rows, f, indent=1)

@@ -193,3 +193,17 @@ def test_grain_orbax_handler_saves_and_restores_the_data_position(tmp_path):
   restored = ckptr.restore(tmp_path / 'data', args=grain.checkpoint.CheckpointRestore(fresh))
   for want in full[4:]:
     np.testing.assert_array_equal(next(restored)['image'], want['image'])
+
+
+def test_worker_processes_give_the_same_stream_and_resume():
+  pp = {'crop': 8, 'randaug': (1, 5)}
+  want = _take(ip.make_train_iterator('digits', pp, global_batch=16, seed=2), 4)
+  it = ip.make_train_iterator('digits', {**pp, 'workers': 1}, global_batch=16, seed=2)
+  got = _take(it, 2)
+  state = it.get_state()
+  got.append(next(it))
+  resumed = ip.make_train_iterator('digits', {**pp, 'workers': 1}, global_batch=16, seed=2)
+  resumed.set_state(state)
+  got.append(next(resumed))
+  for g, w in zip(got, want[:3] + want[2:3]):
+    np.testing.assert_array_equal(g['image'], w['image'])

@@ -265,6 +265,9 @@ def _read_options(pp):
 def _maybe_workers(ds, pp):
   import grain  # pylint: disable=g-import-not-at-top
   if pp.get('workers', 0):
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside absl.app nobody parsed them.
+      flags.FLAGS.mark_as_parsed()
     return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=pp['workers']))
   return ds
 
