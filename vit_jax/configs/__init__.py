@@ -1,0 +1,1 @@
+"""Compatibility package: `vit_jax.configs.models` as in google-research/vision_transformer."""

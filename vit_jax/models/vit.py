@@ -1,0 +1,426 @@
+"""Vision Transformer (and hybrid R+ViT) in Flax linen.
+
+Numerics follow the implementation that produced the published ViT/AugReg checkpoints: flax's tanh-approximate
+GELU, LayerNorm eps 1e-6, queries scaled by 1/sqrt(head_dim), position embeddings added after the class token.
+Parameter names use Linen numbering (`encoderblock_{i}/LayerNorm_0`, `MultiHeadDotProductAttention_0`,
+`LayerNorm_1`, `MlpBlock_0`); `vit_jax.checkpoint` maps the published pre-Linen names onto them.
+
+Weights carry logical axis names ('embed', 'mlp', 'heads', 'kv', 'classes', 'layers') so that the mapping of
+parameters onto a device mesh is a table of rules (see `vit_jax.sharding`), not code.
+"""
+import functools
+import re
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax.models import resnet
+
+Array = jnp.ndarray
+Dtype = Any
+Axes = Tuple[Optional[str], ...]
+
+CLASSIFIERS = ('token', 'gap', 'map', 'unpooled', 'token_unpooled')
+ATTENTION_IMPLS = ('xla', 'dot_product', 'cudnn', 'auto')
+REMAT_POLICIES = {
+    'none': None,
+    'full': jax.checkpoint_policies.nothing_saveable,
+    'dots': jax.checkpoint_policies.checkpoint_dots,
+    'dots_no_batch': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+POSEMBS = ('learn', 'sincos2d')
+
+
+def _logical(init: Callable[..., Array], axes: Axes) -> Callable[..., Any]:
+  return nn.with_logical_partitioning(init, axes)
+
+
+def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.) -> np.ndarray:
+  """Fixed 2-D sin-cos position embeddings, shape (1, h*w, width), as in big_vision."""
+  if width % 4:
+    raise ValueError(f'sincos2d position embeddings need hidden_size divisible by 4, got {width}.')
+  y, x = np.mgrid[:h, :w]
+  omega = np.arange(width // 4) / (width // 4 - 1)
+  omega = 1. / (temperature**omega)
+  y = np.einsum('m,d->md', y.flatten(), omega)
+  x = np.einsum('m,d->md', x.flatten(), omega)
+  pe = np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)
+  return pe[None].astype(np.float32)
+
+
+class AddPositionEmbs(nn.Module):
+  """Adds learned position embeddings `pos_embedding` of shape (1, tokens, dim)."""
+
+  posemb_init: Callable[..., Array] = nn.initializers.normal(stddev=0.02)  # from BERT.
+
+  @nn.compact
+  def __call__(self, inputs: Array) -> Array:
+    pe = self.param('pos_embedding', _logical(self.posemb_init, (None, None, 'embed')),
+                    (1, inputs.shape[1], inputs.shape[2]))
+    return inputs + pe.astype(inputs.dtype)
+
+
+class MlpBlock(nn.Module):
+  """Transformer MLP: Dense -> GELU (tanh) -> dropout -> Dense -> dropout."""
+
+  mlp_dim: int
+  dtype: Dtype = jnp.float32
+  dropout_rate: float = 0.
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, inputs: Array) -> Array:
+    d = inputs.shape[-1]
+    bias_init = nn.initializers.normal(stddev=1e-6)
+    x = nn.Dense(self.mlp_dim, dtype=self.dtype,
+                 kernel_init=_logical(nn.initializers.xavier_uniform(), ('embed', 'mlp')),
+                 bias_init=_logical(bias_init, ('mlp',)))(inputs)
+    x = nn.with_logical_constraint(x, ('batch', 'length', 'mlp'))
+    x = nn.gelu(x, approximate=True)
+    x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=self.deterministic)
+    x = nn.Dense(d, dtype=self.dtype,
+                 kernel_init=_logical(nn.initializers.xavier_uniform(), ('mlp', 'embed')),
+                 bias_init=_logical(bias_init, ('embed',)))(x)
+    return nn.Dropout(rate=self.dropout_rate)(x, deterministic=self.deterministic)
+
+
+def _attention_weights(q: Array, k: Array, key_mask: Optional[Array] = None) -> Array:
+  """softmax(q k^T / sqrt(head_dim)) with float32 statistics; q, k are BQHD / BKHD, weights BHQK."""
+  q = q / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
+  if key_mask is not None:  # exp(-inf) is exactly 0: masked keys change nothing.
+    logits = jnp.where(key_mask, logits, -jnp.inf)
+  return jax.nn.softmax(logits, axis=-1).astype(q.dtype)
+
+
+class Projection(nn.Module):
+  """`nn.DenseGeneral` over the last `in_dims` axes, with the kernel created at its stored rank.
+
+  flax's DenseGeneral initialises a flat 2-D kernel and reshapes it, so 3-D logical axis names would be applied
+  to a 2-D array under an active mesh; here the Xavier fan-in/fan-out are taken over the same axes directly.
+  """
+
+  features: Tuple[int, ...]
+  in_dims: int
+  kernel_axes: Axes
+  bias_axes: Axes
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    in_shape = x.shape[x.ndim - self.in_dims:]
+    n_in, n_out = len(in_shape), len(self.features)
+    init = nn.initializers.xavier_uniform(in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, n_in + n_out)))
+    kernel = self.param('kernel', _logical(init, self.kernel_axes), in_shape + tuple(self.features))
+    bias = self.param('bias', _logical(nn.initializers.zeros, self.bias_axes), tuple(self.features))
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    y = jax.lax.dot_general(x, kernel, (((tuple(range(x.ndim - n_in, x.ndim))), tuple(range(n_in))), ((), ())))
+    return y + bias
+
+
+def _pad_sequence(x: Array, multiple: int) -> Array:
+  """Zero-pads axis 1 of a BTHD array up to a multiple of `multiple`."""
+  pad = -x.shape[1] % multiple
+  return jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) if pad else x
+
+
+class MultiHeadDotProductAttention(nn.Module):
+  """Multi-head attention with the published parameter layout and a selectable kernel.
+
+  `impl`: 'xla' (einsum + softmax, returns weights), 'dot_product' (`jax.nn.dot_product_attention`, XLA picks the
+  kernel), 'cudnn' (cuDNN fused attention; an error where cuDNN cannot run it), 'auto' (cuDNN on GPU for 16-bit
+  inputs, else XLA). All compute the same function within dtype tolerance. Attention dropout and attention-weight
+  capture need the weights, so they always use the 'xla' path.
+
+  `pad_to_multiple` > 1 pads queries, keys and values along the sequence to a multiple of it (a performance option
+  for fused kernels with fixed tiles; 197 tokens -> 200/256), masks the padded keys and drops the padded outputs,
+  so the result is the same function.
+  """
+
+  num_heads: int
+  dtype: Dtype = jnp.float32
+  dropout_rate: float = 0.
+  deterministic: bool = True
+  impl: str = 'xla'
+  pad_to_multiple: int = 0
+
+  def _resolve_impl(self, need_weights: bool) -> str:
+    if need_weights or (self.dropout_rate > 0 and not self.deterministic):
+      return 'xla'
+    if self.impl == 'auto':
+      on_gpu = jax.default_backend() == 'gpu'
+      return 'cudnn' if on_gpu and jnp.dtype(self.dtype).itemsize == 2 else 'xla'
+    return self.impl
+
+  @nn.compact
+  def __call__(self, inputs_q: Array, inputs_kv: Array) -> Array:
+    d = inputs_q.shape[-1]
+    if d % self.num_heads:
+      raise ValueError(f'hidden_size {d} is not divisible by num_heads {self.num_heads}.')
+    head_dim = d // self.num_heads
+    qkv = functools.partial(Projection, features=(self.num_heads, head_dim), in_dims=1, dtype=self.dtype,
+                            kernel_axes=('embed', 'heads', 'kv'), bias_axes=('heads', 'kv'))
+    q = qkv(name='query')(inputs_q)
+    k = qkv(name='key')(inputs_kv)
+    v = qkv(name='value')(inputs_kv)
+
+    need_weights = self.is_mutable_collection('intermediates')
+    impl = self._resolve_impl(need_weights)
+    q_len, kv_len = q.shape[1], k.shape[1]
+    if self.pad_to_multiple > 1:
+      q, k, v = (_pad_sequence(t, self.pad_to_multiple) for t in (q, k, v))
+    padded = k.shape[1] != kv_len
+    if impl == 'xla':
+      mask = (jnp.arange(k.shape[1]) < kv_len) if padded else None
+      weights = _attention_weights(q, k, mask)
+      self.sow('intermediates', 'attention_weights', weights[:, :, :q_len, :kv_len])
+      weights = nn.Dropout(rate=self.dropout_rate, broadcast_dims=())(
+          weights, deterministic=self.deterministic)
+      x = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
+    else:
+      lengths = jnp.full((k.shape[0],), kv_len, jnp.int32) if padded else None
+      x = jax.nn.dot_product_attention(
+          q, k, v, key_value_seq_lengths=lengths, implementation=None if impl == 'dot_product' else impl)
+    x = x[:, :q_len]
+
+    return Projection(features=(d,), in_dims=2, dtype=self.dtype, kernel_axes=('heads', 'kv', 'embed'),
+                      bias_axes=('embed',), name='out')(x)
+
+
+def _layer_norm(dtype: Dtype, name: Optional[str] = None) -> nn.LayerNorm:
+  return nn.LayerNorm(epsilon=1e-6, dtype=dtype, name=name,
+                      scale_init=_logical(nn.initializers.ones, ('embed',)),
+                      bias_init=_logical(nn.initializers.zeros, ('embed',)))
+
+
+def _drop_path(x: Array, rate: Array, rng: jax.Array) -> Array:
+  """Stochastic depth: zeroes whole examples' residual branches with probability `rate`, rescales the rest."""
+  keep = 1. - rate
+  mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+  return jnp.where(mask, x / keep.astype(x.dtype), jnp.zeros_like(x))
+
+
+class Encoder1DBlock(nn.Module):
+  """Pre-LayerNorm transformer block: x + MHA(LN(x)), then x + MLP(LN(x)), with optional drop-path."""
+
+  mlp_dim: int
+  num_heads: int
+  dtype: Dtype = jnp.float32
+  dropout_rate: float = 0.
+  attention_dropout_rate: float = 0.
+  attention_impl: str = 'xla'
+  attention_pad_to_multiple: int = 0
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, inputs: Array, droppath_rate: Array) -> Tuple[Array, None]:
+    x = nn.with_logical_constraint(inputs, ('batch', 'length', 'embed'))
+    y = _layer_norm(self.dtype)(x)
+    y = MultiHeadDotProductAttention(
+        num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.attention_dropout_rate,
+        deterministic=self.deterministic, impl=self.attention_impl,
+        pad_to_multiple=self.attention_pad_to_multiple)(y, y)
+    y = nn.Dropout(rate=self.dropout_rate)(y, deterministic=self.deterministic)
+    x = x + self._maybe_drop_path(y, droppath_rate)
+
+    y = _layer_norm(self.dtype)(x)
+    y = MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, dropout_rate=self.dropout_rate,
+                 deterministic=self.deterministic)(y)
+    x = x + self._maybe_drop_path(y, droppath_rate)
+    return nn.with_logical_constraint(x, ('batch', 'length', 'embed')), None
+
+  def _maybe_drop_path(self, y: Array, rate: Array) -> Array:
+    if self.deterministic:
+      return y
+    return _drop_path(y, rate, self.make_rng('dropout'))
+
+
+class Encoder(nn.Module):
+  """Position embeddings, `num_layers` blocks (looped or `nn.scan`ned, optionally rematerialised), final norm."""
+
+  num_layers: int
+  mlp_dim: int
+  num_heads: int
+  dropout_rate: float = 0.
+  attention_dropout_rate: float = 0.
+  dtype: Dtype = jnp.float32
+  attention_impl: str = 'xla'
+  attention_pad_to_multiple: int = 0
+  scan: bool = False
+  remat_policy: str = 'none'
+  stochastic_depth: float = 0.
+  posemb: str = 'learn'
+  grid: Tuple[int, int] = (0, 0)   # patch grid (h, w), for sincos2d embeddings
+  num_prefix_tokens: int = 0       # class token(s) in front of the grid, for sincos2d embeddings
+  train: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    if self.posemb == 'learn':
+      x = AddPositionEmbs(name='posembed_input')(x)
+    else:
+      pe = posemb_sincos_2d(*self.grid, x.shape[-1])
+      pe = np.concatenate([np.zeros((1, self.num_prefix_tokens, x.shape[-1]), np.float32), pe], axis=1)
+      x = x + jnp.asarray(pe, x.dtype)
+    x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not self.train)
+
+    # Linearly increasing stochastic depth over the layers (0 for the first, `stochastic_depth` for the last).
+    rates = jnp.asarray(np.linspace(0., self.stochastic_depth, self.num_layers), jnp.float32)
+    block_kwargs = dict(
+        mlp_dim=self.mlp_dim, num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.dropout_rate,
+        attention_dropout_rate=self.attention_dropout_rate, attention_impl=self.attention_impl,
+        attention_pad_to_multiple=self.attention_pad_to_multiple, deterministic=not self.train)
+    block = Encoder1DBlock
+    if self.remat_policy != 'none':
+      block = nn.remat(block, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=not self.scan)
+    if self.scan:
+      scanned = nn.scan(
+          block, variable_axes={'params': 0, 'intermediates': 0},
+          split_rngs={'params': True, 'dropout': True}, in_axes=0, length=self.num_layers,
+          metadata_params={nn.PARTITION_NAME: 'layers'})
+      x, _ = scanned(name='encoderblock', **block_kwargs)(x, rates)
+    else:
+      for i in range(self.num_layers):
+        x, _ = block(name=f'encoderblock_{i}', **block_kwargs)(x, rates[i])
+    return _layer_norm(jnp.float32, name='encoder_norm')(x)
+
+
+class MAPHead(nn.Module):
+  """Multihead attention pooling: a learned probe attends over the tokens (big_vision's MAPHead)."""
+
+  mlp_dim: int
+  num_heads: int
+  dtype: Dtype = jnp.float32
+  attention_impl: str = 'xla'
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    probe = self.param('probe', _logical(nn.initializers.xavier_uniform(), (None, None, 'embed')),
+                       (1, 1, x.shape[-1]))
+    probe = jnp.tile(probe.astype(x.dtype), [x.shape[0], 1, 1])
+    x = MultiHeadDotProductAttention(num_heads=self.num_heads, dtype=self.dtype,
+                                     impl=self.attention_impl)(probe, x)
+    y = _layer_norm(self.dtype)(x)
+    x = x + MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype)(y)
+    return x[:, 0]
+
+
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+  """Reads `key` from a dict, FrozenDict or ConfigDict."""
+  return cfg[key] if key in cfg else default
+
+
+class VisionTransformer(nn.Module):
+  """Vision Transformer; `VisionTransformer(num_classes=1000, **MODEL_CONFIGS['ViT-B_16'])`.
+
+  `__call__(images NHWC in [-1, 1], *, train)` returns float32 logits (B, num_classes), or the pre-logits features
+  when `num_classes` is 0/None; for 'unpooled'/'token_unpooled' one output per token.
+  """
+
+  num_classes: Optional[int]
+  patches: Mapping[str, Any]
+  transformer: Optional[Mapping[str, Any]]
+  hidden_size: int
+  resnet: Optional[Mapping[str, Any]] = None
+  representation_size: Optional[int] = None
+  classifier: str = 'token'
+  head_bias_init: float = 0.
+  head_zeroinit: bool = True
+  model_name: Optional[str] = None
+  posemb: str = 'learn'
+  dtype: Dtype = jnp.float32
+  attention_impl: str = 'xla'
+  attention_pad_to_multiple: int = 0   # pad the attention sequence (197 -> 200, 256, ...) for fused kernels
+  scan: bool = False
+  remat_policy: str = 'none'
+  stochastic_depth: float = 0.
+
+  def _check(self) -> None:
+    for name, value, allowed in (('classifier', self.classifier, CLASSIFIERS),
+                                 ('attention_impl', self.attention_impl, ATTENTION_IMPLS),
+                                 ('remat_policy', self.remat_policy, tuple(REMAT_POLICIES)),
+                                 ('posemb', self.posemb, POSEMBS)):
+      if value not in allowed:
+        raise ValueError(f'Unknown {name}={value!r}; choose one of {", ".join(allowed)}.')
+
+  @nn.compact
+  def __call__(self, inputs: Array, *, train: bool) -> Array:
+    self._check()
+    x = jnp.asarray(inputs, self.dtype)
+    if self.resnet is not None:
+      x = resnet.resnet_root(x, tuple(_get(self.resnet, 'num_layers')),
+                             _get(self.resnet, 'width_factor', 1), dtype=self.dtype)
+
+    patch = tuple(_get(self.patches, 'size'))
+    h, w = x.shape[1] // patch[0], x.shape[2] // patch[1]
+    if h * patch[0] != x.shape[1] or w * patch[1] != x.shape[2]:
+      raise ValueError(f'Image size {inputs.shape[1:3]} (after any ResNet root: {x.shape[1:3]}) is not divisible '
+                       f'by the patch size {patch}; resize the images or change the patch size.')
+    x = nn.Conv(self.hidden_size, kernel_size=patch, strides=patch, padding='VALID', dtype=self.dtype,
+                kernel_init=_logical(nn.initializers.lecun_normal(), (None, None, None, 'embed')),
+                bias_init=_logical(nn.initializers.zeros, ('embed',)), name='embedding')(x)
+    n, h, w, c = x.shape
+    x = jnp.reshape(x, [n, h * w, c])
+
+    if self.transformer is not None:
+      prefix = 0
+      if self.classifier in ('token', 'token_unpooled'):
+        cls = self.param('cls', _logical(nn.initializers.zeros, (None, None, 'embed')), (1, 1, c))
+        x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), [n, 1, 1]), x], axis=1)
+        prefix = 1
+      x = Encoder(name='Transformer', **self.transformer, dtype=self.dtype,
+                  attention_impl=self.attention_impl, attention_pad_to_multiple=self.attention_pad_to_multiple,
+                  scan=self.scan, remat_policy=self.remat_policy,
+                  stochastic_depth=self.stochastic_depth, posemb=self.posemb, grid=(h, w),
+                  num_prefix_tokens=prefix, train=train)(x)
+
+    if self.classifier == 'token':
+      x = x[:, 0]
+    elif self.classifier == 'gap':
+      x = jnp.mean(x, axis=1)
+    elif self.classifier == 'map':
+      x = MAPHead(mlp_dim=_get(self.transformer, 'mlp_dim'), num_heads=_get(self.transformer, 'num_heads'),
+                  dtype=self.dtype, attention_impl=self.attention_impl)(x)
+    x = jnp.asarray(x, jnp.float32)
+
+    if self.representation_size is not None:
+      x = nn.Dense(self.representation_size, name='pre_logits',
+                   kernel_init=_logical(nn.initializers.lecun_normal(), ('embed', None)),
+                   bias_init=_logical(nn.initializers.zeros, (None,)))(x)
+      x = nn.tanh(x)
+
+    if self.num_classes:
+      kernel_init = nn.initializers.zeros if self.head_zeroinit else nn.initializers.lecun_normal()
+      x = nn.Dense(self.num_classes, name='head', dtype=jnp.float32,
+                   kernel_init=_logical(kernel_init, ('embed', 'classes')),
+                   bias_init=_logical(nn.initializers.constant(self.head_bias_init), ('classes',)))(x)
+    return x
+
+
+def stack_encoder_blocks(params: Mapping[str, Any]) -> Dict[str, Any]:
+  """Looped params (`encoderblock_{i}`) -> scanned params (`encoderblock` with a leading layer axis)."""
+  params = dict(params)
+  enc = dict(params['Transformer'])
+  names = sorted((k for k in enc if re.fullmatch(r'encoderblock_\d+', k)), key=lambda k: int(k.split('_')[1]))
+  if not names:
+    return params
+  enc['encoderblock'] = jax.tree.map(lambda *xs: jnp.stack(xs), *[enc.pop(k) for k in names])
+  params['Transformer'] = enc
+  return params
+
+
+def unstack_encoder_blocks(params: Mapping[str, Any]) -> Dict[str, Any]:
+  """Scanned params (`encoderblock` with a leading layer axis) -> looped params (`encoderblock_{i}`)."""
+  params = dict(params)
+  enc = dict(params['Transformer'])
+  if 'encoderblock' not in enc:
+    return params
+  stacked = enc.pop('encoderblock')
+  num_layers = jax.tree.leaves(stacked)[0].shape[0]
+  for i in range(num_layers):
+    enc[f'encoderblock_{i}'] = jax.tree.map(lambda x, i=i: x[i], stacked)
+  params['Transformer'] = enc
+  return params
