@@ -20,6 +20,7 @@ folder names; the files are put in a fixed pseudo-random order (seed 0), so that
 Split strings for in-memory sources and folders follow TFDS: 'train', 'test[:100]', 'train[10%:]'.
 """
 import dataclasses
+import functools
 import os
 import re
 import sys
@@ -116,13 +117,20 @@ class EpochShuffle(Sequence):
     return self._records[self._index(*divmod(i, self._n))]
 
 
-def digits(split: str) -> Source:
-  """scikit-learn's embedded handwritten digits as uint8 8x8x3 images; see the module docstring."""
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+  """All 1,797 digits as read-only uint8 (N, 8, 8, 3) images and int64 labels (parsed once per process)."""
   from sklearn import datasets  # pylint: disable=g-import-not-at-top
   d = datasets.load_digits()
-  images = np.round(d.images * (255 / 16)).astype(np.uint8)
-  images = np.repeat(images[..., None], 3, axis=-1)
+  images = np.repeat(np.round(d.images * (255 / 16)).astype(np.uint8)[..., None], 3, axis=-1)
   labels = d.target.astype(np.int64)
+  images.flags.writeable = labels.flags.writeable = False
+  return images, labels
+
+
+def digits(split: str) -> Source:
+  """scikit-learn's embedded handwritten digits as uint8 8x8x3 images; see the module docstring."""
+  images, labels = _digits_arrays()
   parts = {'train': slice(0, DIGITS_NUM_TRAIN), 'test': slice(DIGITS_NUM_TRAIN, DIGITS_NUM_TOTAL)}
   name, start, stop = parse_split(split, {k: v.stop - v.start for k, v in parts.items()})
   base = parts[name].start
