@@ -12,13 +12,14 @@ scale when the crop box is still at least the output size after it.
   train, test        split strings, e.g. 'train[:99%]', 'test' (defaults 'train' / 'test').
   crop               output side in pixels (default 224; the digits' native 8, synthetic's 224).
   train_crop         'inception' (random resized crop, default), 'resize_crop' (resize to `resize`,
-                     then a random `crop` x `crop` window: vit_jax fine-tuning) or 'resize' (resize to crop).
+                     then a random `crop` x `crop` window: vit_jax fine-tuning) or 'resize' (resize to
+                     crop; the digits' default).
   area_range         inception crop: fraction of the image area kept, default (0.08, 1.0).
   aspect_range       inception crop: width/height ratio range, default (3/4, 4/3).
   resize             'resize_crop' train side, and the smaller side for eval 'resize_small_crop'
                      (default: crop * 8 / 7, i.e. 256 for 224).
   eval_crop          'resize_small_crop' (resize smaller side to `resize`, central crop; default) or
-                     'resize' (resize to crop x crop: vit_jax's eval).
+                     'resize' (resize to crop x crop: vit_jax's eval; the digits' and synthetic default).
   flip               random horizontal flip for training (default True; digits False).
   randaug            RandAugment (num_layers, magnitude 0..10), e.g. (2, 10); default None = off.
   mixup              mixup Beta(alpha, alpha) concentration; 0 (default) = off.
