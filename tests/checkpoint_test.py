@@ -1,6 +1,7 @@
 """Tests for vit_jax.checkpoint: published/big_vision layouts, save/load round trip, load_pretrained, timm cross-check."""
 import functools
 import os
+import re
 import zipfile
 
 import flax
@@ -27,20 +28,25 @@ def _images(size=(32, 32), seed=0, batch=2):
   return np.random.RandomState(seed).uniform(-1, 1, (batch, *size, 3)).astype(np.float32)
 
 
-def _random_params(model, images, seed=1, conv_std=1.):
-  """Random non-zero float32 params for every leaf (head included): LayerNorm/GroupNorm scales near 1."""
+def _random_params(model, images, seed=1):
+  """Random non-zero float32 params for every leaf, head included, scaled by fan-in like a real initialisation."""
   shapes = jax.eval_shape(lambda: nn.meta.unbox(model.init(jax.random.key(0), images[:1], train=False)['params']))
   rng = np.random.RandomState(seed)
 
   def draw(key, leaf):
+    shape = leaf.shape
     if key.endswith('/scale'):
-      value = 1 + 0.2 * rng.normal(size=leaf.shape)
-      if '/gn3/' in key:  # the last norm of a residual branch: small, as after training from its zero init
-        value = 0.1 * rng.normal(size=leaf.shape)
-    elif 'conv' in key:  # weight-standardised: the scale does not matter
-      value = conv_std * rng.normal(size=leaf.shape)
-    else:
-      value = 0.2 * rng.normal(size=leaf.shape)
+      # The last norm of a residual branch is small, as after training from its zero init.
+      value = 0.1 * rng.normal(size=shape) if '/gn3/' in key else 1 + 0.2 * rng.normal(size=shape)
+    elif '/conv' in key or key.startswith('conv'):
+      # Weight-standardised, so the scale does not change the function; a large one makes the eps of the
+      # standardisation (std + 1e-5 here, sqrt(var + 1e-8) in timm) vanish.
+      value = 1e3 * rng.normal(size=shape)
+    elif key.endswith('/kernel'):
+      fan_in = shape[0] if re.search(r'/(query|key|value)/kernel$', key) else np.prod(shape[:-1])
+      value = rng.normal(size=shape) / np.sqrt(fan_in)
+    else:  # biases, class token, position embeddings, MAP probe
+      value = 0.2 * rng.normal(size=shape)
     return value.astype(np.float32)
 
   flat = flax.traverse_util.flatten_dict(shapes, sep='/')
@@ -60,7 +66,8 @@ def _assert_trees_equal(a, b):
 
 
 def _logits(model, params, images):
-  return np.asarray(model.apply({'params': params}, images, train=False))
+  # One compiled program: op-by-op dispatch compiles every op separately, which is slow on CPU.
+  return np.asarray(jax.jit(functools.partial(model.apply, train=False))({'params': params}, images))
 
 
 # The published (pre-Linen) names of a 2-block token model, written out by hand.
@@ -136,7 +143,7 @@ def test_compat_snippet_from_google_research_vision_transformer(tmp_path, monkey
   logits = model.apply({'params': params}, images, train=False)
   # ---
   assert logits.shape == (2, 1000) and logits.dtype == jnp.float32
-  np.testing.assert_allclose(logits, _logits(base, params, images), rtol=0, atol=0)
+  np.testing.assert_array_equal(logits, base.apply({'params': params}, images, train=False))
   assert np.abs(np.asarray(logits)).max() > 0.1
 
 
@@ -157,3 +164,82 @@ def test_load_pretrained_resets_head_and_resamples_posemb(tmp_path):
     if not k.startswith('head/') and k != checkpoint.POSEMB_KEY:
       np.testing.assert_array_equal(flat[k], src_flat[k], err_msg=k)
   assert dst.apply({'params': restored}, _images((48, 48)), train=False).shape == (2, 7)
+
+
+# --------------------------------------------------------------------------- cross-check against timm (PyTorch)
+
+
+def _timm_logits(path, images, *, hidden, depth, heads, mlp_dim, patch, num_classes, global_pool, class_token,
+                 backbone=None):
+  """Builds timm's VisionTransformer with the published numerics, loads `path` with timm's npz reader, runs it."""
+  torch = pytest.importorskip('torch')
+  pytest.importorskip('timm')
+  from timm.models import vision_transformer as timm_vit  # pylint: disable=g-import-not-at-top
+  kwargs = {}
+  if backbone is not None:
+    from timm.models import vision_transformer_hybrid  # pylint: disable=g-import-not-at-top
+    kwargs['embed_layer'] = functools.partial(vision_transformer_hybrid.HybridEmbed, backbone=backbone)
+  model = timm_vit.VisionTransformer(
+      img_size=images.shape[1:3], patch_size=patch, num_classes=num_classes, global_pool=global_pool,
+      embed_dim=hidden, depth=depth, num_heads=heads, mlp_ratio=mlp_dim / hidden, class_token=class_token,
+      fc_norm=False, act_layer='gelu_tanh', norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6),
+      **kwargs).eval()
+  timm_vit._load_weights(model, str(path))  # pylint: disable=protected-access
+  with torch.no_grad():
+    return model(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
+
+
+@pytest.mark.parametrize('classifier,global_pool', [('token', 'token'), ('gap', 'avg'), ('map', 'map')])
+def test_logits_match_timm(tmp_path, classifier, global_pool):
+  model, images = _model(classifier=classifier), _images((32, 32))
+  params = _random_params(model, images)
+  checkpoint.save_npz(params, tmp_path / 'm.npz')
+  theirs = _timm_logits(tmp_path / 'm.npz', images, hidden=32, depth=2, heads=4, mlp_dim=128, patch=8,
+                        num_classes=5, global_pool=global_pool, class_token=classifier == 'token')
+  ours = _logits(model, params, images)
+  diff = np.abs(ours - theirs).max()
+  print(f'timm {classifier}: max |logit diff| {diff:.3g} (max |logit| {np.abs(ours).max():.3g})')
+  assert np.abs(ours).max() > 0.5  # non-trivial logits
+  assert diff <= 1e-5
+
+
+def test_representation_size_logits_match_timm_trunk(tmp_path):
+  # timm's ViT has no representation layer (its npz reader skips pre_logits), so timm computes the pooled features
+  # and the pre_logits Dense + tanh and the head are applied here from the saved file.
+  model, images = _model(representation_size=16), _images((32, 32))
+  params = _random_params(model, images)
+  checkpoint.save_npz(params, tmp_path / 'm.npz')
+  features = _timm_logits(tmp_path / 'm.npz', images, hidden=32, depth=2, heads=4, mlp_dim=128, patch=8,
+                          num_classes=0, global_pool='token', class_token=True)
+  with np.load(tmp_path / 'm.npz') as f:
+    pre_logits = np.tanh(features @ f['pre_logits/kernel'] + f['pre_logits/bias'])
+    theirs = pre_logits @ f['head/kernel'] + f['head/bias']
+  ours = _logits(model, params, images)
+  diff = np.abs(ours - theirs).max()
+  print(f'timm trunk + numpy pre_logits/head: max |logit diff| {diff:.3g} (max |logit| {np.abs(ours).max():.3g})')
+  assert np.abs(ours).max() > 0.5
+  assert diff <= 1e-5
+
+
+def test_hybrid_logits_match_timm(tmp_path):
+  """R26+ViT-S/32 (the published ResNet-26 root, 2 of the 12 transformer blocks) at 64 px against timm's hybrid."""
+  torch = pytest.importorskip('torch')
+  pytest.importorskip('timm')
+  from timm.layers import GroupNormAct, StdConv2dSame  # pylint: disable=g-import-not-at-top
+  from timm.models import resnetv2  # pylint: disable=g-import-not-at-top
+  model = models.get_model('R26+ViT-S_32', num_classes=5, transformer={'num_layers': 2})
+  images = _images((64, 64))
+  params = _random_params(model, images)
+  checkpoint.save_npz(params, tmp_path / 'm.npz')
+  # timm's hybrid helper (`_resnetv2`) keeps GroupNorm's eps at 1e-5; the published models use flax's 1e-6.
+  backbone = resnetv2.ResNetV2(
+      layers=(2, 2, 2, 2), num_classes=0, global_pool='', preact=False, stem_type='same',
+      conv_layer=functools.partial(StdConv2dSame, eps=1e-8),
+      norm_layer=functools.partial(GroupNormAct, num_groups=32, eps=1e-6))
+  theirs = _timm_logits(tmp_path / 'm.npz', images, hidden=384, depth=2, heads=6, mlp_dim=1536, patch=1,
+                        num_classes=5, global_pool='token', class_token=True, backbone=backbone)
+  ours = _logits(model, params, images)
+  diff = np.abs(ours - theirs).max()
+  print(f'timm R26+ViT-S/32: max |logit diff| {diff:.3g} (max |logit| {np.abs(ours).max():.3g})')
+  assert torch is not None and np.abs(ours).max() > 0.5
+  assert diff <= 1e-5
