@@ -15,6 +15,7 @@ import math
 import os
 import re
 import tempfile
+import zipfile
 from typing import Any, BinaryIO, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import flax
@@ -52,16 +53,18 @@ def _read_npz(path: PathLike) -> Dict[str, np.ndarray]:
   """All arrays of an `.npz` (any path or file object `np.load` reads), floating point as float32."""
   try:
     data = np.load(path, allow_pickle=False)
+    if not isinstance(data, np.lib.npyio.NpzFile):
+      raise ValueError(f'Checkpoint {path} is a single array, not an .npz archive of named params; '
+                       'pass a published ViT .npz.')
+    with data:
+      return {k: _as_float32(data[k]) for k in data.files}
   except FileNotFoundError:
     raise FileNotFoundError(f'Checkpoint {path} not found; check the path (published files are e.g. '
                             'ViT-B_16.npz from the ViT/AugReg releases).') from None
-  except (OSError, ValueError, EOFError) as e:
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+    if str(e).startswith(f'Checkpoint {path} '):
+      raise
     raise ValueError(f'Cannot read checkpoint {path} as an .npz archive ({e}); pass a published ViT .npz.') from None
-  if not isinstance(data, np.lib.npyio.NpzFile):
-    raise ValueError(f'Checkpoint {path} is a single array, not an .npz archive of named params; '
-                     'pass a published ViT .npz.')
-  with data:
-    return {k: _as_float32(data[k]) for k in data.files}
 
 
 def _as_float32(x: np.ndarray) -> np.ndarray:
@@ -277,13 +280,17 @@ def _mismatch_error(path: PathLike, restored: Mapping[str, Any], target: Mapping
   hints = []
   if ckpt_blocks != target_blocks:
     hints.append(f'the checkpoint has {ckpt_blocks} encoder blocks, the model {target_blocks}')
-  if 'embedding/kernel' in restored and 'embedding/kernel' in target and (
-      _shape(restored['embedding/kernel']) != _shape(target['embedding/kernel'])):
-    hints.append(f'patch embedding (ph, pw, C, width) is {_shape(restored["embedding/kernel"])} in the checkpoint, '
-                 f'{_shape(target["embedding/kernel"])} in the model')
-  if POSEMB_KEY in restored and POSEMB_KEY in target and (
+  patch_ckpt, patch_model = (_shape(t.get('embedding/kernel', np.zeros((0, 0, 0, 0)))) for t in (restored, target))
+  if patch_ckpt[-1] != patch_model[-1]:
+    hints.append(f'hidden size {patch_ckpt[-1]} in the checkpoint, {patch_model[-1]} in the model')
+  if patch_ckpt[:2] != patch_model[:2]:
+    hints.append(f'patch size {patch_ckpt[:2]} in the checkpoint, {patch_model[:2]} in the model')
+  if ('cls' in restored) != ('cls' in target):
+    hints.append(f'the checkpoint {"has" if "cls" in restored else "has no"} class token, the model '
+                 f'{"has" if "cls" in target else "has none"} (classifier token vs gap/map)')
+  if not hints and POSEMB_KEY in restored and POSEMB_KEY in target and (
       _shape(restored[POSEMB_KEY]) != _shape(target[POSEMB_KEY])):
-    hints.append('position embeddings could not be resampled (pass new_grid=(h, w) for a non-square grid)')
+    hints.append('the position embeddings were not resampled: pass new_grid=(h, w) for a non-square grid')
   hint = f' ({"; ".join(hints)})' if hints else ''
   return ValueError(f'Checkpoint {path} does not fit the model: {"; ".join(parts)}{hint}. Likely fix: wrong model '
                     'name (use the one the checkpoint was trained as, e.g. ViT-B_16 for ViT-B_16.npz) or wrong '
@@ -353,11 +360,12 @@ def load_pretrained(*, pretrained_path: PathLike, init_params: Any, model_config
   if POSEMB_KEY in restored and POSEMB_KEY in target:
     old, new = _shape(restored[POSEMB_KEY]), _shape(target[POSEMB_KEY])
     prefix = int('cls' in restored)
-    if old != new and prefix == int('cls' in target) and old[2] == new[2]:
-      grid = new_grid if new_grid is not None else _square_grid(new[1] - prefix)
-      if grid is not None:
-        logging.info('load_pretrained: position embeddings resampled from %s to %s', old, new)
-        restored[POSEMB_KEY] = resample_posemb(restored[POSEMB_KEY], grid, prefix, old_grid=old_grid)
+    grid_old = _grid(old_grid) if old_grid is not None else _square_grid(old[1] - prefix)
+    grid_new = _grid(new_grid) if new_grid is not None else _square_grid(new[1] - prefix)
+    if (prefix == int('cls' in target) and old[2] == new[2] and grid_new is not None
+        and (old != new or grid_old != grid_new)):
+      logging.info('load_pretrained: position embeddings resampled from %s to %s', old, new)
+      restored[POSEMB_KEY] = resample_posemb(restored[POSEMB_KEY], grid_new, prefix, old_grid=old_grid)
 
   restored.update({k: target[k] for k in from_init})
   error = _mismatch_error(pretrained_path, restored, target, ckpt_blocks, target_blocks)
