@@ -144,10 +144,18 @@ def test_compat_snippet_from_google_research_vision_transformer(tmp_path, monkey
   model = models.VisionTransformer(num_classes=1000, **cfg)
   params = checkpoint.load('ViT-B_16.npz')
   logits = model.apply({'params': params}, images, train=False)
+  params_10 = _random_params(models.VisionTransformer(num_classes=10, **cfg), images, seed=3)
+  params = checkpoint.load_pretrained(pretrained_path='ViT-B_16.npz', init_params=params_10, model_config=cfg)
   # ---
   assert logits.shape == (2, 1000) and logits.dtype == jnp.float32
-  np.testing.assert_array_equal(logits, base.apply({'params': params}, images, train=False))
+  np.testing.assert_array_equal(logits, base.apply({'params': checkpoint.load('ViT-B_16.npz')}, images, train=False))
   assert np.abs(np.asarray(logits)).max() > 0.1
+  np.testing.assert_array_equal(params['head']['kernel'], params_10['head']['kernel'])
+  np.testing.assert_array_equal(params['embedding']['kernel'], checkpoint.load('ViT-B_16.npz')['embedding']['kernel'])
+  # The reference's posemb helper keeps its name.
+  posemb = params['Transformer']['posembed_input']['pos_embedding']
+  np.testing.assert_array_equal(checkpoint.interpolate_posembed(posemb, 1 + 9, True),
+                                checkpoint.resample_posemb(posemb, (3, 3), 1))
 
 
 def test_load_pretrained_resets_head_and_resamples_posemb(tmp_path):
@@ -499,3 +507,11 @@ def test_resample_posemb_is_bilinear_and_identity_at_same_size():
   np.testing.assert_allclose(out[0, 1:].reshape(nh, nw, 2), expected, atol=1e-5)
   with pytest.raises(ValueError, match=r'not a square grid; pass old_grid=\(h, w\)'):
     checkpoint.resample_posemb(posemb, (6, 6), 1)
+
+
+def test_load_linen_layout_as_written_by_the_reference_save(tmp_path):
+  """google-research/vision_transformer's own `save` writes its Linen tree as is (Linen numbering, posembed_input)."""
+  model, images = _model(), _images((32, 32))
+  params = _random_params(model, images)
+  np.savez(tmp_path / 'linen.npz', **{k: np.asarray(v) for k, v in _flat(params).items()})
+  _assert_trees_equal(checkpoint.load(tmp_path / 'linen.npz'), params)

@@ -245,6 +245,15 @@ def resample_posemb(posemb: Any, new_grid: Grid, num_prefix_tokens: int,
   return np.concatenate([prefix, grid.reshape(1, nh * nw, -1)], axis=1)
 
 
+def interpolate_posembed(posemb: Any, num_tokens: int, has_class_token: bool) -> np.ndarray:
+  """google-research/vision_transformer's name: `resample_posemb` to a square grid of `num_tokens` positions."""
+  prefix = int(has_class_token)
+  grid = _square_grid(num_tokens - prefix)
+  if grid is None:
+    raise ValueError(f'{num_tokens - prefix} positions are not a square grid; use resample_posemb(new_grid=(h, w)).')
+  return resample_posemb(posemb, grid, prefix)
+
+
 def _shape(x: Any) -> Tuple[int, ...]:
   return tuple(x.shape)
 
