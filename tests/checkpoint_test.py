@@ -194,7 +194,7 @@ def _timm_logits(path, images, *, hidden, depth, heads, mlp_dim, patch, num_clas
       embed_dim=hidden, depth=depth, num_heads=heads, mlp_ratio=mlp_dim / hidden, class_token=class_token,
       no_embed_class=no_embed_class, fc_norm=False, act_layer='gelu_tanh', norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6),
       **kwargs).eval()
-  timm_vit._load_weights(model, str(path))  # pylint: disable=protected-access
+  model.load_pretrained(str(path))  # timm's reader of the published / big_vision .npz layouts
   with torch.no_grad():
     return model(torch.from_numpy(images).permute(0, 3, 1, 2)).numpy()
 

@@ -159,7 +159,11 @@ def _to_our_layout(flat: Dict[str, np.ndarray], path: PathLike) -> Dict[str, np.
 
 
 def load(path: PathLike) -> Dict[str, Any]:
-  """Reads a published or big_vision ViT `.npz` into our param tree (nested dicts of numpy arrays)."""
+  """Reads a published or big_vision ViT `.npz` into our param tree (nested dicts of numpy arrays).
+
+  The blocks come back looped (`encoderblock_{i}`); a `scan=True` model wants `load_pretrained` (or
+  `models.stack_encoder_blocks`). `path` is anything `np.load` reads: a local path or an open binary file.
+  """
   flat = _to_our_layout(_strip_prefix(_read_npz(path), path), path)
   return traverse_util.unflatten_dict(flat, sep='/')
 
@@ -183,7 +187,11 @@ def _to_published_key(key: str) -> str:
 
 
 def save_npz(params: Any, path: Union[str, os.PathLike]) -> None:
-  """Writes params (looped or scanned) as a published-layout `.npz`, atomically (temp file + rename)."""
+  """Writes params (looped or scanned, boxed or not) as a published-layout `.npz`, atomically (temp + rename).
+
+  Arrays must be addressable from this process (on multi-host meshes gather them first); bfloat16 is written as
+  float32, which every reader of the format expects.
+  """
   flat = unstack_blocks_flat(_plain_flat(params))
   flat = {_to_published_key(k): (v.astype(np.float32) if v.dtype == ml_dtypes.bfloat16 else v)
           for k, v in flat.items()}
@@ -330,7 +338,8 @@ def load_pretrained(*, pretrained_path: PathLike, init_params: Any, model_config
   from `init_params` when the checkpoint has none or another size); position embeddings are resampled to the
   model's grid (`new_grid`, needed when that grid is not square; `old_grid` likewise for the checkpoint's). Any
   other difference raises one ValueError. Scanned `init_params` get scanned params; boxed (logically partitioned)
-  ones get the same boxes.
+  ones get the same boxes; abstract ones (`jax.eval_shape`) work when nothing needs re-initialising. Loaded values
+  are host numpy arrays in `init_params`' dtypes: place them with `jax.device_put(params, shardings)`.
   """
   init_plain = flax.core.unfreeze(init_params)
   init_flat = traverse_util.flatten_dict(init_plain, sep='/')  # boxes (nn.Partitioned...) stay leaves here
