@@ -1,8 +1,7 @@
-"""Tests for vit_jax.checkpoint: published/big_vision layouts, save/load round trip, load_pretrained, timm cross-check."""
+"""Tests for vit_jax.checkpoint: published and big_vision layouts, round trip, load_pretrained, timm cross-check."""
 import functools
 import os
 import re
-import zipfile
 
 import flax
 import flax.linen as nn
@@ -171,6 +170,8 @@ def test_load_pretrained_resets_head_and_resamples_posemb(tmp_path):
     np.testing.assert_array_equal(flat[k], init_flat[k])
   assert flat[checkpoint.POSEMB_KEY].shape == (1, 1 + 36, 32)
   np.testing.assert_array_equal(flat[checkpoint.POSEMB_KEY][:, 0], src_flat[checkpoint.POSEMB_KEY][:, 0])
+  np.testing.assert_array_equal(flat[checkpoint.POSEMB_KEY],
+                                checkpoint.resample_posemb(src_flat[checkpoint.POSEMB_KEY], (6, 6), 1))
   for k in src_flat:
     if not k.startswith('head/') and k != checkpoint.POSEMB_KEY:
       np.testing.assert_array_equal(flat[k], src_flat[k], err_msg=k)
@@ -192,7 +193,8 @@ def _timm_logits(path, images, *, hidden, depth, heads, mlp_dim, patch, num_clas
   model = timm_vit.VisionTransformer(
       img_size=images.shape[1:3], patch_size=patch, num_classes=num_classes, global_pool=global_pool,
       embed_dim=hidden, depth=depth, num_heads=heads, mlp_ratio=mlp_dim / hidden, class_token=class_token,
-      no_embed_class=no_embed_class, fc_norm=False, act_layer='gelu_tanh', norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6),
+      no_embed_class=no_embed_class, fc_norm=False, act_layer='gelu_tanh',
+      norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6),
       **kwargs).eval()
   model.load_pretrained(str(path))  # timm's reader of the published / big_vision .npz layouts
   with torch.no_grad():
@@ -300,7 +302,8 @@ def test_save_scanned_params_writes_looped_published_layout(tmp_path):
   looped = {k: v for k, v in params.items() if k != 'Transformer'}
   looped['Transformer'] = {k: v for k, v in params['Transformer'].items() if k != 'encoderblock'}
   for i in range(2):
-    looped['Transformer'][f'encoderblock_{i}'] = jax.tree.map(lambda x, i=i: x[i], params['Transformer']['encoderblock'])
+    stacked = params['Transformer']['encoderblock']
+    looped['Transformer'][f'encoderblock_{i}'] = jax.tree.map(lambda x, i=i: x[i], stacked)
   with np.load(tmp_path / 'm.npz') as f:
     assert sorted(f.files) == PUBLISHED_KEYS
     for k, v in _published_flat(looped).items():
