@@ -64,7 +64,8 @@ def _read_npz(path: PathLike) -> Dict[str, np.ndarray]:
   except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
     if str(e).startswith(f'Checkpoint {path} '):
       raise
-    raise ValueError(f'Cannot read checkpoint {path} as an .npz archive ({e}); pass a published ViT .npz.') from None
+    reason = ' '.join(str(e).split())  # one line
+    raise ValueError(f'Cannot read checkpoint {path} as an .npz archive ({reason}); pass a published ViT .npz.') from None
 
 
 def _as_float32(x: np.ndarray) -> np.ndarray:
