@@ -65,7 +65,8 @@ def _read_npz(path: PathLike) -> Dict[str, np.ndarray]:
     if str(e).startswith(f'Checkpoint {path} '):
       raise
     reason = ' '.join(str(e).split())  # one line
-    raise ValueError(f'Cannot read checkpoint {path} as an .npz archive ({reason}); pass a published ViT .npz.') from None
+    raise ValueError(f'Cannot read checkpoint {path} as an .npz archive ({reason}); '
+                     'pass a published ViT .npz.') from None
 
 
 def _as_float32(x: np.ndarray) -> np.ndarray:
