@@ -12,6 +12,7 @@ import functools
 import re
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -34,8 +35,23 @@ REMAT_POLICIES = {
 POSEMBS = ('learn', 'sincos2d')
 
 
+@flax.struct.dataclass
+class _LogicallyPartitioned(nn.LogicallyPartitioned):
+  """flax's logical-axis box, without the sharding constraint on a value whose rank differs from its names.
+
+  DenseGeneral makes its (D, H, Dh) kernels by initialising a flattened (D, H*Dh) array and reshaping it; flax's
+  own box constrains that 2-D array with 3 axis names and fails whenever a mesh and axis rules are active (at
+  init, and in the shape check of every `apply`). The reshaped kernel is boxed and constrained as usual.
+  """
+
+  def unbox(self, apply_constraint: bool = True) -> Any:
+    return super().unbox(apply_constraint and np.ndim(self.value) == len(self.names))
+
+
 def _logical(init: Callable[..., Array], axes: Axes) -> Callable[..., Any]:
-  return nn.with_logical_partitioning(init, axes)
+  def boxed(*args: Any, **kwargs: Any) -> _LogicallyPartitioned:
+    return _LogicallyPartitioned(init(*args, **kwargs), axes)
+  return boxed
 
 
 def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.) -> np.ndarray:
