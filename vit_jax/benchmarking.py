@@ -9,7 +9,6 @@ the same process, or `peak_tflops` when given. Imports nothing from TensorFlow, 
 """
 import dataclasses
 import functools
-import importlib
 import math
 import statistics
 import time
@@ -21,7 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax import losses
 from vit_jax import models
+from vit_jax import optim
+from vit_jax import sharding
+from vit_jax import train_step
 
 # The optimizer of the pretraining presets (AdamW b1 .9, b2 .999, global-norm clip 1, decoupled weight decay on
 # kernels, warmup + cosine). The schedule's numbers change no cost; they are here so the step is the real one.
@@ -58,21 +61,12 @@ class BenchConfig:
 
 
 def step_api() -> types.SimpleNamespace:
-  """The real train step, optimizer, sharding and loss (branch `step`), else the marked temporary adapter."""
-  try:
-    mods = {m: importlib.import_module(f'vit_jax.{m}') for m in ('train_step', 'optim', 'sharding', 'losses')}
-  except ImportError:
-    adapter = importlib.import_module('vit_jax.bench_step_adapter')
-    mods = dict.fromkeys(('train_step', 'optim', 'sharding', 'losses'), adapter)
-    source = 'ADAPTER (vit_jax/bench_step_adapter.py; branch step not merged)'
-  else:
-    source = 'vit_jax.train_step'
+  """The pieces of the real training core that the benchmark times (vit_jax.train_step, optim, sharding)."""
   return types.SimpleNamespace(
-      source=source, create_train_state=mods['train_step'].create_train_state,
-      make_train_step=mods['train_step'].make_train_step, make_optimizer=mods['optim'].make_optimizer,
-      make_mesh=mods['sharding'].make_mesh, param_shardings=mods['sharding'].param_shardings,
-      batch_sharding=mods['sharding'].batch_sharding, axis_rules=mods['sharding'].axis_rules,
-      softmax_xent=mods['losses'].softmax_xent)
+      source='vit_jax.train_step', create_train_state=train_step.create_train_state,
+      make_train_step=train_step.make_train_step, make_optimizer=optim.make_optimizer,
+      make_mesh=sharding.make_mesh, param_shardings=sharding.param_shardings,
+      batch_sharding=sharding.batch_sharding, axis_rules=sharding.axis_rules, softmax_xent=losses.softmax_xent)
 
 
 def parse_mesh(spec: str) -> Dict[str, int]:
