@@ -119,6 +119,56 @@ def param_count(params: Any) -> int:
   return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
 
 
+def train_memory_model(cfg: BenchConfig) -> Dict[str, float]:
+  """Predicted device bytes of one train step on one device (PERF_NOTES.md, "ViT-g/14 on one 80 GB GPU").
+
+  State: float32 params, grads, Adam nu, and mu in `mu_dtype`. Activations kept for the backward pass, per layer
+  and image, in the compute dtype: ~8 N D (LN inputs/outputs, q, k, v, attention output, residual) + 2 N M (MLP
+  hidden before/after GELU) + H N^2 (softmax output; the 'xla' attention path) plus float32 logits H N^2. With
+  remat 'full' only the N D block input is kept per layer, plus one layer's activations while it is recomputed.
+  """
+  mc = model_config(cfg)
+  t = mc['transformer']
+  p = mc['patches']['size'][0]
+  n = (cfg.resolution // p) ** 2 + 1
+  d, m, h, layers = mc['hidden_size'], t['mlp_dim'], t['num_heads'], t['num_layers']
+  params = layers * (4 * d * d + 2 * d * m + 9 * d + m) + p * p * 3 * d + n * d + d * (cfg.num_classes + 3)
+  act_bytes = jnp.dtype(DTYPES[cfg.dtype]).itemsize
+  mu_bytes = jnp.dtype(cfg.mu_dtype or 'float32').itemsize
+  per_layer = act_bytes * (8 * n * d + 2 * n * m + h * n * n) + (4 * h * n * n if cfg.attention_impl == 'xla' else 0)
+  if cfg.remat_policy == 'full':
+    activations = cfg.batch * (layers * act_bytes * n * d + per_layer)
+  else:
+    activations = cfg.batch * layers * per_layer
+  state = params * (4 + 4 + 4 + mu_bytes)
+  return {'params': float(params), 'state_bytes': float(state), 'activation_bytes': float(activations),
+          'total_bytes': float(state + activations)}
+
+
+def compiled_train_memory(cfg: BenchConfig) -> Dict[str, float]:
+  """XLA's memory analysis of the compiled train step of `cfg` (per device), without running it."""
+  api = step_api()
+  mesh = api.make_mesh(parse_mesh(cfg.mesh))
+  model = build_model(cfg)
+  tx, _ = api.make_optimizer(dict(PRETRAIN_OPTIMIZER, mu_dtype=cfg.mu_dtype))
+  input_shape = (cfg.batch, cfg.resolution, cfg.resolution, 3)
+  init = functools.partial(api.create_train_state, model, tx, input_shape=input_shape)
+  boxed = jax.eval_shape(functools.partial(init, unbox=False), jax.random.PRNGKey(0))
+  state_sharding = api.param_shardings(boxed, mesh, cfg.rules)
+  state = jax.eval_shape(init, jax.random.PRNGKey(0))
+  batch = {'image': jax.ShapeDtypeStruct(input_shape, jnp.float32),
+           'label': jax.ShapeDtypeStruct((cfg.batch, cfg.num_classes), jnp.float32)}
+  step = api.make_train_step(model, tx, api.softmax_xent)
+  jitted = jax.jit(step, in_shardings=(state_sharding, api.batch_sharding(mesh)),
+                   out_shardings=(state_sharding, None), donate_argnums=0)
+  with api.axis_rules(mesh, cfg.rules):
+    m = jitted.lower(state, batch).compile().memory_analysis()
+  return {'argument_bytes': float(m.argument_size_in_bytes), 'output_bytes': float(m.output_size_in_bytes),
+          'temp_bytes': float(m.temp_size_in_bytes), 'alias_bytes': float(m.alias_size_in_bytes),
+          'total_bytes': float(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+                               - m.alias_size_in_bytes)}
+
+
 def _cost_flops(compiled: Any) -> float:
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):  # older jax: one dict per computation
