@@ -147,12 +147,16 @@ def main(argv=None) -> None:
     rows.append(row)
     print(json.dumps({k: v for k, v in row.items()}, default=str), flush=True)
 
-  print(f'\nstep: {rows[0].get("step_source", "?")}; XLA_FLAGS: {os.environ.get("XLA_FLAGS", "") or "(none)"}')
+  print(f'\nstep: {rows[0].get("step_source", "?")}; XLA_FLAGS: {os.environ.get("XLA_FLAGS", "") or "(none)"}; '
+        'peak mem = peak bytes in use since the process started (a sweep shows the running maximum)')
   print(benchmarking.format_table(rows, extra=(('error', 'error', '{}'),)))
   result = {'rows': rows}
   if timm is not None:
     result['timm'] = timm
-    print('\n' + compare_with_timm(rows[0], timm, peak))
+    best = max(rows, key=lambda r: r.get('train_img_s', r.get('infer_img_s', 0.)))
+    print(f'\ntimm + torch.compile vs our fastest row (attn={best.get("attn")}, remat={best.get("remat")}, '
+          f'scan={best.get("scan")}, batch={best.get("batch")}):')
+    print(compare_with_timm(best, timm, peak))
   if args.json:
     with open(args.json, 'w') as f:
       json.dump(result, f, indent=1, default=str)

@@ -48,7 +48,7 @@ def test_cli_writes_positive_consistent_numbers(cli_result):
   assert row['mesh'] == 'data=2,fsdp=4' and row['devices'] == 8
   header, rule, line = benchmarking.format_table([row]).splitlines()
   cells = dict(zip([h.strip() for h in header.split('|')], [c.strip() for c in line.split('|')]))
-  assert cells['train img/s'] == f'{row["train_img_s"]:.1f}' and cells['mem GB'] == 'n/a'
+  assert cells['train img/s'] == f'{row["train_img_s"]:.1f}' and cells['peak mem GB'] == 'n/a'
 
 
 def test_analytic_flops_match_timm_baseline_formula():
@@ -119,3 +119,17 @@ def test_mu_dtype_bfloat16_stores_first_moment_in_bfloat16():
   params = {'kernel': jnp.ones((4, 4)), 'bias': jnp.ones((4,))}
   dtypes = {str(leaf.dtype) for leaf in jax.tree.leaves(tx.init(params)) if leaf.ndim}
   assert dtypes == {'bfloat16', 'float32'}  # mu bfloat16, nu float32
+
+
+def test_memory_model_counts_the_params_of_vit_g_and_the_optimizer_state_bytes():
+  cfg = benchmarking.BenchConfig(model='ViT-g_14', num_layers=2, mu_dtype='bfloat16')
+  model = benchmarking.build_model(cfg)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)), train=False))
+  mem = benchmarking.train_memory_model(cfg)
+  assert mem['params'] == benchmarking.param_count(models.vit.nn.meta.unbox(shapes['params']))
+  assert mem['state_bytes'] == 14 * mem['params']  # f32 params, grads, nu + bf16 mu
+  # Full depth, batch 64: remat 'full' keeps one N x D tensor per layer instead of ~12 MB of activations.
+  g64 = benchmarking.BenchConfig(model='ViT-g_14', batch=64, mu_dtype='bfloat16', attention_impl='cudnn')
+  none = benchmarking.train_memory_model(g64)
+  full = benchmarking.train_memory_model(benchmarking.dataclasses.replace(g64, remat_policy='full'))
+  assert 40e9 < none['total_bytes'] < 60e9 and full['total_bytes'] < 20e9

@@ -124,18 +124,24 @@ def train_memory_model(cfg: BenchConfig) -> Dict[str, float]:
 
   State: float32 params, grads, Adam nu, and mu in `mu_dtype`. Activations kept for the backward pass, per layer
   and image, in the compute dtype: ~8 N D (LN inputs/outputs, q, k, v, attention output, residual) + 2 N M (MLP
-  hidden before/after GELU) + H N^2 (softmax output; the 'xla' attention path) plus float32 logits H N^2. With
-  remat 'full' only the N D block input is kept per layer, plus one layer's activations while it is recomputed.
+  hidden before/after GELU) + H N^2 (softmax output; the 'xla' attention path) plus float32 logits H N^2 (fused
+  attention keeps only H N float32 statistics instead). With remat 'full' only the N D block input is kept per layer, plus one layer's activations while it is recomputed.
   """
   mc = model_config(cfg)
   t = mc['transformer']
   p = mc['patches']['size'][0]
   n = (cfg.resolution // p) ** 2 + 1
   d, m, h, layers = mc['hidden_size'], t['mlp_dim'], t['num_heads'], t['num_layers']
-  params = layers * (4 * d * d + 2 * d * m + 9 * d + m) + p * p * 3 * d + n * d + d * (cfg.num_classes + 3)
+  # Blocks; patch embedding; position embedding; cls + embedding bias + final norm; head.
+  params = (layers * (4 * d * d + 2 * d * m + 9 * d + m) + p * p * 3 * d + n * d + 4 * d
+            + (d + 1) * cfg.num_classes)
   act_bytes = jnp.dtype(DTYPES[cfg.dtype]).itemsize
   mu_bytes = jnp.dtype(cfg.mu_dtype or 'float32').itemsize
-  per_layer = act_bytes * (8 * n * d + 2 * n * m + h * n * n) + (4 * h * n * n if cfg.attention_impl == 'xla' else 0)
+  if cfg.attention_impl in ('xla', 'dot_product'):  # softmax output kept in the compute dtype, its float32 logits too
+    attention = act_bytes * h * n * n + 4 * h * n * n
+  else:  # fused (flash) attention keeps only the float32 softmax statistics
+    attention = 4 * h * n
+  per_layer = act_bytes * (8 * n * d + 2 * n * m) + attention
   if cfg.remat_policy == 'full':
     activations = cfg.batch * (layers * act_bytes * n * d + per_layer)
   else:
@@ -326,13 +332,20 @@ def run(cfg: BenchConfig, peak_tflops: Optional[float] = None) -> Dict[str, Any]
 
 
 def xla_forward_flops(cfg: BenchConfig) -> float:
-  """FLOPs per image from XLA's cost analysis of the compiled forward (f32, one device, batch 1).
+  """FLOPs per image from XLA's cost analysis of the compiled forward (float32, 'xla' attention, batch 1).
 
-  Compiled unrolled (scan=False, no remat): XLA's cost analysis counts a while-loop body once, so a scanned
-  model would report one layer. One device and batch 1 make the count independent of the mesh's partitioning.
+  Compiled unrolled, without remat and with the einsum attention: XLA's cost analysis counts a while-loop (scan)
+  body once and a cuDNN custom call as zero FLOPs. Batch 1 on one device keeps the count mesh-independent.
   """
-  model = build_model(cfg, scan=False, remat_policy='none')
-  x = jax.ShapeDtypeStruct((1, cfg.resolution, cfg.resolution, 3), jnp.float32)
+  return _xla_forward_flops(cfg.model, cfg.resolution, cfg.num_layers, cfg.num_classes)
+
+
+@functools.lru_cache(maxsize=None)
+def _xla_forward_flops(name: str, resolution: int, num_layers: Optional[int], num_classes: int) -> float:
+  cfg = BenchConfig(model=name, resolution=resolution, num_layers=num_layers, num_classes=num_classes,
+                    dtype='float32')
+  model = build_model(cfg)
+  x = jax.ShapeDtypeStruct((1, resolution, resolution, 3), jnp.float32)
   params = jax.eval_shape(lambda: nn.meta.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros(x.shape),
                                                            train=False)['params']))
   fwd = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))
@@ -348,7 +361,7 @@ COLUMNS = (
     ('±%', 'train_spread_%', '{:.0f}'), ('train MFU%', 'train_mfu_%', '{:.1f}'),
     ('infer img/s', 'infer_img_s', '{:.1f}'), ('infer MFU%', 'infer_mfu_%', '{:.1f}'),
     ('GFLOP/img xla', 'fwd_GFLOP_xla', '{:.3g}'), ('analytic', 'fwd_GFLOP_analytic', '{:.3g}'),
-    ('peak TF/s', 'peak_TFLOPs', '{:.3g}'), ('mem GB', 'peak_mem_GB', '{:.2f}'),
+    ('peak TF/s', 'peak_TFLOPs', '{:.3g}'), ('peak mem GB', 'peak_mem_GB', '{:.2f}'),
     ('compiled GB', 'train_mem_compiled_GB', '{:.2f}'),
 )
 
