@@ -87,6 +87,9 @@ def run_timm(args: argparse.Namespace) -> dict:
   if args.model not in _TIMM_VARIANTS:
     raise ValueError(f'--timm compares only {", ".join(sorted(set(_TIMM_VARIANTS.values())))}; '
                      f'got --model {args.model}.')
+  if args.resolution != 224 or args.num_layers or args.num_classes != 1000:
+    raise ValueError('--timm measures the full model at 224 px with 1000 classes; drop --num_layers and use '
+                     '--resolution 224 --num_classes 1000.')
   if not args.timm_script or not os.path.exists(args.timm_script):
     raise FileNotFoundError(f'--timm needs --timm_script PATH of timm_baseline.py (got {args.timm_script!r}); copy '
                             'shared/bench/timm_baseline.py into a carried, git-ignored folder.')
@@ -181,4 +184,8 @@ def compare_with_timm(ours: dict, timm: dict, peak_tflops: float) -> str:
 
 
 if __name__ == '__main__':
-  main()
+  try:
+    main()
+  except (ValueError, FileNotFoundError) as e:  # user mistakes: one line, no traceback
+    print(f'benchmark.py: {e}', file=sys.stderr)
+    sys.exit(2)

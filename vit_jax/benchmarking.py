@@ -142,8 +142,14 @@ def train_memory_model(cfg: BenchConfig) -> Dict[str, float]:
   else:  # fused (flash) attention keeps only the float32 softmax statistics
     attention = 4 * h * n
   per_layer = act_bytes * (8 * n * d + 2 * n * m) + attention
-  if cfg.remat_policy == 'full':
-    activations = cfg.batch * (layers * act_bytes * n * d + per_layer)
+  # Kept per layer under each remat policy: the block input (N D) plus what the policy saves; the rest is
+  # recomputed, one layer at a time (`per_layer` live while it is).
+  kept = {'full': act_bytes * n * d,
+          'dots_no_batch': act_bytes * (6 * n * d + n * m),  # + q, k, v, out-proj, MLP Dense outputs
+          'dots': act_bytes * (7 * n * d + n * m) + (4 * h * n * n if cfg.attention_impl in ('xla', 'dot_product')
+                                                     else 0)}  # + attention einsums
+  if cfg.remat_policy in kept:
+    activations = cfg.batch * (layers * kept[cfg.remat_policy] + per_layer)
   else:
     activations = cfg.batch * layers * per_layer
   state = params * (4 + 4 + 4 + mu_bytes)
