@@ -12,7 +12,6 @@ import functools
 import re
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -35,23 +34,8 @@ REMAT_POLICIES = {
 POSEMBS = ('learn', 'sincos2d')
 
 
-@flax.struct.dataclass
-class _LogicallyPartitioned(nn.LogicallyPartitioned):
-  """flax's logical-axis box, without the sharding constraint on a value whose rank differs from its names.
-
-  DenseGeneral makes its (D, H, Dh) kernels by initialising a flattened (D, H*Dh) array and reshaping it; flax's
-  own box constrains that 2-D array with 3 axis names and fails whenever a mesh and axis rules are active (at
-  init, and in the shape check of every `apply`). The reshaped kernel is boxed and constrained as usual.
-  """
-
-  def unbox(self, apply_constraint: bool = True) -> Any:
-    return super().unbox(apply_constraint and np.ndim(self.value) == len(self.names))
-
-
 def _logical(init: Callable[..., Array], axes: Axes) -> Callable[..., Any]:
-  def boxed(*args: Any, **kwargs: Any) -> _LogicallyPartitioned:
-    return _LogicallyPartitioned(init(*args, **kwargs), axes)
-  return boxed
+  return nn.with_logical_partitioning(init, axes)
 
 
 def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.) -> np.ndarray:
@@ -112,6 +96,31 @@ def _attention_weights(q: Array, k: Array, key_mask: Optional[Array] = None) -> 
   return jax.nn.softmax(logits, axis=-1).astype(q.dtype)
 
 
+class Projection(nn.Module):
+  """`nn.DenseGeneral` over the last `in_dims` axes, with the kernel created at its stored rank.
+
+  flax's DenseGeneral initialises a flat 2-D kernel and reshapes it, so 3-D logical axis names would be applied
+  to a 2-D array under an active mesh; here the Xavier fan-in/fan-out are taken over the same axes directly.
+  """
+
+  features: Tuple[int, ...]
+  in_dims: int
+  kernel_axes: Axes
+  bias_axes: Axes
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    in_shape = x.shape[x.ndim - self.in_dims:]
+    n_in, n_out = len(in_shape), len(self.features)
+    init = nn.initializers.xavier_uniform(in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, n_in + n_out)))
+    kernel = self.param('kernel', _logical(init, self.kernel_axes), in_shape + tuple(self.features))
+    bias = self.param('bias', _logical(nn.initializers.zeros, self.bias_axes), tuple(self.features))
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    y = jax.lax.dot_general(x, kernel, (((tuple(range(x.ndim - n_in, x.ndim))), tuple(range(n_in))), ((), ())))
+    return y + bias
+
+
 def _pad_sequence(x: Array, multiple: int) -> Array:
   """Zero-pads axis 1 of a BTHD array up to a multiple of `multiple`."""
   pad = -x.shape[1] % multiple
@@ -152,10 +161,8 @@ class MultiHeadDotProductAttention(nn.Module):
     if d % self.num_heads:
       raise ValueError(f'hidden_size {d} is not divisible by num_heads {self.num_heads}.')
     head_dim = d // self.num_heads
-    qkv = functools.partial(
-        nn.DenseGeneral, features=(self.num_heads, head_dim), axis=-1, dtype=self.dtype,
-        kernel_init=_logical(nn.initializers.xavier_uniform(), ('embed', 'heads', 'kv')),
-        bias_init=_logical(nn.initializers.zeros, ('heads', 'kv')))
+    qkv = functools.partial(Projection, features=(self.num_heads, head_dim), in_dims=1, dtype=self.dtype,
+                            kernel_axes=('embed', 'heads', 'kv'), bias_axes=('heads', 'kv'))
     q = qkv(name='query')(inputs_q)
     k = qkv(name='key')(inputs_kv)
     v = qkv(name='value')(inputs_kv)
@@ -179,10 +186,8 @@ class MultiHeadDotProductAttention(nn.Module):
           q, k, v, key_value_seq_lengths=lengths, implementation=None if impl == 'dot_product' else impl)
     x = x[:, :q_len]
 
-    return nn.DenseGeneral(
-        features=d, axis=(-2, -1), dtype=self.dtype, name='out',
-        kernel_init=_logical(nn.initializers.xavier_uniform(), ('heads', 'kv', 'embed')),
-        bias_init=_logical(nn.initializers.zeros, ('embed',)))(x)
+    return Projection(features=(d,), in_dims=2, dtype=self.dtype, kernel_axes=('heads', 'kv', 'embed'),
+                      bias_axes=('embed',), name='out')(x)
 
 
 def _layer_norm(dtype: Dtype, name: Optional[str] = None) -> nn.LayerNorm:
@@ -209,6 +214,7 @@ class Encoder1DBlock(nn.Module):
   attention_impl: str = 'xla'
   attention_pad_to_multiple: int = 0
   deterministic: bool = True
+  drop_path: bool = False   # static: no rng draws at all when stochastic depth is off
 
   @nn.compact
   def __call__(self, inputs: Array, droppath_rate: Array) -> Tuple[Array, None]:
@@ -228,7 +234,7 @@ class Encoder1DBlock(nn.Module):
     return nn.with_logical_constraint(x, ('batch', 'length', 'embed')), None
 
   def _maybe_drop_path(self, y: Array, rate: Array) -> Array:
-    if self.deterministic:
+    if self.deterministic or not self.drop_path:
       return y
     return _drop_path(y, rate, self.make_rng('dropout'))
 
@@ -267,7 +273,8 @@ class Encoder(nn.Module):
     block_kwargs = dict(
         mlp_dim=self.mlp_dim, num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.dropout_rate,
         attention_dropout_rate=self.attention_dropout_rate, attention_impl=self.attention_impl,
-        attention_pad_to_multiple=self.attention_pad_to_multiple, deterministic=not self.train)
+        attention_pad_to_multiple=self.attention_pad_to_multiple, deterministic=not self.train,
+        drop_path=self.stochastic_depth > 0)
     block = Encoder1DBlock
     if self.remat_policy != 'none':
       block = nn.remat(block, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=not self.scan)
