@@ -8,10 +8,11 @@ Resizing uses area averaging (PIL BOX) when shrinking and bilinear when enlargin
 with PIL's draft flag (integer-fast IDCT, as tf.io.decode_jpeg by default) and at 1/2, 1/4 or 1/8 DCT
 scale when the crop box is still at least the output size after it.
 
-The training inception crop of a complete JPEG takes a faster path when OpenCV is installed: libjpeg-turbo
-decode (at the same 1/2, 1/4 or 1/8 DCT scale, which is what antialiases a shrink of 2x or more) and a
-SIMD bilinear resize of the box on uint8, as tf.image.resize's default. Everything else (PNG, truncated
-files, eval, other crops) and any file OpenCV cannot decode goes through PIL, which names corrupt files.
+The training inception crop of a JPEG takes a faster path when simplejpeg and OpenCV are installed:
+libjpeg-turbo decode with tf.io.decode_jpeg's options (at the same 1/2, 1/4 or 1/8 DCT scale, which is
+what antialiases a shrink of 2x or more) and OpenCV's SIMD bilinear resize of the box on uint8, as
+tf.image.resize's default (not antialiased below 2x). Everything else (PNG, eval, the other crops) and any
+JPEG libjpeg warns about goes through PIL, which decodes it or names it as corrupt.
 
 `pp` keys (all optional except where the pipeline says otherwise):
   train, test        split strings, e.g. 'train[:99%]', 'test' (defaults 'train' / 'test').
@@ -46,13 +47,18 @@ from PIL import Image
 from PIL import ImageEnhance
 from PIL import ImageOps
 
+# Optional speed-ups of the training crop (see the module docstring); PIL does everything without them.
 try:
   import cv2  # pylint: disable=g-import-not-at-top
   # One image per call, run in the pipeline's reader threads: OpenCV's own thread pool would only add
   # hand-off overhead (and CPU time) to a 224x224 resize.
   cv2.setNumThreads(1)
-except ImportError:  # Optional: PIL does everything without it, a little slower.
+except ImportError:
   cv2 = None
+try:
+  import simplejpeg  # pylint: disable=g-import-not-at-top
+except ImportError:
+  simplejpeg = None
 
 Record = dict[str, Any]
 _BILINEAR = Image.Resampling.BILINEAR
@@ -161,8 +167,8 @@ def _crop_resize(img: Image.Image, box: tuple[int, int, int, int], size: int, na
 
 
 def _jpeg_bytes(rec: Record) -> bytes | None:
-  """The encoded bytes of a record's image when it is a complete JPEG that OpenCV may decode, else None."""
-  if cv2 is None or 'image' in rec:
+  """The encoded bytes of a record's image when it is a JPEG for the fast path, else None."""
+  if cv2 is None or simplejpeg is None or 'image' in rec:
     return None
   data = rec.get('image_bytes')
   if data is None:
@@ -171,26 +177,30 @@ def _jpeg_bytes(rec: Record) -> bytes | None:
         data = f.read()
     except OSError:
       return None  # PIL reopens it and raises CorruptImageError naming the file.
-  # Start and end markers: libjpeg pads a truncated file with grey where PIL raises, so cut files go to PIL.
-  return data if data[:2] == b'\xff\xd8' and data.rstrip(b'\0\r\n ')[-2:] == b'\xff\xd9' else None
+  return data if data[:2] == b'\xff\xd8' else None
 
 
 def _fast_random_resized_crop(data: bytes, rng: np.random.Generator, size: int,
                               area_range: tuple[float, float], aspect_range: tuple[float, float],
                               name: str) -> np.ndarray | Image.Image:
-  """random_resized_crop of a JPEG via OpenCV: same box and DCT scale, bilinear on uint8; RGB pixels."""
-  img = decode(data, name)  # Header only: the box (and the DCT scale) need the size before decoding.
-  box = sample_inception_box(rng, *img.size, area_range=area_range, aspect_range=aspect_range)
+  """random_resized_crop of a JPEG: libjpeg-turbo decode at the same DCT scale, bilinear resize on uint8."""
+  # strict=True: a libjpeg warning (a truncated or damaged file) raises, and PIL then decodes the file
+  # or names it as corrupt, exactly as without the fast path.
+  try:
+    height, width, _, _ = simplejpeg.decode_jpeg_header(data, strict=True)
+  except ValueError:
+    return random_resized_crop(decode(data, name), rng, size, area_range, aspect_range, name)
+  box = sample_inception_box(rng, width, height, area_range=area_range, aspect_range=aspect_range)
   reduce = _dct_reduction(box, size)
-  flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-           8: cv2.IMREAD_REDUCED_COLOR_8}[reduce] | cv2.IMREAD_IGNORE_ORIENTATION  # PIL and TF ignore EXIF.
-  pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-  if pixels is None:  # Something OpenCV cannot read: PIL decodes it or names it as corrupt.
-    return _crop_resize(img, box, size, name)
-  scale = pixels.shape[1] / img.size[0]
+  try:
+    # Fast integer IDCT and fancy upsampling: tf.io.decode_jpeg's defaults.
+    pixels = simplejpeg.decode_jpeg(data, 'RGB', fastdct=True, fastupsample=False, strict=True,
+                                    min_height=-(-height // reduce), min_width=-(-width // reduce))
+  except ValueError:
+    return _crop_resize(decode(data, name), box, size, name)
+  scale = pixels.shape[1] / width
   left, top, w, h = (round(v * scale) for v in box)
-  crop = pixels[top:top + h, left:left + w]
-  return cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR)[..., ::-1]  # BGR -> RGB view.
+  return cv2.resize(pixels[top:top + h, left:left + w], (size, size), interpolation=cv2.INTER_LINEAR)
 
 
 def resize(img: Image.Image, size: int, name: str = '<image>') -> Image.Image:
@@ -229,10 +239,13 @@ def random_crop(img: Image.Image, rng: np.random.Generator, size: int) -> Image.
 
 
 def random_flip(img: Image.Image | np.ndarray, rng: np.random.Generator) -> Image.Image | np.ndarray:
-  """Mirrors left-right with probability 1/2 (a PIL image, or an HxWxC array as a view)."""
+  """Mirrors left-right with probability 1/2 (a PIL image or an HxWxC array)."""
   if rng.random() >= 0.5:
     return img
-  return img[:, ::-1] if isinstance(img, np.ndarray) else img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+  if isinstance(img, np.ndarray):
+    # A contiguous copy: numpy copies (and batches) a negative-stride view ~15x slower than this SIMD flip.
+    return cv2.flip(img, 1) if cv2 is not None else np.ascontiguousarray(img[:, ::-1])
+  return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
 
 
 def value_range(img: Image.Image | np.ndarray, vmin: float = -1., vmax: float = 1.) -> np.ndarray:
