@@ -5,11 +5,14 @@ Both decode the same generated JPEGs (~500x375, ImageNet-like), take an Inceptio
 measurement runs in a fresh child process pinned (sched_setaffinity) to as many CPU cores as it has
 workers. "Per core" is measured as images per CPU-second the process consumed (all its threads), which
 stays meaningful on a shared machine; wall-clock images/s per pinned core is printed too:
-  ours:    vit_jax.input_pipeline.make_train_iterator over an image folder (grain, `workers` reader threads).
+  ours:    vit_jax.input_pipeline.make_train_iterator over an image folder (grain, `workers` reader threads;
+           with simplejpeg + OpenCV installed: libjpeg-turbo decode, at 1/2-1/8 DCT scale when the box is
+           2x the output or more, then bilinear resize on uint8).
   tf.data: from_tensor_slices(paths).map(read+decode_jpeg+crop+resize+flip+normalise,
            num_parallel_calls=workers) with a private thread pool of `workers` threads; measured with
-           tf.image.resize's default (bilinear, no antialiasing: aliases when shrinking) and with
-           antialias=True, the same class of filter as ours (area averaging when shrinking).
+           tf.image.resize's default (bilinear, no antialiasing: the same filter as ours below a 2x
+           shrink), with antialias=True (area-like when shrinking, costlier), and with big_vision's
+           decode_and_crop_jpeg (decodes only the box) in place of decode_jpeg + slice.
 
   python scripts/bench_input.py [--images 400] [--workers 1 2] [--json out.json]
 """
@@ -54,7 +57,8 @@ def measure_ours(root: str, workers: int, num_images: int) -> dict[str, float]:
   return _time(it, num_images)
 
 
-def measure_tf(root: str, workers: int, num_images: int, antialias: bool = False) -> dict[str, float]:
+def measure_tf(root: str, workers: int, num_images: int, antialias: bool = False,
+               crop_first: bool = False) -> dict[str, float]:
   """Images/s of a minimal tf.data pipeline doing the same ops on the same files."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -62,11 +66,17 @@ def measure_tf(root: str, workers: int, num_images: int, antialias: bool = False
   files = sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(root, 'train')) for f in fs)
 
   def load(path, seed):
-    img = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
+    data = tf.io.read_file(path)
+    shape = tf.image.extract_jpeg_shape(data) if crop_first else None
+    img = None if crop_first else tf.io.decode_jpeg(data, channels=3)
     begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(img), tf.zeros([0, 0, 4], tf.float32), seed=seed, area_range=(0.08, 1.0),
-        aspect_ratio_range=(3 / 4, 4 / 3), max_attempts=10, use_image_if_no_bounding_boxes=True)
-    img = tf.slice(img, begin, size)
+        shape if crop_first else tf.shape(img), tf.zeros([0, 0, 4], tf.float32), seed=seed,
+        area_range=(0.08, 1.0), aspect_ratio_range=(3 / 4, 4 / 3), max_attempts=10,
+        use_image_if_no_bounding_boxes=True)
+    if crop_first:  # As big_vision's decode_jpeg_and_inception_crop: decodes only the box's rows/columns.
+      img = tf.image.decode_and_crop_jpeg(data, tf.stack([begin[0], begin[1], size[0], size[1]]), channels=3)
+    else:
+      img = tf.slice(img, begin, size)
     img = tf.image.resize(img, [CROP, CROP], 'bilinear', antialias=antialias)
     img = tf.image.stateless_random_flip_left_right(img, seed)
     return img / 127.5 - 1
@@ -96,7 +106,8 @@ def _child(kind: str, root: str, workers: int, num_images: int) -> dict[str, flo
   """Runs one measurement ('ours', 'tf' or 'tf_aa') in a fresh process pinned to `workers` cores."""
   cores = sorted(os.sched_getaffinity(0))[:workers]
   call = {'ours': 'b.measure_ours(%r, %d, %d)', 'tf': 'b.measure_tf(%r, %d, %d)',
-          'tf_aa': 'b.measure_tf(%r, %d, %d, antialias=True)'}[kind] % (root, workers, num_images)
+          'tf_aa': 'b.measure_tf(%r, %d, %d, antialias=True)',
+          'tf_crop': 'b.measure_tf(%r, %d, %d, crop_first=True)'}[kind] % (root, workers, num_images)
   code = ('import os, sys; sys.path.insert(0, %r); os.sched_setaffinity(0, %r); '
           'import json; from scripts import bench_input as b; print(json.dumps(%s))'
           % (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), cores, call))
@@ -123,7 +134,7 @@ def main(argv=None) -> list[dict[str, float]]:
       if w > len(os.sched_getaffinity(0)):
         print(f'skipping workers={w}: only {len(os.sched_getaffinity(0))} cores available')
         continue
-      best = {k: {'wall': 0., 'cpu': 0.} for k in ('ours', 'tf', 'tf_aa')}
+      best = {k: {'wall': 0., 'cpu': 0.} for k in ('ours', 'tf', 'tf_aa', 'tf_crop')}
       for _ in range(args.repeats):  # Interleaved, so all see the same machine load.
         for kind in best:
           r = _child(kind, root, w, args.measure)
@@ -134,10 +145,12 @@ def main(argv=None) -> list[dict[str, float]]:
         row[f'{kind}_wall_core'] = best[kind]['wall'] / w
       row['ratio'] = row['ours_cpu'] / row['tf_cpu']
       row['ratio_aa'] = row['ours_cpu'] / row['tf_aa_cpu']
+      row['ratio_crop'] = row['ours_cpu'] / row['tf_crop_cpu']
       row['ratio_wall'] = row['ours_wall_core'] / row['tf_wall_core']
       rows.append(row)
   cols = [('workers', 'workers'), ('ours_cpu', 'ours'), ('tf_cpu', 'tf.data'), ('ratio', 'ours/tf.data'),
           ('tf_aa_cpu', 'tf.data antialias'), ('ratio_aa', 'ours/tf.data aa'),
+          ('tf_crop_cpu', 'tf.data decode_and_crop'), ('ratio_crop', 'ours/tf.data crop'),
           ('ours_wall_core', 'ours wall/core'), ('tf_wall_core', 'tf.data wall/core'),
           ('ratio_wall', 'ours/tf.data wall')]
   print('images per CPU-second (first columns) and wall-clock images/s per pinned core (last three)')

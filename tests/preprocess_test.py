@@ -81,6 +81,36 @@ def test_random_resized_crop_draft_decodes_large_jpeg_at_reduced_scale():
   assert np.abs(np.asarray(out, np.int32) - np.asarray(ref, np.int32)).mean() < 4
 
 
+def _photo(w, h):
+  """A smooth photo-like image (a low-resolution random pattern, upsampled)."""
+  low = np.random.default_rng(0).integers(0, 256, (6, 8, 3), dtype=np.uint8)
+  return np.asarray(Image.fromarray(low).resize((w, h), Image.Resampling.BICUBIC))
+
+
+@pytest.mark.parametrize('size,area', [((500, 375), (0.08, 1.)), ((1024, 768), (0.9, 1.))])
+def test_fast_jpeg_path_matches_the_pil_path(monkeypatch, size, area):
+  """The simplejpeg + OpenCV crop draws the same box and flip as PIL's, and (up to the filter) the same pixels."""
+  if pp_ops.cv2 is None or pp_ops.simplejpeg is None:
+    pytest.skip('fast path needs opencv-python-headless and simplejpeg')
+  rec = {'image_bytes': _jpeg(_photo(*size)), 'label': 0, 'id': 0, 'name': 'x.jpg'}
+  pp = {'crop': 64, 'area_range': area}
+  fast = [pp_ops.train_example(rec, np.random.default_rng(s), pp, 2)['image'] for s in range(8)]
+  monkeypatch.setattr(pp_ops, 'simplejpeg', None)
+  slow = [np.asarray(pp_ops.train_example(rec, np.random.default_rng(s), pp, 2)['image']) for s in range(8)]
+  for f, s in zip(fast, slow):
+    assert f.shape == s.shape == (64, 64, 3) and f.dtype == np.uint8 and f.flags.c_contiguous
+    assert not np.array_equal(f, s)  # The fast path ran: its bilinear filter differs from PIL's BOX.
+    assert np.abs(f.astype(np.int32) - s).mean() < 5  # Measured <= 3.2; a wrong box or flip is off by >= 6.
+
+
+@pytest.mark.parametrize('cut', [300, 2000])
+def test_fast_jpeg_path_names_truncated_files(cut):
+  data = _jpeg(_photo(500, 375))[:cut]  # 2000: a valid header, pixel data cut short.
+  with pytest.raises(pp_ops.CorruptImageError, match='cut.jpg'):
+    pp_ops.train_example({'image_bytes': data, 'label': 0, 'id': 0, 'name': 'cut.jpg'},
+                         np.random.default_rng(0), {'crop': 32}, 2)
+
+
 def test_resize_small_keeps_aspect_and_central_crop_is_centred():
   img = Image.fromarray(_gradient(64, 32))
   small = pp_ops.resize_small(img, 16)
@@ -108,6 +138,9 @@ def test_flip_mirrors_half_the_time():
       flips += 1
     else:
       np.testing.assert_array_equal(out, arr)
+    flipped = pp_ops.random_flip(arr, np.random.default_rng(seed))  # Arrays: same draw, contiguous.
+    np.testing.assert_array_equal(flipped, out)
+    assert flipped.flags.c_contiguous
   assert 70 < flips < 130
 
 

@@ -214,7 +214,7 @@ def _imagenet21k_hint(data_dir: str | None) -> str:
 
 
 class _TfdsRecords(Sequence):
-  """Records over a `tfds.data_source`, with images left encoded so we decode them (PIL, draft mode)."""
+  """Records over a `tfds.data_source`, with images left encoded so that preprocess decodes them."""
 
   def __init__(self, src, name: str, image_key: str, label_key: str):
     self._src, self._name, self._image_key, self._label_key = src, name, image_key, label_key
