@@ -81,6 +81,13 @@ def _hide_accelerators_from_tensorflow() -> None:
   tf.config.set_visible_devices([], 'TPU')
 
 
+def _quiet_orbax() -> None:
+  """Orbax logs several INFO lines per save; keep its warnings and errors only."""
+  import logging as std_logging  # pylint: disable=g-import-not-at-top
+  logging.get_absl_handler().addFilter(
+      lambda r: r.levelno >= std_logging.WARNING or '/orbax/' not in r.pathname)
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     _fail(f'Unexpected arguments {argv[1:]}; use --config=... --workdir=... --config.key=value.')
@@ -89,6 +96,7 @@ def main(argv) -> None:
   if 'tensorflow' in sys.modules or _CONFIG.value.get('tensorboard', False):
     _hide_accelerators_from_tensorflow()
   _start_distributed()
+  _quiet_orbax()
 
   import jax  # pylint: disable=g-import-not-at-top
   from vit_jax import config_checks  # pylint: disable=g-import-not-at-top

@@ -105,6 +105,20 @@ def _first_bad_step(first_bad: jax.Array, step: jax.Array, metrics: Dict[str, ja
   return jnp.where((first_bad < 0) & ~ok, step, first_bad)
 
 
+def _compile_step(step_fn, state_shardings, batch_sharding, replicated, abstract_state, abstract_batch,
+                  first_bad):
+  """AOT-compiles the donated step (state, batch, first_bad) -> (state, metrics, first_bad) for the mesh."""
+
+  def guarded_step(state, batch, first_bad):
+    state, metrics = step_fn(state, batch)
+    return state, metrics, _first_bad_step(first_bad, state.step, metrics)
+
+  return jax.jit(
+      guarded_step, in_shardings=(state_shardings, batch_sharding, replicated),
+      out_shardings=(state_shardings, replicated, replicated), donate_argnums=(0, 2),
+  ).lower(abstract_state, abstract_batch, first_bad).compile()
+
+
 def _load_model_init(state: train_step.TrainState, config: Any, model: vit.VisionTransformer,
                      image_size: int) -> train_step.TrainState:
   """Replaces fresh params (and EMA) with a published checkpoint's, placed with the params' shardings."""
@@ -165,23 +179,29 @@ def train_and_evaluate(config: Any, workdir: str) -> Dict[str, float]:
                                 jax.eval_shape(init, rng), state_shardings)
 
   # --- The donated train step (with the NaN marker folded in) and the eval step.
-  step_fn = train_step.make_train_step(model, tx, loss_fn, lr_schedule=schedule, accum_steps=config.accum_steps,
-                                       ema_decay=config.ema_decay or None, mesh=mesh, rules=rules)
-
-  def guarded_step(state, batch, first_bad):
-    state, metrics = step_fn(state, batch)
-    return state, metrics, _first_bad_step(first_bad, state.step, metrics)
-
   abstract_batch = {
       'image': jax.ShapeDtypeStruct((config.batch, info.image_size, info.image_size, 3), jnp.float32,
                                     sharding=batch_sharding),
       'label': jax.ShapeDtypeStruct((config.batch, info.num_classes), jnp.float32, sharding=batch_sharding)}
   first_bad = jax.device_put(np.int32(-1), replicated)
-  compiled_step = jax.jit(
-      guarded_step, in_shardings=(state_shardings, batch_sharding, replicated),
-      out_shardings=(state_shardings, replicated, replicated), donate_argnums=(0, 2),
-  ).lower(abstract_state, abstract_batch, first_bad).compile()
-  eval_step = jax.jit(train_step.make_eval_step(model, loss_fn, mesh=mesh, rules=rules),
+  step_kwargs = dict(lr_schedule=schedule, accum_steps=config.accum_steps, ema_decay=config.ema_decay or None)
+  try:
+    compiled_step = _compile_step(
+        train_step.make_train_step(model, tx, loss_fn, mesh=mesh, rules=rules, **step_kwargs),
+        state_shardings, batch_sharding, replicated, abstract_state, abstract_batch, first_bad)
+    activation_rules = rules
+  except ValueError as e:
+    if 'with_sharding_constraint' not in str(e):
+      raise
+    # Some model versions cannot trace their activation constraints under a rule table (a flax DenseGeneral
+    # kernel-reshape issue); params stay sharded by the rules and XLA propagates the rest.
+    logging.warning('Activation sharding constraints disabled: %s', str(e).splitlines()[0][:200])
+    compiled_step = _compile_step(train_step.make_train_step(model, tx, loss_fn, **step_kwargs),
+                                  state_shardings, batch_sharding, replicated, abstract_state, abstract_batch,
+                                  first_bad)
+    activation_rules = None
+  eval_step = jax.jit(train_step.make_eval_step(model, loss_fn, mesh=mesh if activation_rules else None,
+                                                rules=activation_rules),
                       out_shardings=replicated)
 
   # --- Resume: own checkpoint -> config.resume -> config.model_init -> scratch (see the module docstring).
