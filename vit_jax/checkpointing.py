@@ -1,7 +1,7 @@
 """Orbax checkpoints of the train state plus the input pipeline's position, with a corrupt-checkpoint fallback.
 
 Layout: `<workdir>/checkpoints/<step>/{state, data}`. `state` is the sharded `TrainState` (params, optimizer
-state, step, RNG, EMA) written asynchronously by `ocp.StandardCheckpointHandler`; `data` is each process's
+state, step, RNG, EMA) written asynchronously by `ocp.PyTreeCheckpointHandler`; `data` is each process's
 iterator state as JSON (`process_<i>-of-<n>.json`, the layout of grain's own Orbax handler, but for any iterator
 with `get_state()`/`set_state()`, the synthetic one and `prefetch_to_mesh`'s included).
 
@@ -16,6 +16,7 @@ import os
 from typing import Any, Optional, Tuple
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -53,6 +54,21 @@ class ProcessJsonRestore(ocp.args.CheckpointArgs):
   pass
 
 
+def _type_handlers() -> Any:
+  """Orbax's array handlers, without replica-parallel writes on CPU.
+
+  Replica-parallel saving splits each replicated array across its replicas so that hosts write in parallel;
+  it compiles one slicing program per array shape, which on CPU (one host, no I/O to spread) only costs
+  start-up time.
+  """
+  th = ocp.type_handlers
+  parallel = jax.default_backend() != 'cpu'
+  return th.create_type_handler_registry(
+      (int, th.ScalarHandler()), (float, th.ScalarHandler()), (bytes, th.ScalarHandler()),
+      (np.number, th.ScalarHandler()), (np.ndarray, th.NumpyHandler()),
+      (jax.Array, th.ArrayHandler(use_replica_parallel=parallel)), (str, th.StringHandler()))
+
+
 def checkpoint_dir(path: str) -> str:
   """The directory holding step checkpoints for a workdir (its `checkpoints/`) or such a directory itself."""
   sub = os.path.join(path, 'checkpoints')
@@ -72,7 +88,9 @@ class Checkpointer:
     self._manager = self._open()
 
   def _open(self) -> ocp.CheckpointManager:
-    return ocp.CheckpointManager(self.directory, options=self._options, item_names=('state', 'data'))
+    return ocp.CheckpointManager(self.directory, options=self._options, item_handlers={
+        'state': ocp.PyTreeCheckpointHandler(type_handler_registry=_type_handlers()),
+        'data': ProcessJsonHandler()})
 
   def all_steps(self) -> list:
     return sorted(self._manager.all_steps())
@@ -82,7 +100,7 @@ class Checkpointer:
     if step in self._manager.all_steps():
       return False
     return self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ProcessJsonSave(data_state)), force=force)
+        state=ocp.args.PyTreeSave(state), data=ProcessJsonSave(data_state)), force=force)
 
   def restore(self, abstract_state: Any, step: Optional[int] = None) -> Optional[Tuple[int, Any, Any]]:
     """(step, state, data_state) of `step` or of the newest readable checkpoint; None when there is none.
@@ -93,8 +111,9 @@ class Checkpointer:
     steps = [step] if step is not None else self.all_steps()[::-1]
     for s in steps:
       try:
-        restored = self._manager.restore(s, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ProcessJsonRestore()))
+        state_args = ocp.args.PyTreeRestore() if abstract_state is None else ocp.args.PyTreeRestore(
+            abstract_state, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state))
+        restored = self._manager.restore(s, args=ocp.args.Composite(state=state_args, data=ProcessJsonRestore()))
         return s, restored['state'], restored['data']
       except Exception as e:  # pylint: disable=broad-except  # Any failure to read means: unusable.
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]

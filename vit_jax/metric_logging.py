@@ -108,12 +108,14 @@ class Progress:
   """steps/s, images/s (total and per device), MFU and ETA between reports; clu's ReportProgress if present."""
 
   def __init__(self, *, total_steps: int, global_batch: int, start_step: int, flops_per_step: Optional[float],
-               peak: Optional[float]):
+               peak: Optional[float], use_clu: bool = True):
     self._total, self._batch = total_steps, global_batch
     self._flops, self._peak = flops_per_step, peak
     self._last_step, self._last_time = start_step, time.perf_counter()
     self._clu = None
     try:
+      if not use_clu:  # clu's periodic_actions imports TensorFlow: seconds of start-up for a log line.
+        raise ImportError('not wanted')
       from clu import periodic_actions  # pylint: disable=g-import-not-at-top
       self._clu = periodic_actions.ReportProgress(num_train_steps=total_steps, every_secs=None,
                                                   every_steps=None)

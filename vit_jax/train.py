@@ -233,7 +233,8 @@ def train_and_evaluate(config: Any, workdir: str) -> Dict[str, float]:
   progress = metric_logging.Progress(
       total_steps=config.total_steps, global_batch=config.batch, start_step=step,
       flops_per_step=metric_logging.step_flops(compiled_step),
-      peak=metric_logging.peak_flops(jax.devices()[0].device_kind, config.peak_flops))
+      peak=metric_logging.peak_flops(jax.devices()[0].device_kind, config.peak_flops),
+      use_clu=config.tensorboard)
   profiler = metric_logging.Profiler(workdir, step + 5, config.profile_steps) if config.profile_steps else None
   preemption = Preemption(config.preemption_sync_every)
   logging.info('Training %s on %s from step %d: %d devices, mesh %s.', config.model_name, config.dataset, step,
@@ -270,7 +271,8 @@ def train_and_evaluate(config: Any, workdir: str) -> Dict[str, float]:
       if step % config.eval_every == 0 or last:
         eval_metrics = evaluate.evaluate_all(eval_step, state, make_eval_batches)
         writer.write_scalars(step, eval_metrics)
-      if step == config.debug_kill_at_step:
+      if step == config.debug_kill_at_step:  # Tests: a hard kill; the started saves are let finish first.
+        ckpt.wait()
         writer.close()
         os.kill(os.getpid(), signal.SIGKILL)
       if preempted:
