@@ -72,3 +72,39 @@ def get_config() -> ml_collections.ConfigDict:
   c.preemption_sync_every = 10     # multi-host: steps between the all-processes check for SIGTERM
   c.debug_kill_at_step = 0         # tests only: SIGKILL this process after that step (0: never)
   return c
+
+
+def pretrain_i21k(model_name: str) -> ml_collections.ConfigDict:
+  """The ViT paper's ImageNet-21k pre-training recipe for `model_name` (Dosovitskiy et al. 2021, table 3)."""
+  c = get_config()
+  c.dataset = 'imagenet21k'        # TFDS builder prepared under config.tfds_data_dir
+  c.pp.crop = 224
+  c.pp.train_crop = 'inception'
+  c.pp.flip = True
+  c.batch = 4096
+  c.batch_eval = 4096
+  c.model_name = model_name
+  c.model.representation_size = _width(model_name)  # the paper's pre-logits layer, as wide as the model
+  c.model.head_bias_init = -10.    # sigmoid xent over 21k classes: start every class at p ~ 4.5e-5
+  c.model.head_zeroinit = True
+  c.loss = 'sigmoid_xent'
+  c.total_steps = 300_000          # 90 epochs of 13.7M images at batch 4096
+  c.base_lr = 1e-3
+  c.warmup_steps = 10_000
+  c.decay_type = 'linear'
+  c.grad_norm_clip = 1.0
+  c.optim.optimizer = 'adam'
+  c.optim.b1, c.optim.b2 = 0.9, 0.999
+  c.optim.weight_decay = 0.03
+  c.optim.mu_dtype = 'bfloat16'
+  c.model.dtype = 'bfloat16'
+  c.eval_every = 10_000
+  c.progress_every = 500
+  c.checkpoint_every = 2_000
+  c.keep_checkpoint_every = 50_000
+  return c
+
+
+def _width(model_name: str) -> int:
+  from vit_jax.models import registry  # pylint: disable=g-import-not-at-top
+  return registry.get_config(model_name)['hidden_size']

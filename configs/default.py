@@ -2,8 +2,8 @@
 
 Command:   python -m vit_jax.main --config=configs/default.py --workdir=/tmp/vit_default
 Hardware:  2 CPU cores (any laptop); no accelerator needed.
-Expected:  >= 97% test accuracy (297 held-out digits), in under 3 minutes; the last line printed is
-           'Final test accuracy: ...'.
+Time:      under 3 minutes (measured: see below).
+Expected:  >= 97% test accuracy on the 297 held-out digits; the last line printed is 'Final test accuracy: ...'.
 """
 from configs import common
 
@@ -12,12 +12,19 @@ def get_config():
   """Small ViT, digits, AdamW; see the module docstring for the expected result."""
   c = common.get_config()
   c.dataset = 'digits'
-  c.pp.crop = 8
+  # 8x8 digits upsampled to 16x16; training crops are a random 16x16 window of the digit resized to 18x18,
+  # i.e. shifts of up to one pixel and a slight zoom: the augmentation that closes most of the gap to 97%.
+  c.pp.crop = 16
+  c.pp.train_crop = 'resize_crop'
+  c.pp.resize = 18
+  c.pp.eval_crop = 'resize'
   c.batch = 128
   c.batch_eval = 304  # The 297 test digits in one padded batch (multiple of 8 devices).
 
-  c.model_name = 'testing'
-  c.model.patch_size = 2
+  # A convolutional stem (the hybrid root: 7x7 conv stride 2, GroupNorm, max-pool) gives the translation
+  # prior that 1,500 training images cannot teach a plain ViT (which overfits at ~85%); then a 4x4 grid of tokens.
+  c.model_name = 'R+ViT-Ti_16'
+  c.model.patch_size = 1
   c.model.hidden_size = 64
   c.model.num_layers = 2
   c.model.num_heads = 4
