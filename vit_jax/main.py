@@ -25,6 +25,9 @@ _COORDINATOR = flags.DEFINE_string('coordinator_address', None,
                                    'host:port of process 0, for multi-process runs outside TPU pods / SLURM.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes (with --coordinator_address).')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\'s index (with --coordinator_address).')
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', None, 'Call jax.distributed.initialize() with cluster auto-detection (Cloud TPU pods, SLURM). '
+    'Default: only when SLURM_NTASKS > 1; the launch scripts in scripts/ pass it.')
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
@@ -67,7 +70,7 @@ def _start_distributed() -> None:
   if _COORDINATOR.value:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value)
-  elif int(os.environ.get('SLURM_NTASKS', '1')) > 1 or os.environ.get('TPU_WORKER_HOSTNAMES', '').count(','):
+  elif _DISTRIBUTED.value or (_DISTRIBUTED.value is None and int(os.environ.get('SLURM_NTASKS', '1')) > 1):
     jax.distributed.initialize()  # Cluster auto-detection: SLURM, Cloud TPU pods.
 
 
