@@ -16,9 +16,9 @@ from vit_jax import train
 
 @pytest.fixture(scope='module')
 def reference(tmp_path_factory):
-  """An uninterrupted in-process run of the tiny config: (workdir, final metrics)."""
+  """An uninterrupted in-process run of the tiny config, profiling 2 steps: (workdir, final metrics)."""
   workdir = str(tmp_path_factory.mktemp('reference'))
-  return workdir, train.train_and_evaluate(lib.tiny_config(), workdir)
+  return workdir, train.train_and_evaluate(lib.tiny_config(profile_steps=2), workdir)
 
 
 def test_metrics_jsonl_has_the_documented_keys_and_monotone_steps(reference):
@@ -36,6 +36,19 @@ def test_metrics_jsonl_has_the_documented_keys_and_monotone_steps(reference):
   assert val[0]['val/top1'] == pytest.approx(final['val/top1'])
   assert 0 <= val[0]['val/top1'] <= val[0]['val/top5'] <= 1
   assert train_records[-1]['train/lr'] < train_records[5]['train/lr']  # cosine decay reached the end
+
+
+def test_profile_steps_writes_a_trace(reference):
+  workdir, _ = reference
+  traces = [f for _, _, files in os.walk(os.path.join(workdir, 'profile')) for f in files]
+  assert any(f.endswith('.xplane.pb') for f in traces), traces
+
+
+def test_a_finished_run_restarted_only_evaluates(reference, tmp_path):
+  workdir, final = reference
+  again = train.train_and_evaluate(lib.tiny_config(), workdir)
+  assert again['step'] == 12 and again['val/top1'] == pytest.approx(final['val/top1'])
+  assert sorted(lib.train_losses(workdir)) == list(range(1, 13))
 
 
 def test_exact_resume_after_sigkill_at_two_points(reference, tmp_path):

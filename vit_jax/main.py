@@ -96,7 +96,9 @@ def main(argv) -> None:
     _fail(f'Unexpected arguments {argv[1:]}; use --config=... --workdir=... --config.key=value.')
   if _CONFIG.value is None or not _WORKDIR.value:
     _fail('Both --config (e.g. configs/default.py) and --workdir (e.g. /tmp/vit_default) are required.')
-  if 'tensorflow' in sys.modules or _CONFIG.value.get('tensorboard', False):
+  # Only where TensorFlow will be imported anyway (TensorBoard, TFDS): importing it costs seconds.
+  config = _CONFIG.value
+  if config.get('tensorboard', False) or config.get('dataset') not in ('digits', 'synthetic'):
     _hide_accelerators_from_tensorflow()
   _start_distributed()
   _quiet_orbax()

@@ -250,6 +250,8 @@ def train_and_evaluate(config: Any, workdir: str) -> Dict[str, float]:
                              f'{where}. Lower config.base_lr or raise config.warmup_steps.')
 
   eval_metrics: Dict[str, float] = {}
+  if step >= config.total_steps:  # A finished run started again: report its result.
+    eval_metrics = evaluate.evaluate_all(eval_step, state, make_eval_batches)
   try:
     while step < config.total_steps:
       batch = next(train_iter)
