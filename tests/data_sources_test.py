@@ -32,6 +32,19 @@ def _folder(tmp_path):
   return tmp_path
 
 
+@pytest.mark.parametrize('permute_below', [1 << 20, 1])  # numpy permutation / grain index_shuffle.
+def test_epoch_shuffle_is_a_permutation_per_epoch_and_pure(permute_below, monkeypatch):
+  monkeypatch.setattr(data_sources.EpochShuffle, '_PERMUTE_BELOW', permute_below)
+  recs = list(range(50))
+  a = data_sources.EpochShuffle(recs, seed=3)
+  epochs = [[a[e * 50 + i] for i in range(50)] for e in range(3)]
+  assert all(sorted(e) == recs for e in epochs)
+  assert epochs[0] != epochs[1] != epochs[2]
+  b = data_sources.EpochShuffle(recs, seed=3)
+  assert [b[i] for i in (120, 7, 99)] == [epochs[2][20], epochs[0][7], epochs[1][49]]  # Any order.
+  assert [data_sources.EpochShuffle(recs, seed=4)[i] for i in range(50)] != epochs[0]
+
+
 def test_folder_classes_sorted_and_sizes(folder):
   info = ip.get_dataset_info(str(folder), {'crop': 16})
   assert (info.num_classes, info.num_train, info.num_eval, info.image_size) == (3, 25, 9, 16)
@@ -129,8 +142,21 @@ def _tfds_dir(tmp_path_factory):
       for i in range(n):
         yield i, {'image': np.full((20, 24, 3), 40 * (i % 6), np.uint8), 'label': i % 6}
 
+  class VitJaxTinyMultiLabel(VitJaxTinyImages):
+    """The same images with two labels each: i % 6 and (i + 1) % 6."""
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          'image': tfds.features.Image(shape=(None, None, 3)),
+          'labels': tfds.features.Sequence(tfds.features.ClassLabel(num_classes=6))}))
+
+    def _generate_examples(self, n):
+      for i in range(n):
+        yield i, {'image': np.full((20, 24, 3), 40 * (i % 6), np.uint8), 'labels': [i % 6, (i + 1) % 6]}
+
   data_dir = str(tmp_path_factory.mktemp('tfds'))
-  VitJaxTinyImages(data_dir=data_dir, file_format='array_record').download_and_prepare()
+  for builder in (VitJaxTinyImages, VitJaxTinyMultiLabel):
+    builder(data_dir=data_dir, file_format='array_record').download_and_prepare()
   return data_dir
 
 
@@ -145,6 +171,20 @@ def test_tfds_source_info_train_and_eval(tfds_dir):
   ev = list(ip.make_eval_iterator('vit_jax_tiny_images', pp, global_batch=8, data_dir=tfds_dir,
                                   process_index=1, process_count=2))
   assert sum(b['mask'].sum() for b in ev) == 5  # Examples 1, 3, 5, 7, 9 of 11.
+
+
+def test_tfds_multi_label_gives_multi_hot(tfds_dir):
+  pp = {'crop': 8, 'label_smoothing': 0.2}
+  info = ip.get_dataset_info('vit_jax_tiny_multi_label', pp, data_dir=tfds_dir)
+  assert info.multi_label and info.num_classes == 6
+  b = next(ip.make_train_iterator('vit_jax_tiny_multi_label', pp, global_batch=8, data_dir=tfds_dir))
+  for img, label in zip(b['image'], b['label']):
+    k = round(((img.mean() + 1) / 2 * 255) / 40)
+    want = np.full(6, 0.1, np.float32)
+    want[[k, (k + 1) % 6]] = 0.9
+    np.testing.assert_allclose(label, want, rtol=1e-6)
+  ev = next(ip.make_eval_iterator('vit_jax_tiny_multi_label', pp, global_batch=8, data_dir=tfds_dir))
+  np.testing.assert_array_equal(ev['label'].sum(1), 2)  # No smoothing at eval.
 
 
 def test_tfds_not_prepared_names_dataset_dir_and_command(tmp_path):

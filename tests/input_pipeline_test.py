@@ -179,3 +179,31 @@ def test_prefetch_to_mesh_rejects_indivisible_batch():
                                                 global_batch=8, process_index=0, process_count=2), mesh)
   with pytest.raises(ValueError, match='not divisible by the 8 batch shards'):
     next(g)
+
+
+def test_grain_orbax_handler_saves_and_restores_the_data_position(tmp_path):
+  import grain
+  import orbax.checkpoint as ocp
+  full = _take(ip.make_train_iterator('digits', PP, global_batch=16, seed=5), 6)
+  it = ip.make_train_iterator('digits', PP, global_batch=16, seed=5)
+  _take(it, 4)
+  ckptr = ocp.Checkpointer(grain.checkpoint.CheckpointHandler())
+  ckptr.save(tmp_path / 'data', args=grain.checkpoint.CheckpointSave(it))
+  fresh = ip.make_train_iterator('digits', PP, global_batch=16, seed=5)
+  restored = ckptr.restore(tmp_path / 'data', args=grain.checkpoint.CheckpointRestore(fresh))
+  for want in full[4:]:
+    np.testing.assert_array_equal(next(restored)['image'], want['image'])
+
+
+def test_worker_processes_give_the_same_stream_and_resume():
+  pp = {'crop': 8, 'randaug': (1, 5)}
+  want = _take(ip.make_train_iterator('digits', pp, global_batch=16, seed=2), 4)
+  it = ip.make_train_iterator('digits', {**pp, 'workers': 1}, global_batch=16, seed=2)
+  got = _take(it, 2)
+  state = it.get_state()
+  got.append(next(it))
+  resumed = ip.make_train_iterator('digits', {**pp, 'workers': 1}, global_batch=16, seed=2)
+  resumed.set_state(state)
+  got.append(next(resumed))
+  for g, w in zip(got, want[:3] + want[2:3]):
+    np.testing.assert_array_equal(g['image'], w['image'])

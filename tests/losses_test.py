@@ -55,6 +55,16 @@ def test_topk_correct():
   np.testing.assert_array_equal(losses.topk_correct(LOGITS, mixed, 2), [1., 0.])
 
 
+def test_make_loss_fn_smooths_targets():
+  one_hot = np.eye(4, dtype=np.float32)[[0, 3]]
+  loss_fn = losses.make_loss_fn('softmax_xent', label_smoothing=0.2)
+  want = -(losses.smooth_labels(one_hot, 0.2) * _np_log_softmax(LOGITS)).sum(-1)
+  np.testing.assert_allclose(loss_fn(LOGITS, one_hot), want, rtol=1e-6)
+  assert losses.make_loss_fn('sigmoid_xent') is losses.sigmoid_xent
+  with pytest.raises(ValueError, match='smoothing'):
+    losses.make_loss_fn('softmax_xent', 1.5)
+
+
 def test_get_loss_fn():
   assert losses.get_loss_fn('sigmoid_xent') is losses.sigmoid_xent
   with pytest.raises(ValueError, match='config.loss'):

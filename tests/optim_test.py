@@ -1,6 +1,7 @@
 """Optimizer chain and schedules: values, masks, freezing, multipliers, clipping, state dtype."""
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,8 +16,8 @@ BASE = {'base_lr': 1., 'total_steps': 100, 'warmup_steps': 10}
 
 def _vit_params():
   model = models.get_model('testing', num_classes=3)
-  return jax.eval_shape(functools.partial(model.init, train=False),
-                        jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params']
+  return nn.meta.unbox(jax.eval_shape(functools.partial(model.init, train=False),
+                                      jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params'])
 
 
 def _paths(tree, pred=lambda x: True):
@@ -77,6 +78,7 @@ def test_weight_decay_is_decoupled_and_kernel_only():
 def test_freeze_keeps_params_bitwise_and_has_no_state():
   rs = np.random.RandomState(1)
   params = jax.tree.map(lambda x: rs.normal(size=x.shape).astype(np.float32), _vit_params())
+  params['embedding']['bias'][:] = -0.  # p + 0.0 would turn -0.0 into +0.0
   tx, _ = optim.make_optimizer({**BASE, 'optimizer': 'adamw', 'weight_decay': 0.1, 'grad_norm_clip': 1.,
                                 'freeze': ['embedding/.*', 'Transformer/encoderblock_0/LayerNorm_.*']})
 
@@ -184,7 +186,21 @@ def test_freeze_works_on_boxed_params():
   assert state.inner_states['frozen'] is not None
 
 
+@pytest.mark.parametrize('key,value,match', [
+    ('freeze', ['embeding/.*'], "'embeding/.\\*' matches no"),
+    ('freeze', ['kernel'], "'kernel' matches no"),  # regexes must match the whole path
+    ('lr_mults', [('hed/.*', 2.)], "'hed/.\\*' matches no"),
+])
+def test_patterns_matching_nothing_fail_at_init(key, value, match):
+  tx, _ = optim.make_optimizer({**BASE, key: value})
+  with pytest.raises(ValueError, match=f'config.{key}: {match}'):
+    jax.eval_shape(tx.init, _vit_params())
+
+
 @pytest.mark.parametrize('cfg,match', [
+    ({**BASE, 'freeze': 'head/.*'}, "write \\['head"),
+    ({**BASE, 'freeze': ['head/(']}, 'not a valid regex'),
+    ({**BASE, 'lr_mults': [('head/.*',)]}, 'pairs'),
     ({**BASE, 'optimizer': 'lamb'}, 'config.optimizer'),
     ({**BASE, 'decay_type': 'exp'}, 'config.decay_type'),
     ({'total_steps': 10}, 'config.base_lr'),

@@ -196,9 +196,20 @@ def test_train_and_eval_example_compose():
   rec = {'image_bytes': _jpeg(_gradient(120, 90)), 'label': 3, 'id': 0, 'name': 'x'}
   pp = {'crop': 32, 'randaug': (2, 5), 'label_smoothing': 0.1}
   ex = pp_ops.train_example(rec, np.random.default_rng(0), pp, num_classes=5)
-  assert ex['image'].shape == (32, 32, 3) and -1 <= ex['image'].min() and ex['image'].max() <= 1
+  assert ex['image'].shape == (32, 32, 3) and ex['image'].dtype == np.uint8
   np.testing.assert_allclose(ex['label'].sum(), 1, rtol=1e-6)
+  batch = pp_ops.finish_batch({'image': ex['image'][None], 'label': ex['label'][None]}, pp)
+  assert batch['image'].dtype == np.float32 and -1 <= batch['image'].min() < batch['image'].max() <= 1
   ev = pp_ops.eval_example(rec, {'crop': 32}, num_classes=5)
   assert ev['image'].shape == (32, 32, 3) and ev['label'].argmax() == 3
   with pytest.raises(ValueError, match='train_crop'):
     pp_ops.train_example(rec, np.random.default_rng(0), {'crop': 8, 'train_crop': 'nope'}, 5)
+
+
+def test_shrinking_averages_areas_and_enlarging_is_bilinear():
+  arr = np.arange(16, dtype=np.uint8).reshape(4, 4).repeat(3).reshape(4, 4, 3) * 10
+  small = np.asarray(pp_ops.resize(Image.fromarray(arr), 2))[..., 0]
+  want = arr[..., 0].reshape(2, 2, 2, 2).mean(axis=(1, 3))
+  np.testing.assert_allclose(small, want, atol=1)
+  big = np.asarray(pp_ops.resize(Image.fromarray(arr), 8))[..., 0].astype(int)
+  assert len(np.unique(big)) > 16  # Interpolated, not blocks.

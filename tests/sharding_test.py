@@ -144,16 +144,12 @@ def test_batch_sharding():
   assert {s.data.shape for s in x.addressable_shards} == {(2, 4, 4, 3)}
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason='vit.py DenseGeneral kernels: flax applies the 3-D logical names to the '
-                   'flat init kernel under an active mesh + rules (reported to the lead)')
 def test_activation_constraints_under_axis_rules():
+  """The model's logical constraints trace under a mesh + rules, so the loop can pass them to the steps."""
   model = _model()
-  mesh = sharding.make_mesh({'data': 2, 'fsdp': 4})
-  params = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
-                          jnp.zeros((1, 16, 16, 3)))['params']
-
-  def apply(params, x):
-    with sharding.axis_rules(mesh, 'fsdp'):
-      return model.apply({'params': params}, x, train=False)
-  jax.eval_shape(apply, jax.tree.map(lambda b: b.value, params, is_leaf=lambda b: hasattr(b, 'names')),
-                 jnp.zeros((8, 16, 16, 3)))
+  tx, _ = optim.make_optimizer({'base_lr': 1e-3, 'total_steps': 10})
+  step = train_step.make_train_step(model, tx, mesh=sharding.make_mesh({'data': 2, 'fsdp': 4}), rules='fsdp')
+  state = jax.eval_shape(functools.partial(train_step.create_train_state, model, tx, input_shape=(1, 16, 16, 3)),
+                         jax.random.PRNGKey(0))
+  batch = {'image': jnp.zeros((8, 16, 16, 3)), 'label': jnp.zeros((8, 10))}
+  jax.eval_shape(step, state, batch)

@@ -20,8 +20,10 @@ folder names; the files are put in a fixed pseudo-random order (seed 0), so that
 Split strings for in-memory sources and folders follow TFDS: 'train', 'test[:100]', 'train[10%:]'.
 """
 import dataclasses
+import functools
 import os
 import re
+import sys
 from typing import Any, Sequence
 
 import numpy as np
@@ -86,13 +88,49 @@ class _ArrayRecords(Sequence):
     return {'image': self._images[i], 'label': int(self._labels[i]), 'id': i, 'name': f'{self._prefix}[{i}]'}
 
 
-def digits(split: str) -> Source:
-  """scikit-learn's embedded handwritten digits as uint8 8x8x3 images; see the module docstring."""
+class EpochShuffle(Sequence):
+  """The records repeated forever, each epoch in its own order: a pure function of (seed, position)."""
+
+  # Below this size a cached numpy permutation per epoch is cheapest (grain's index_shuffle costs ~1 ms
+  # per lookup on tiny sets); above it, grain's stateless index_shuffle avoids holding a permutation.
+  _PERMUTE_BELOW = 1 << 20
+
+  def __init__(self, records: Sequence[dict[str, Any]], seed: int):
+    self._records, self._seed, self._n = records, seed, len(records)
+    self._perm: tuple[int, np.ndarray] | None = None
+
+  def __len__(self):
+    return sys.maxsize
+
+  def _index(self, epoch: int, pos: int) -> int:
+    if self._n >= self._PERMUTE_BELOW:
+      import grain  # pylint: disable=g-import-not-at-top
+      return grain.experimental.index_shuffle(pos, max_index=self._n - 1,
+                                              seed=(self._seed + epoch) % 2**32, rounds=4)
+    cached = self._perm  # One read: other reader threads may replace it concurrently.
+    if cached is None or cached[0] != epoch:
+      cached = (epoch, np.random.default_rng([self._seed, epoch]).permutation(self._n))
+      self._perm = cached
+    return int(cached[1][pos])
+
+  def __getitem__(self, i):
+    return self._records[self._index(*divmod(i, self._n))]
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+  """All 1,797 digits as read-only uint8 (N, 8, 8, 3) images and int64 labels (parsed once per process)."""
   from sklearn import datasets  # pylint: disable=g-import-not-at-top
   d = datasets.load_digits()
-  images = np.round(d.images * (255 / 16)).astype(np.uint8)
-  images = np.repeat(images[..., None], 3, axis=-1)
+  images = np.repeat(np.round(d.images * (255 / 16)).astype(np.uint8)[..., None], 3, axis=-1)
   labels = d.target.astype(np.int64)
+  images.flags.writeable = labels.flags.writeable = False
+  return images, labels
+
+
+def digits(split: str) -> Source:
+  """scikit-learn's embedded handwritten digits as uint8 8x8x3 images; see the module docstring."""
+  images, labels = _digits_arrays()
   parts = {'train': slice(0, DIGITS_NUM_TRAIN), 'test': slice(DIGITS_NUM_TRAIN, DIGITS_NUM_TOTAL)}
   name, start, stop = parse_split(split, {k: v.stop - v.start for k, v in parts.items()})
   base = parts[name].start

@@ -7,14 +7,15 @@ shuffles *indices* with a seeded permutation per epoch, so the example at stream
 augmentation (drawn from `np.random.default_rng([seed, i])`), are pure functions of (seed, i). The
 iterator state is a few integers (JSON), saved with every checkpoint; restored at step N it yields
 exactly the batches an uninterrupted run yields from step N. Decoding runs in threads (PIL releases the
-GIL; JPEGs are decoded at reduced DCT scale when the crop allows) or in grain worker processes
-(`pp.workers`), which is at least as fast per core as tf.data (see scripts/bench_input.py).
+GIL; JPEGs use the fast integer IDCT and, when the crop allows, reduced DCT scale) or in grain worker
+processes (`pp.workers`). Speed against plain tf.data: see scripts/bench_input.py.
 
 Layout. Training: the split is shuffled once per epoch (seed), repeated forever, and process p of P takes
 stream positions p, p + P, p + 2P, ... (it reads nothing else); corrupt images are dropped in the main
 process (warning naming the file, running count in `iterator.corrupt_images.count`; `strict=True`
 raises) and the next example takes the slot, so no other example is lost. Batches of
-global_batch // P are stacked, then mixup/cutmix are applied with `np.random.default_rng([seed, step])`.
+global_batch // P are stacked as uint8, turned into float32 in one pass, then mixup/cutmix are applied
+with `np.random.default_rng([seed, step, 1])`.
 Evaluation: process p takes examples p, p + P, ...; every process yields the same number of batches; the
 last are padded with zero images whose `mask` is 0 (a corrupt eval image is also masked out).
 
@@ -132,8 +133,7 @@ class SyntheticIterator:
     k, s = self._pp['num_classes'], self._pp.get('label_smoothing', 0.)
     onehot = np.full((self._b, k), s / k, np.float32)
     onehot[np.arange(self._b), labels] += 1 - s
-    batch = {'image': preprocess.value_range(pixels, *self._pp.get('value_range', (-1., 1.))),
-             'label': onehot}
+    batch = preprocess.finish_batch({'image': pixels, 'label': onehot}, self._pp)
     return preprocess.mix_batch(batch, np.random.default_rng([self._seed, self._step - 1, 1]), self._pp)
 
   def get_state(self) -> dict[str, int]:
@@ -202,7 +202,7 @@ class _DropCorrupt:
 
 
 class _MixBatch:
-  """Batch-level stage: mixup/cutmix from default_rng([seed, step, 1]); drops ids unless asked."""
+  """Batch-level stage: to float, mixup/cutmix from default_rng([seed, step, 1]); drops ids unless asked."""
 
   def __init__(self, pp, seed, with_ids):
     self._pp, self._seed, self._with_ids = pp, seed, with_ids
@@ -210,6 +210,7 @@ class _MixBatch:
   def __call__(self, step: int, batch: Batch) -> Batch:
     if not self._with_ids:
       batch = {k: v for k, v in batch.items() if k != 'id'}
+    batch = preprocess.finish_batch(batch, self._pp)
     return preprocess.mix_batch(batch, np.random.default_rng([self._seed, step, 1]), self._pp)
 
 
@@ -235,18 +236,24 @@ class _PadOrCount:
   """Main-process eval stage: fills padding/corrupt slots with zero images and mask 0."""
 
   def __init__(self, pp, num_classes, corrupt, with_ids):
-    self._shape, self._k = (pp['crop'], pp['crop'], 3), num_classes
+    self._pp, self._shape, self._k = pp, (pp['crop'], pp['crop'], 3), num_classes
     self._corrupt, self._with_ids = corrupt, with_ids
 
   def __call__(self, ex: preprocess.Record) -> preprocess.Record:
     if 'corrupt' in ex:
       self._corrupt.check(ex['corrupt'])
     if 'mask' not in ex:
-      ex = {'image': np.zeros(self._shape, np.float32), 'label': np.zeros((self._k,), np.float32),
+      ex = {'image': np.zeros(self._shape, np.uint8), 'label': np.zeros((self._k,), np.float32),
             'id': ex['id'], 'mask': np.float32(0)}
     if not self._with_ids:
       ex = {k: v for k, v in ex.items() if k != 'id'}
     return ex
+
+  def batch(self, batch: Batch) -> Batch:
+    """To float in the value range; padding images are exactly 0."""
+    batch = preprocess.finish_batch(batch, self._pp)
+    batch['image'][batch['mask'] == 0] = 0
+    return batch
 
 
 def _read_options(pp):
@@ -258,6 +265,9 @@ def _read_options(pp):
 def _maybe_workers(ds, pp):
   import grain  # pylint: disable=g-import-not-at-top
   if pp.get('workers', 0):
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside absl.app nobody parsed them.
+      flags.FLAGS.mark_as_parsed()
     return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=pp['workers']))
   return ds
 
@@ -274,7 +284,7 @@ def make_train_iterator(dataset: str, pp: Mapping[str, Any] | None, *, global_ba
   src, pp = _source(dataset, pp, 'train', data_dir)
   if not len(src.records):
     raise ValueError(f'Training split {pp["train"]!r} of {dataset!r} is empty.')
-  ds = grain.MapDataset.source(src.records).shuffle(seed=seed).repeat(None)
+  ds = grain.MapDataset.source(data_sources.EpochShuffle(src.records, seed))
   ds = ds.map_with_index(_TrainMap(pp, seed, src.num_classes, src.multi_label))
   ds = ds.slice(slice(p, None, n_proc))
   it = _maybe_workers(ds.to_iter_dataset(_read_options(pp)), pp)
@@ -307,7 +317,7 @@ def make_eval_iterator(dataset: str, pp: Mapping[str, Any] | None, *, global_bat
   else:
     import grain  # pylint: disable=g-import-not-at-top
     ds = grain.MapDataset.range(num_batches * local_b).map(load)
-    it = iter(ds.to_iter_dataset(_read_options(pp)).map(finish).batch(local_b))
+    it = iter(ds.to_iter_dataset(_read_options(pp)).map(finish).batch(local_b).map(finish.batch))
   it.corrupt_images = corrupt
   return it
 
@@ -327,7 +337,7 @@ class _PlainEval:
       raise StopIteration
     exs = [self._finish(self._load(self._step * self._b + j)) for j in range(self._b)]
     self._step += 1
-    return {k: np.stack([e[k] for e in exs]) for k in exs[0]}
+    return self._finish.batch({k: np.stack([e[k] for e in exs]) for k in exs[0]})
 
 
 # -------------------------------------------------------------------------------------------- devices

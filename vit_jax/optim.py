@@ -9,7 +9,8 @@ The chain, per trainable parameter, in order:
   -> + weight_decay * param on kernels only (decoupled)     # see `weight_decay_mask`
   -> * -lr(step)                                            # `make_schedule`, update s uses lr(s), s = 1, 2, ...
   -> * lr multiplier (first matching `lr_mults` regex)
-Frozen parameters (`freeze` regexes) get exactly-zero updates and carry no optimizer state.
+Frozen parameters (`freeze` regexes) get updates of -0.0 (bitwise no-ops) and carry no optimizer state.
+A `freeze` or `lr_mults` regex that matches no parameter is an error at `tx.init`, not a silent no-op.
 
 Parameter paths are the '/'-joined dict keys, e.g. 'Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel';
 regexes must match the whole path (`re.fullmatch`).
@@ -92,6 +93,36 @@ def _first_match(path: str, patterns: Sequence[str]) -> Optional[int]:
   return None
 
 
+def _check_patterns(key: str, patterns: Sequence[str]) -> Tuple[str, ...]:
+  if isinstance(patterns, str):
+    raise ValueError(f'config.{key} must be a list of regexes, got the string {patterns!r}; write [{patterns!r}].')
+  for pattern in patterns:
+    try:
+      re.compile(pattern)
+    except (re.error, TypeError) as e:
+      raise ValueError(f'config.{key}: {pattern!r} is not a valid regex ({e}); fix the pattern.') from None
+  return tuple(patterns)
+
+
+def _check_lr_mults(lr_mults: Any) -> Tuple[Tuple[str, float], ...]:
+  try:
+    pairs = tuple((pattern, float(mult)) for pattern, mult in lr_mults)
+  except (TypeError, ValueError):
+    raise ValueError(f'config.lr_mults must be a list of (regex, multiplier) pairs, got {lr_mults!r}.') from None
+  _check_patterns('lr_mults', [p for p, _ in pairs])
+  return pairs
+
+
+def _check_all_match(key: str, patterns: Sequence[str], params: Any) -> None:
+  """One-line error naming a pattern that matches no parameter (a typo would silently do nothing)."""
+  paths = [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+  for pattern in patterns:
+    if not any(re.fullmatch(pattern, path) for path in paths):
+      example = f', e.g. {paths[-1]!r}' if paths else ''
+      raise ValueError(f'config.{key}: {pattern!r} matches no (trainable) parameter; the regex must match a whole '
+                       f'parameter path{example}.')
+
+
 def freeze_labels(params: Any, freeze: Sequence[str]) -> Any:
   """'frozen' for leaves whose path fully matches one of the `freeze` regexes, else 'trainable'."""
   freeze = tuple(freeze or ())
@@ -113,7 +144,7 @@ def scale_by_lr_mults(lr_mults: Sequence[Tuple[str, float]]) -> optax.GradientTr
   """Stateless transform multiplying each update by its path's multiplier (see `lr_multipliers`)."""
 
   def init_fn(params):
-    del params
+    _check_all_match('lr_mults', [p for p, _ in lr_mults], params)
     return optax.EmptyState()
 
   def update_fn(updates, state, params=None):
@@ -121,6 +152,19 @@ def scale_by_lr_mults(lr_mults: Sequence[Tuple[str, float]]) -> optax.GradientTr
     mults = lr_multipliers(updates, lr_mults)
     updates = jax.tree.map(lambda u, m: u if m == 1. else u * jnp.asarray(m, u.dtype), updates, mults)
     return updates, state
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def freeze_transform() -> optax.GradientTransformation:
+  """Updates of -0.0, which leave every float bitwise unchanged (p + -0.0 == p, even for p == -0.0)."""
+
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u: jnp.full_like(u, -0.), updates), state
   return optax.GradientTransformation(init_fn, update_fn)
 
 
@@ -203,12 +247,14 @@ def make_optimizer(section: Mapping[str, Any]) -> Tuple[optax.GradientTransforma
   # Update number s (1-based: the optax count is s - 1) uses lr(s), as vit_jax's loop does; lr(0), which is 0
   # under warmup, is never used.
   parts.append(optax.scale_by_schedule(lambda count: -schedule(count + 1)))
-  lr_mults = tuple(_get(section, 'lr_mults') or ())
+  lr_mults = _check_lr_mults(_get(section, 'lr_mults') or ())
   if lr_mults:
     parts.append(scale_by_lr_mults(lr_mults))
   tx = optax.chain(*parts)
-  freeze = tuple(_get(section, 'freeze') or ())
+  freeze = _check_patterns('freeze', _get(section, 'freeze') or ())
   if freeze:
-    tx = optax.multi_transform({'trainable': tx, 'frozen': optax.set_to_zero()},
-                               lambda params: freeze_labels(params, freeze))
+    def labels(params):
+      _check_all_match('freeze', freeze, params)
+      return freeze_labels(params, freeze)
+    tx = optax.multi_transform({'trainable': tx, 'frozen': freeze_transform()}, labels)
   return tx, schedule

@@ -1,19 +1,25 @@
 """Per-example and per-batch preprocessing ops (numpy + PIL; no TensorFlow), composed from the `pp` config.
 
 Every random op takes a `np.random.Generator` that the pipeline derives from (seed, example index) or
-(seed, step), so a resumed run redoes exactly the same augmentation.
+(seed, step), so a resumed run redoes exactly the same augmentation. Per-example ops return uint8
+images; `finish_batch` turns a whole batch into float32 in `value_range`.
+
+Resizing uses area averaging (PIL BOX) when shrinking and bilinear when enlarging; JPEGs are decoded
+with PIL's draft flag (integer-fast IDCT, as tf.io.decode_jpeg by default) and at 1/2, 1/4 or 1/8 DCT
+scale when the crop box is still at least the output size after it.
 
 `pp` keys (all optional except where the pipeline says otherwise):
   train, test        split strings, e.g. 'train[:99%]', 'test' (defaults 'train' / 'test').
   crop               output side in pixels (default 224; the digits' native 8, synthetic's 224).
   train_crop         'inception' (random resized crop, default), 'resize_crop' (resize to `resize`,
-                     then a random `crop` x `crop` window: vit_jax fine-tuning) or 'resize' (resize to crop).
+                     then a random `crop` x `crop` window: vit_jax fine-tuning) or 'resize' (resize to
+                     crop; the digits' default).
   area_range         inception crop: fraction of the image area kept, default (0.08, 1.0).
   aspect_range       inception crop: width/height ratio range, default (3/4, 4/3).
   resize             'resize_crop' train side, and the smaller side for eval 'resize_small_crop'
                      (default: crop * 8 / 7, i.e. 256 for 224).
   eval_crop          'resize_small_crop' (resize smaller side to `resize`, central crop; default) or
-                     'resize' (resize to crop x crop: vit_jax's eval).
+                     'resize' (resize to crop x crop: vit_jax's eval; the digits' and synthetic default).
   flip               random horizontal flip for training (default True; digits False).
   randaug            RandAugment (num_layers, magnitude 0..10), e.g. (2, 10); default None = off.
   mixup              mixup Beta(alpha, alpha) concentration; 0 (default) = off.
@@ -36,7 +42,7 @@ from PIL import ImageEnhance
 from PIL import ImageOps
 
 Record = dict[str, Any]
-_RESAMPLE = Image.Resampling.BILINEAR
+_BILINEAR = Image.Resampling.BILINEAR
 _FILL = (128, 128, 128)
 
 
@@ -57,6 +63,10 @@ def decode(data: bytes | str | np.ndarray, name: str = '<image>') -> Image.Image
 
 def load_rgb(img: Image.Image, name: str = '<image>') -> Image.Image:
   """Decodes the pixels and converts to RGB, raising CorruptImageError naming `name` on failure."""
+  if _undecoded_jpeg(img) and not img.decoderconfig:
+    # PIL's draft flag: integer-fast IDCT (tf.io.decode_jpeg's default too) and plain chroma upsampling.
+    img.draft('RGB', None)
+    img.decoderconfig = (1, 1)
   try:
     img.load()
     return img if img.mode == 'RGB' else img.convert('RGB')
@@ -105,7 +115,13 @@ def _draft(img: Image.Image, box: tuple[int, int, int, int], size: int) -> tuple
     return img, 1.0
   width = img.size[0]
   img.draft('RGB', (math.ceil(img.size[0] / reduce), math.ceil(img.size[1] / reduce)))
+  img.decoderconfig = (img.decoderconfig[0], 1)  # Fast IDCT, as in load_rgb.
   return img, img.size[0] / width
+
+
+def _resample(src_w: float, src_h: float, w: int, h: int) -> Image.Resampling:
+  """Area averaging (BOX) when shrinking both sides: antialiased and ~1.5x cheaper than bilinear."""
+  return Image.Resampling.BOX if src_w >= w and src_h >= h else _BILINEAR
 
 
 def random_resized_crop(img: Image.Image, rng: np.random.Generator, size: int,
@@ -117,13 +133,13 @@ def random_resized_crop(img: Image.Image, rng: np.random.Generator, size: int,
   img, scale = _draft(img, box, size)
   img = load_rgb(img, name)
   left, top, w, h = (v * scale for v in box)
-  return img.resize((size, size), _RESAMPLE, box=(left, top, left + w, top + h))
+  return img.resize((size, size), _resample(w, h, size, size), box=(left, top, left + w, top + h))
 
 
 def resize(img: Image.Image, size: int, name: str = '<image>') -> Image.Image:
   """Resizes to size x size (aspect not kept)."""
   img = load_rgb(img, name)
-  return img if img.size == (size, size) else img.resize((size, size), _RESAMPLE)
+  return img if img.size == (size, size) else img.resize((size, size), _resample(*img.size, size, size))
 
 
 def resize_small(img: Image.Image, size: int, name: str = '<image>') -> Image.Image:
@@ -134,7 +150,7 @@ def resize_small(img: Image.Image, size: int, name: str = '<image>') -> Image.Im
   if _undecoded_jpeg(img):
     img.draft('RGB', new)
   img = load_rgb(img, name)
-  return img if img.size == new else img.resize(new, _RESAMPLE)
+  return img if img.size == new else img.resize(new, _resample(*img.size, *new))
 
 
 def central_crop(img: Image.Image, size: int) -> Image.Image:
@@ -162,8 +178,9 @@ def random_flip(img: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 def value_range(img: Image.Image | np.ndarray, vmin: float = -1., vmax: float = 1.) -> np.ndarray:
   """uint8 pixels to float32 in [vmin, vmax]."""
-  x = np.asarray(img, dtype=np.float32)
-  return x * np.float32((vmax - vmin) / 255) + np.float32(vmin)
+  x = np.multiply(np.asarray(img), np.float32((vmax - vmin) / 255), dtype=np.float32)
+  x += np.float32(vmin)
+  return x
 
 
 # ---------------------------------------------------------------------------------------------- RandAugment
@@ -251,6 +268,11 @@ def cutmix(batch: Record, rng: np.random.Generator, alpha: float) -> Record:
   return out
 
 
+def finish_batch(batch: Record, pp: Any) -> Record:
+  """uint8 images -> float32 in pp.value_range, once per batch (one vectorised pass)."""
+  return {**batch, 'image': value_range(batch['image'], *pp.get('value_range', (-1., 1.)))}
+
+
 def mix_batch(batch: Record, rng: np.random.Generator, pp: Any) -> Record:
   """Applies mixup or cutmix as `pp` asks (see the module docstring)."""
   alphas = [(f, a) for f, a in ((mixup, pp.get('mixup', 0.)), (cutmix, pp.get('cutmix', 0.))) if a]
@@ -276,7 +298,7 @@ def _label_of(rec: Record, num_classes: int, multi_label: bool, smoothing: float
 
 def train_example(rec: Record, rng: np.random.Generator, pp: Any, num_classes: int,
                   multi_label: bool = False) -> Record:
-  """decode -> train crop -> flip -> RandAugment -> value range; label -> (smoothed) one/multi-hot."""
+  """decode -> train crop -> flip -> RandAugment (uint8 image); label -> (smoothed) one/multi-hot."""
   name = rec.get('name', '<image>')
   img = _image_of(rec)
   crop = pp['crop']
@@ -294,13 +316,13 @@ def train_example(rec: Record, rng: np.random.Generator, pp: Any, num_classes: i
     img = random_flip(img, rng)
   if pp.get('randaug'):
     img = randaugment(img, rng, *pp['randaug'])
-  return {'image': value_range(img, *pp.get('value_range', (-1., 1.))),
+  return {'image': np.asarray(img),
           'label': _label_of(rec, num_classes, multi_label, pp.get('label_smoothing', 0.)),
           'id': rec['id']}
 
 
 def eval_example(rec: Record, pp: Any, num_classes: int, multi_label: bool = False) -> Record:
-  """decode -> resize-small + central crop (or plain resize) -> value range; label -> one/multi-hot."""
+  """decode -> resize-small + central crop (or plain resize) (uint8 image); label -> one/multi-hot."""
   name = rec.get('name', '<image>')
   img = _image_of(rec)
   crop = pp['crop']
@@ -311,8 +333,7 @@ def eval_example(rec: Record, pp: Any, num_classes: int, multi_label: bool = Fal
     img = resize(img, crop, name)
   else:
     raise ValueError(f"pp.eval_crop={mode!r} is unknown: use 'resize_small_crop' or 'resize'.")
-  return {'image': value_range(img, *pp.get('value_range', (-1., 1.))),
-          'label': _label_of(rec, num_classes, multi_label, 0.), 'id': rec['id']}
+  return {'image': np.asarray(img), 'label': _label_of(rec, num_classes, multi_label, 0.), 'id': rec['id']}
 
 
 def default_resize(crop: int) -> int:

@@ -1,9 +1,12 @@
 """The pure training core: train state, one jit-able train step (with gradient accumulation and EMA), eval step.
 
-No I/O and no host syncs: the loop jits these with `NamedSharding`s (see `vit_jax.sharding`) and donates the
-state. A step's randomness (dropout, stochastic depth) is `fold_in(fold_in(state.rng, state.step), micro)`, so a
-run is a function of (seed, step) and resumes exactly.
+No I/O and no host syncs: the loop jits these with `NamedSharding`s (see `vit_jax.sharding` and
+`train_state_shardings`) and donates the state. Activations are laid out by XLA's propagation from the param and
+batch shardings unless `mesh`/`rules` are given (the current ViT cannot take them yet: `sharding.axis_rules`).
+A step's randomness (dropout, stochastic depth) is `fold_in(fold_in(state.rng, state.step), micro)`, so a run is
+a function of (seed, step) and resumes exactly.
 """
+import functools
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import flax
@@ -40,11 +43,12 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
                        input_shape: Sequence[int], *, ema: bool = False, unbox: bool = True) -> TrainState:
   """Fresh state: params from `fold_in(rng, 0)`, optimizer state, EMA copy, base key `fold_in(rng, 1)`.
 
-  Jit it with `out_shardings=sharding.param_shardings(jax.eval_shape(partial(create_train_state, ...,
-  unbox=False)), mesh, rules)`: with `unbox=False` params and optimizer state keep flax's logical-axis boxes,
-  which is what `param_shardings` reads; the result's structure is that of the unboxed state.
+  Jit it with `out_shardings=train_state_shardings(...)`, which evaluates this with `unbox=False` (params and
+  optimizer state keep flax's logical-axis boxes) and maps the boxes through the rules.
   """
   rng = jnp.asarray(rng)
+  if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    rng = jax.random.key_data(rng)  # keep a raw uint32 key: plain arrays checkpoint anywhere
   params = init_params(model, jax.random.fold_in(rng, 0), input_shape)
   if unbox:
     params = nn.meta.unbox(params)
@@ -53,6 +57,13 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
   ema_params = jax.tree.map(lambda x: x + 0., params) if ema else None
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
                     ema_params=ema_params, rng=jax.random.fold_in(rng, 1))
+
+
+def train_state_shardings(model: nn.Module, tx: optax.GradientTransformation, input_shape: Sequence[int],
+                          mesh: jax.sharding.Mesh, rules: Any, *, ema: bool = False) -> TrainState:
+  """NamedShardings of `create_train_state`'s result under `mesh` and the logical-axis `rules` (no compute)."""
+  init = functools.partial(create_train_state, model, tx, input_shape=input_shape, ema=ema, unbox=False)
+  return sharding_lib.param_shardings(jax.eval_shape(init, jax.random.PRNGKey(0)), mesh, rules)
 
 
 def _split_micro(x: Array, accum_steps: int) -> Array:
@@ -79,8 +90,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 
   The loss is the batch mean of `loss_fn` (per-example). With `accum_steps` > 1 the batch is split into that
   many micro-batches scanned one after another and their gradients averaged: the same update as one step on the
-  whole batch (without dropout), with a fraction of the activation memory. `mesh`/`rules` make the model's
-  activation constraints follow a rule table (see `vit_jax.sharding`).
+  whole batch (without dropout), with a fraction of the activation memory. `ema_decay`: EMA of the params,
+  e <- ema_decay * e + (1 - ema_decay) * params after each update (needs a state made with `ema=True`).
+  `mesh`/`rules`: trace the model under `sharding.axis_rules`, so its activation constraints follow the rule
+  table; the current ViT cannot (a ValueError at trace time, see `sharding.axis_rules`), so leave them None
+  until the model is fixed.
 
   metrics: 'loss', 'grad_norm' (global norm before clipping), 'param_norm' (after the update), 'lr' (of this
   update, when `lr_schedule` is given); NaN/inf show up in them, and the loop stops on them.
@@ -137,7 +151,8 @@ def make_eval_step(model: nn.Module, loss_fn: losses.LossFn = losses.softmax_xen
   """eval_step(params, {'image', 'label', 'mask'}) -> sums over the real (mask 1) examples.
 
   Returns {'loss_sum', 'top1', 'top5', 'count'}: summed loss, top-1 and top-5 correct counts and the number of
-  examples, so the loop adds them over batches and divides once: padded examples never count.
+  examples, so the loop adds them over batches and divides once: padded examples never count. `mesh`/`rules`
+  as in `make_train_step`.
   """
 
   def eval_step(params: Any, batch: Batch) -> Metrics:

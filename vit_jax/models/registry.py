@@ -59,7 +59,7 @@ _TABLE = [
     _vit('B', 16, name='ViT-B_16-gap-norep', classifier='gap'),
     _vit('S', 32, name='ViT-S_32-gap-norep', classifier='gap'),
     _vit('B', 32, name='ViT-B_32-gap-norep', classifier='gap'),
-    # Hybrids: the ResNet root downsamples 4x, then 2x per stage after the first.
+    # Hybrids: the ResNet root downsamples 4x, then 2x per stage after the first (R+ViT-Ti_16 is /32 overall).
     _vit('Ti', 8, name='R+ViT-Ti_16', resnet=_resnet(())),
     _vit('B', 1, name='R50+ViT-B_16', dropout=0.1, resnet=_resnet((3, 4, 9))),
     _vit('B', 1, name='R26+ViT-B_32', resnet=_resnet((2, 2, 2, 2))),

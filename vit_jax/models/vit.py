@@ -87,11 +87,44 @@ class MlpBlock(nn.Module):
     return nn.Dropout(rate=self.dropout_rate)(x, deterministic=self.deterministic)
 
 
-def _attention_weights(q: Array, k: Array) -> Array:
+def _attention_weights(q: Array, k: Array, key_mask: Optional[Array] = None) -> Array:
   """softmax(q k^T / sqrt(head_dim)) with float32 statistics; q, k are BQHD / BKHD, weights BHQK."""
   q = q / jnp.sqrt(q.shape[-1]).astype(q.dtype)
   logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
+  if key_mask is not None:  # exp(-inf) is exactly 0: masked keys change nothing.
+    logits = jnp.where(key_mask, logits, -jnp.inf)
   return jax.nn.softmax(logits, axis=-1).astype(q.dtype)
+
+
+class Projection(nn.Module):
+  """`nn.DenseGeneral` over the last `in_dims` axes, with the kernel created at its stored rank.
+
+  flax's DenseGeneral initialises a flat 2-D kernel and reshapes it, so 3-D logical axis names would be applied
+  to a 2-D array under an active mesh; here the Xavier fan-in/fan-out are taken over the same axes directly.
+  """
+
+  features: Tuple[int, ...]
+  in_dims: int
+  kernel_axes: Axes
+  bias_axes: Axes
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    in_shape = x.shape[x.ndim - self.in_dims:]
+    n_in, n_out = len(in_shape), len(self.features)
+    init = nn.initializers.xavier_uniform(in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, n_in + n_out)))
+    kernel = self.param('kernel', _logical(init, self.kernel_axes), in_shape + tuple(self.features))
+    bias = self.param('bias', _logical(nn.initializers.zeros, self.bias_axes), tuple(self.features))
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    y = jax.lax.dot_general(x, kernel, (((tuple(range(x.ndim - n_in, x.ndim))), tuple(range(n_in))), ((), ())))
+    return y + bias
+
+
+def _pad_sequence(x: Array, multiple: int) -> Array:
+  """Zero-pads axis 1 of a BTHD array up to a multiple of `multiple`."""
+  pad = -x.shape[1] % multiple
+  return jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) if pad else x
 
 
 class MultiHeadDotProductAttention(nn.Module):
@@ -101,6 +134,10 @@ class MultiHeadDotProductAttention(nn.Module):
   kernel), 'cudnn' (cuDNN fused attention; an error where cuDNN cannot run it), 'auto' (cuDNN on GPU for 16-bit
   inputs, else XLA). All compute the same function within dtype tolerance. Attention dropout and attention-weight
   capture need the weights, so they always use the 'xla' path.
+
+  `pad_to_multiple` > 1 pads queries, keys and values along the sequence to a multiple of it (a performance option
+  for fused kernels with fixed tiles; 197 tokens -> 200/256), masks the padded keys and drops the padded outputs,
+  so the result is the same function.
   """
 
   num_heads: int
@@ -108,6 +145,7 @@ class MultiHeadDotProductAttention(nn.Module):
   dropout_rate: float = 0.
   deterministic: bool = True
   impl: str = 'xla'
+  pad_to_multiple: int = 0
 
   def _resolve_impl(self, need_weights: bool) -> str:
     if need_weights or (self.dropout_rate > 0 and not self.deterministic):
@@ -123,30 +161,33 @@ class MultiHeadDotProductAttention(nn.Module):
     if d % self.num_heads:
       raise ValueError(f'hidden_size {d} is not divisible by num_heads {self.num_heads}.')
     head_dim = d // self.num_heads
-    qkv = functools.partial(
-        nn.DenseGeneral, features=(self.num_heads, head_dim), axis=-1, dtype=self.dtype,
-        kernel_init=_logical(nn.initializers.xavier_uniform(), ('embed', 'heads', 'kv')),
-        bias_init=_logical(nn.initializers.zeros, ('heads', 'kv')))
+    qkv = functools.partial(Projection, features=(self.num_heads, head_dim), in_dims=1, dtype=self.dtype,
+                            kernel_axes=('embed', 'heads', 'kv'), bias_axes=('heads', 'kv'))
     q = qkv(name='query')(inputs_q)
     k = qkv(name='key')(inputs_kv)
     v = qkv(name='value')(inputs_kv)
 
     need_weights = self.is_mutable_collection('intermediates')
     impl = self._resolve_impl(need_weights)
+    q_len, kv_len = q.shape[1], k.shape[1]
+    if self.pad_to_multiple > 1:
+      q, k, v = (_pad_sequence(t, self.pad_to_multiple) for t in (q, k, v))
+    padded = k.shape[1] != kv_len
     if impl == 'xla':
-      weights = _attention_weights(q, k)
-      self.sow('intermediates', 'attention_weights', weights)
+      mask = (jnp.arange(k.shape[1]) < kv_len) if padded else None
+      weights = _attention_weights(q, k, mask)
+      self.sow('intermediates', 'attention_weights', weights[:, :, :q_len, :kv_len])
       weights = nn.Dropout(rate=self.dropout_rate, broadcast_dims=())(
           weights, deterministic=self.deterministic)
       x = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
     else:
+      lengths = jnp.full((k.shape[0],), kv_len, jnp.int32) if padded else None
       x = jax.nn.dot_product_attention(
-          q, k, v, implementation=None if impl == 'dot_product' else impl)
+          q, k, v, key_value_seq_lengths=lengths, implementation=None if impl == 'dot_product' else impl)
+    x = x[:, :q_len]
 
-    return nn.DenseGeneral(
-        features=d, axis=(-2, -1), dtype=self.dtype, name='out',
-        kernel_init=_logical(nn.initializers.xavier_uniform(), ('heads', 'kv', 'embed')),
-        bias_init=_logical(nn.initializers.zeros, ('embed',)))(x)
+    return Projection(features=(d,), in_dims=2, dtype=self.dtype, kernel_axes=('heads', 'kv', 'embed'),
+                      bias_axes=('embed',), name='out')(x)
 
 
 def _layer_norm(dtype: Dtype, name: Optional[str] = None) -> nn.LayerNorm:
@@ -171,7 +212,9 @@ class Encoder1DBlock(nn.Module):
   dropout_rate: float = 0.
   attention_dropout_rate: float = 0.
   attention_impl: str = 'xla'
+  attention_pad_to_multiple: int = 0
   deterministic: bool = True
+  drop_path: bool = False   # static: no rng draws at all when stochastic depth is off
 
   @nn.compact
   def __call__(self, inputs: Array, droppath_rate: Array) -> Tuple[Array, None]:
@@ -179,7 +222,8 @@ class Encoder1DBlock(nn.Module):
     y = _layer_norm(self.dtype)(x)
     y = MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.attention_dropout_rate,
-        deterministic=self.deterministic, impl=self.attention_impl)(y, y)
+        deterministic=self.deterministic, impl=self.attention_impl,
+        pad_to_multiple=self.attention_pad_to_multiple)(y, y)
     y = nn.Dropout(rate=self.dropout_rate)(y, deterministic=self.deterministic)
     x = x + self._maybe_drop_path(y, droppath_rate)
 
@@ -190,7 +234,7 @@ class Encoder1DBlock(nn.Module):
     return nn.with_logical_constraint(x, ('batch', 'length', 'embed')), None
 
   def _maybe_drop_path(self, y: Array, rate: Array) -> Array:
-    if self.deterministic:
+    if self.deterministic or not self.drop_path:
       return y
     return _drop_path(y, rate, self.make_rng('dropout'))
 
@@ -205,6 +249,7 @@ class Encoder(nn.Module):
   attention_dropout_rate: float = 0.
   dtype: Dtype = jnp.float32
   attention_impl: str = 'xla'
+  attention_pad_to_multiple: int = 0
   scan: bool = False
   remat_policy: str = 'none'
   stochastic_depth: float = 0.
@@ -228,7 +273,8 @@ class Encoder(nn.Module):
     block_kwargs = dict(
         mlp_dim=self.mlp_dim, num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.dropout_rate,
         attention_dropout_rate=self.attention_dropout_rate, attention_impl=self.attention_impl,
-        deterministic=not self.train)
+        attention_pad_to_multiple=self.attention_pad_to_multiple, deterministic=not self.train,
+        drop_path=self.stochastic_depth > 0)
     block = Encoder1DBlock
     if self.remat_policy != 'none':
       block = nn.remat(block, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=not self.scan)
@@ -289,6 +335,7 @@ class VisionTransformer(nn.Module):
   posemb: str = 'learn'
   dtype: Dtype = jnp.float32
   attention_impl: str = 'xla'
+  attention_pad_to_multiple: int = 0   # pad the attention sequence (197 -> 200, 256, ...) for fused kernels
   scan: bool = False
   remat_policy: str = 'none'
   stochastic_depth: float = 0.
@@ -327,7 +374,8 @@ class VisionTransformer(nn.Module):
         x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), [n, 1, 1]), x], axis=1)
         prefix = 1
       x = Encoder(name='Transformer', **self.transformer, dtype=self.dtype,
-                  attention_impl=self.attention_impl, scan=self.scan, remat_policy=self.remat_policy,
+                  attention_impl=self.attention_impl, attention_pad_to_multiple=self.attention_pad_to_multiple,
+                  scan=self.scan, remat_policy=self.remat_policy,
                   stochastic_depth=self.stochastic_depth, posemb=self.posemb, grid=(h, w),
                   num_prefix_tokens=prefix, train=train)(x)
 

@@ -1,0 +1,155 @@
+"""Images/s per CPU core of our pretraining preprocessing vs a minimal plain tf.data pipeline.
+
+Both decode the same generated JPEGs (~500x375, ImageNet-like), take an Inception random resized crop
+(area 8-100%, aspect 3/4-4/3) to 224x224, flip at random and scale to [-1, 1], and batch. Each
+measurement runs in a fresh child process pinned (sched_setaffinity) to as many CPU cores as it has
+workers. "Per core" is measured as images per CPU-second the process consumed (all its threads), which
+stays meaningful on a shared machine; wall-clock images/s per pinned core is printed too:
+  ours:    vit_jax.input_pipeline.make_train_iterator over an image folder (grain, `workers` reader threads).
+  tf.data: from_tensor_slices(paths).map(read+decode_jpeg+crop+resize+flip+normalise,
+           num_parallel_calls=workers) with a private thread pool of `workers` threads; measured with
+           tf.image.resize's default (bilinear, no antialiasing: aliases when shrinking) and with
+           antialias=True, the same class of filter as ours (area averaging when shrinking).
+
+  python scripts/bench_input.py [--images 400] [--workers 1 2] [--json out.json]
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+CROP = 224
+BATCH = 32
+
+
+def make_jpegs(directory: str, num: int, size: tuple[int, int] = (500, 375), seed: int = 0) -> list[str]:
+  """Writes `num` photo-like JPEGs (smooth shapes + texture noise, quality 90) as <dir>/train/c<k>/<i>.jpg."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  files = []
+  for i in range(num):
+    w, h = size
+    low = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    img = np.asarray(Image.fromarray(low).resize((w, h), Image.Resampling.BICUBIC), np.int16)
+    img = np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
+    d = os.path.join(directory, 'train', f'c{i % 10}')
+    os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, f'{i}.jpg')
+    Image.fromarray(img).save(path, 'JPEG', quality=90)
+    files.append(path)
+  return files
+
+
+def measure_ours(root: str, workers: int, num_images: int) -> dict[str, float]:
+  """Images/s of make_train_iterator (decode + inception crop 224 + flip + [-1, 1]) over `root`."""
+  from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  pp = {'crop': CROP, 'train_crop': 'inception', 'flip': True, 'threads': workers}
+  it = input_pipeline.make_train_iterator(root, pp, global_batch=BATCH, seed=0, process_index=0,
+                                          process_count=1)
+  return _time(it, num_images)
+
+
+def measure_tf(root: str, workers: int, num_images: int, antialias: bool = False) -> dict[str, float]:
+  """Images/s of a minimal tf.data pipeline doing the same ops on the same files."""
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')
+  files = sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(root, 'train')) for f in fs)
+
+  def load(path, seed):
+    img = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(img), tf.zeros([0, 0, 4], tf.float32), seed=seed, area_range=(0.08, 1.0),
+        aspect_ratio_range=(3 / 4, 4 / 3), max_attempts=10, use_image_if_no_bounding_boxes=True)
+    img = tf.slice(img, begin, size)
+    img = tf.image.resize(img, [CROP, CROP], 'bilinear', antialias=antialias)
+    img = tf.image.stateless_random_flip_left_right(img, seed)
+    return img / 127.5 - 1
+
+  seeds = tf.data.Dataset.random(seed=0).batch(2)
+  ds = tf.data.Dataset.from_tensor_slices(files).repeat().shuffle(len(files), seed=0)
+  ds = tf.data.Dataset.zip((ds, seeds)).map(load, num_parallel_calls=workers)
+  ds = ds.batch(BATCH, drop_remainder=True).prefetch(2)
+  opts = tf.data.Options()
+  opts.threading.private_threadpool_size = workers
+  opts.threading.max_intra_op_parallelism = 1
+  ds = ds.with_options(opts)
+  return _time(map(lambda x: x.numpy(), iter(ds)), num_images)
+
+
+def _time(batches, num_images: int) -> dict[str, float]:
+  """Wall-clock images/s and images per CPU-second of this process (all its threads)."""
+  next(batches)  # Warm-up: thread pools, first files.
+  n, start, cpu = 0, time.perf_counter(), time.process_time()
+  while n < num_images:
+    b = next(batches)
+    n += len(b['image'] if isinstance(b, dict) else b)
+  return {'wall': n / (time.perf_counter() - start), 'cpu': n / (time.process_time() - cpu)}
+
+
+def _child(kind: str, root: str, workers: int, num_images: int) -> dict[str, float]:
+  """Runs one measurement ('ours', 'tf' or 'tf_aa') in a fresh process pinned to `workers` cores."""
+  cores = sorted(os.sched_getaffinity(0))[:workers]
+  call = {'ours': 'b.measure_ours(%r, %d, %d)', 'tf': 'b.measure_tf(%r, %d, %d)',
+          'tf_aa': 'b.measure_tf(%r, %d, %d, antialias=True)'}[kind] % (root, workers, num_images)
+  code = ('import os, sys; sys.path.insert(0, %r); os.sched_setaffinity(0, %r); '
+          'import json; from scripts import bench_input as b; print(json.dumps(%s))'
+          % (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), cores, call))
+  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3', CUDA_VISIBLE_DEVICES='')
+  out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, check=False)
+  if out.returncode:
+    raise RuntimeError(f'{kind} measurement failed:\n{out.stderr[-3000:]}')
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> list[dict[str, float]]:
+  """Generates the JPEGs, measures both pipelines at each worker count and prints the table."""
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--images', type=int, default=400, help='distinct JPEGs to generate')
+  parser.add_argument('--measure', type=int, default=1024, help='images timed per measurement')
+  parser.add_argument('--workers', type=int, nargs='+', default=[1, 2])
+  parser.add_argument('--repeats', type=int, default=2, help='best of N runs per cell')
+  parser.add_argument('--json', help='also write the rows to this file')
+  args = parser.parse_args(argv)
+  rows = []
+  with tempfile.TemporaryDirectory() as root:
+    make_jpegs(root, args.images)
+    for w in args.workers:
+      if w > len(os.sched_getaffinity(0)):
+        print(f'skipping workers={w}: only {len(os.sched_getaffinity(0))} cores available')
+        continue
+      best = {k: {'wall': 0., 'cpu': 0.} for k in ('ours', 'tf', 'tf_aa')}
+      for _ in range(args.repeats):  # Interleaved, so all see the same machine load.
+        for kind in best:
+          r = _child(kind, root, w, args.measure)
+          best[kind] = {k: max(best[kind][k], r[k]) for k in r}
+      row = {'workers': w}
+      for kind in best:
+        row[f'{kind}_cpu'] = best[kind]['cpu']
+        row[f'{kind}_wall_core'] = best[kind]['wall'] / w
+      row['ratio'] = row['ours_cpu'] / row['tf_cpu']
+      row['ratio_aa'] = row['ours_cpu'] / row['tf_aa_cpu']
+      row['ratio_wall'] = row['ours_wall_core'] / row['tf_wall_core']
+      rows.append(row)
+  cols = [('workers', 'workers'), ('ours_cpu', 'ours'), ('tf_cpu', 'tf.data'), ('ratio', 'ours/tf.data'),
+          ('tf_aa_cpu', 'tf.data antialias'), ('ratio_aa', 'ours/tf.data aa'),
+          ('ours_wall_core', 'ours wall/core'), ('tf_wall_core', 'tf.data wall/core'),
+          ('ratio_wall', 'ours/tf.data wall')]
+  print('images per CPU-second (first columns) and wall-clock images/s per pinned core (last three)')
+  print(' | '.join(h for _, h in cols))
+  for r in rows:
+    print(' | '.join(f'{r[k]:>{len(h)}.2f}' if isinstance(r[k], float) else f'{r[k]:>{len(h)}}'
+                     for k, h in cols))
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump(rows, f, indent=1)
+  return rows
+
+
+if __name__ == '__main__':
+  main()
