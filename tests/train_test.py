@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import loop_testlib as lib
+from vit_jax import checkpoint
 from vit_jax import checkpointing
 from vit_jax import train
 
@@ -109,3 +110,19 @@ def test_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, 
   raw = ckpt.restore(None)
   params = raw[1]['params']
   assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(params))
+
+
+def test_model_init_loads_a_published_npz(reference, tmp_path, capsys):
+  ref_dir, _ = reference
+  ckpt = checkpointing.Checkpointer(os.path.join(ref_dir, 'checkpoints'), save_every=1, read_only=True)
+  _, state, _ = ckpt.restore(None)
+  npz = str(tmp_path / 'pretrained.npz')
+  checkpoint.save_npz(state['params'], npz)
+  workdir = str(tmp_path / 'finetune')
+  # lr 0: the params after one step are exactly the loaded ones.
+  train.train_and_evaluate(lib.tiny_config(model_init=npz, base_lr=0., warmup_steps=0, decay_type='constant',
+                                           total_steps=1), workdir)
+  assert f'Initialised the params from {npz}.' in capsys.readouterr().out
+  _, tuned, _ = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), save_every=1,
+                                           read_only=True).restore(None)
+  jax.tree.map(np.testing.assert_array_equal, tuned['params'], state['params'])

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax import checkpoint
 from vit_jax import checkpointing
 from vit_jax import config_checks
 from vit_jax import evaluate
@@ -119,19 +120,13 @@ def _compile_step(step_fn, state_shardings, batch_sharding, replicated, abstract
   ).lower(abstract_state, abstract_batch, first_bad).compile()
 
 
-def _load_model_init(state: train_step.TrainState, config: Any, model: vit.VisionTransformer,
-                     image_size: int) -> train_step.TrainState:
-  """Replaces fresh params (and EMA) with a published checkpoint's, placed with the params' shardings."""
-  try:
-    from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
-    load_pretrained = checkpoint.load_pretrained
-  except (ImportError, AttributeError):
-    raise config_checks.ConfigError(
-        'config.model_init needs vit_jax.checkpoint.load_pretrained, which this checkout lacks; unset '
-        'config.model_init or update the code.') from None
-  patch = model.patches['size']
-  params = load_pretrained(pretrained_path=config.model_init, init_params=jax.device_get(state.params),
-                           model_config=model, new_grid=(image_size // patch[0], image_size // patch[1]))
+def _load_model_init(state: train_step.TrainState, config: Any,
+                     model: vit.VisionTransformer) -> train_step.TrainState:
+  """Replaces fresh params (and EMA) with a published checkpoint's (square images: posemb grid resampled)."""
+  model_config = {'representation_size': model.representation_size, 'classifier': model.classifier,
+                  'transformer': model.transformer}
+  params = checkpoint.load_pretrained(
+      pretrained_path=config.model_init, init_params=jax.device_get(state.params), model_config=model_config)
   shardings = jax.tree.map(lambda x: x.sharding, state.params)
   params = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x, np.float32), s), params, shardings)
   ema = jax.tree.map(lambda x: x + 0., params) if state.ema_params is not None else None
@@ -184,24 +179,11 @@ def train_and_evaluate(config: Any, workdir: str) -> Dict[str, float]:
                                     sharding=batch_sharding),
       'label': jax.ShapeDtypeStruct((config.batch, info.num_classes), jnp.float32, sharding=batch_sharding)}
   first_bad = jax.device_put(np.int32(-1), replicated)
-  step_kwargs = dict(lr_schedule=schedule, accum_steps=config.accum_steps, ema_decay=config.ema_decay or None)
-  try:
-    compiled_step = _compile_step(
-        train_step.make_train_step(model, tx, loss_fn, mesh=mesh, rules=rules, **step_kwargs),
-        state_shardings, batch_sharding, replicated, abstract_state, abstract_batch, first_bad)
-    activation_rules = rules
-  except ValueError as e:
-    if 'with_sharding_constraint' not in str(e):
-      raise
-    # Some model versions cannot trace their activation constraints under a rule table (a flax DenseGeneral
-    # kernel-reshape issue); params stay sharded by the rules and XLA propagates the rest.
-    logging.warning('Activation sharding constraints disabled: %s', str(e).splitlines()[0][:200])
-    compiled_step = _compile_step(train_step.make_train_step(model, tx, loss_fn, **step_kwargs),
-                                  state_shardings, batch_sharding, replicated, abstract_state, abstract_batch,
-                                  first_bad)
-    activation_rules = None
-  eval_step = jax.jit(train_step.make_eval_step(model, loss_fn, mesh=mesh if activation_rules else None,
-                                                rules=activation_rules),
+  compiled_step = _compile_step(
+      train_step.make_train_step(model, tx, loss_fn, lr_schedule=schedule, accum_steps=config.accum_steps,
+                                 ema_decay=config.ema_decay or None, mesh=mesh, rules=rules),
+      state_shardings, batch_sharding, replicated, abstract_state, abstract_batch, first_bad)
+  eval_step = jax.jit(train_step.make_eval_step(model, loss_fn, mesh=mesh, rules=rules),
                       out_shardings=replicated)
 
   # --- Resume: own checkpoint -> config.resume -> config.model_init -> scratch (see the module docstring).
@@ -221,7 +203,7 @@ def train_and_evaluate(config: Any, workdir: str) -> Dict[str, float]:
   else:
     state = jax.jit(init, out_shardings=state_shardings)(rng)
     if config.model_init:
-      state = _load_model_init(state, config, model, info.image_size)
+      state = _load_model_init(state, config, model)
     start_step = 0
   step = int(jax.device_get(state.step))
   if step != start_step:
