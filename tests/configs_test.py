@@ -7,6 +7,7 @@ import pytest
 import loop_testlib as lib
 from vit_jax import config_checks
 from vit_jax import train
+from vit_jax.models import registry
 
 PRESETS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(lib.REPO, 'configs', '*.py'))
                  if os.path.basename(p) not in ('__init__.py', 'common.py'))
@@ -37,6 +38,8 @@ def _shrink(config):
       'model.patch_size': 8, 'batch': 8, 'batch_eval': 8, 'total_steps': 2, 'warmup_steps': 1,
       'accum_steps': 1, 'model_init': None, 'tensorboard': False, 'eval_every': 2, 'checkpoint_every': 2,
       'progress_every': 1}
+  if 'resnet' in registry.get_config(config.model_name):  # the hybrid root downsamples 4x: 16 px -> 4x4
+    overrides['model.patch_size'] = 2
   if config.model.representation_size:
     overrides['model.representation_size'] = 8
   return lib.apply(config, overrides)

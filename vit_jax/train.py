@@ -155,9 +155,10 @@ def train_and_evaluate(config: Any, workdir: str) -> Dict[str, float]:
   train_iter = input_pipeline.prefetch_to_mesh(
       input_pipeline.make_train_iterator(config.dataset, pp, global_batch=config.batch, seed=config.seed,
                                          data_dir=config.tfds_data_dir), batch_sharding)
-  make_eval_batches = functools.partial(
-      lambda: input_pipeline.prefetch_to_mesh(input_pipeline.make_eval_iterator(
-          config.dataset, pp, global_batch=config.batch_eval, data_dir=config.tfds_data_dir), batch_sharding))
+
+  def make_eval_batches():  # A fresh pass over the eval split, padded and masked.
+    return input_pipeline.prefetch_to_mesh(input_pipeline.make_eval_iterator(
+        config.dataset, pp, global_batch=config.batch_eval, data_dir=config.tfds_data_dir), batch_sharding)
 
   # --- Model, optimizer, loss.
   model = build_model(config, info.num_classes)
