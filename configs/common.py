@@ -35,6 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
       patch_size=_ph(int), hidden_size=_ph(int), num_layers=_ph(int), num_heads=_ph(int), mlp_dim=_ph(int),
       dropout_rate=_ph(float), attention_dropout_rate=_ph(float), classifier=_ph(str),
       representation_size=_ph(int),  # 0 removes the pre-logits layer of a model that has one
+      resnet_num_layers=_ph(tuple),  # hybrids: units per ResNet stage after the root, e.g. (3, 4, 9)
       posemb='learn', head_bias_init=0., head_zeroinit=True, stochastic_depth=0.,
       dtype='float32', attention_impl='xla', scan=False, remat_policy='none'))
   c.model_init = _ph(str)          # published .npz to start from (fine-tuning); see the resume order in train.py

@@ -37,6 +37,11 @@ def test_hybrid_patch_counts_the_resnet_root_downsampling():
   assert 'patch size 4' in message
 
 
+def test_resnet_stage_override_counts_in_the_patch():
+  message = _error(model_name='R+ViT-Ti_16', model__patch_size=1, model__resnet_num_layers=(1, 1), pp__crop=12)
+  assert 'patch size 8' in message
+
+
 def test_missing_dataset_names_the_key():
   message = _error(dataset='/nonexistent/images')
   assert message.startswith("config.dataset='/nonexistent/images' cannot be loaded:")

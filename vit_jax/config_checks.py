@@ -96,8 +96,11 @@ def _patch_grid_divisor(config: Any) -> Optional[int]:
     raise ConfigError(f'config.model_name={config.model_name!r}: {e}') from None
   patch = config.model.patch_size or model_cfg['patches']['size'][0]
   resnet = model_cfg.get('resnet')
-  if resnet is not None:  # The ResNet root downsamples 4x, then 2x per stage after the first.
-    patch *= 4 * 2 ** max(len(resnet['num_layers']) - 1, 0)
+  stages = config.model.resnet_num_layers
+  if stages is None and resnet is not None:
+    stages = resnet['num_layers']
+  if stages is not None:  # The ResNet root downsamples 4x, then 2x per stage after the first.
+    patch *= 4 * 2 ** max(len(stages) - 1, 0)
   return patch
 
 
