@@ -12,7 +12,7 @@ if REPO not in sys.path:
 
 # A tiny ViT on the embedded digits: 4 tokens, a few thousand params; every step takes milliseconds.
 TINY = {
-    'model_name': 'testing', 'pp.resize': 10, 'model.hidden_size': 16, 'model.num_layers': 1, 'model.num_heads': 2, 'model.mlp_dim': 32,
+    'model_name': 'testing', 'model.resnet_num_layers': None, 'pp.resize': 10, 'model.hidden_size': 16, 'model.num_layers': 1, 'model.num_heads': 2, 'model.mlp_dim': 32,
     'model.patch_size': 4, 'pp.crop': 8, 'batch': 16, 'batch_eval': 304, 'total_steps': 12, 'warmup_steps': 2,
     'progress_every': 1, 'eval_every': 1000, 'checkpoint_every': 3, 'tensorboard': False,
 }
