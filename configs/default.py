@@ -2,8 +2,11 @@
 
 Command:   python -m vit_jax.main --config=configs/default.py --workdir=/tmp/vit_default
 Hardware:  2 CPU cores (any laptop); no accelerator needed.
-Time:      under 3 minutes (measured: see below).
-Expected:  >= 97% test accuracy on the 297 held-out digits; the last line printed is 'Final test accuracy: ...'.
+Time:      measured 2 min 56 s for the whole command (158 s inside training, 66 s of CPU time) on 2 shared,
+           heavily loaded CPU cores; expect well under 2 minutes on 2 idle cores.
+Expected:  ~96% test accuracy on the 297 held-out digits (measured 95.96%, top-5 100%); the last line printed is
+           'Final test accuracy: ...'. The issue's target is >= 97%: not reached yet (plain ViTs overfit at ~85%,
+           the hybrid stem plateaus at 95.5-96.5% over the variants tried).
 """
 from configs import common
 
