@@ -96,7 +96,7 @@ def _patch_grid_divisor(config: Any) -> Optional[int]:
     raise ConfigError(f'config.model_name={config.model_name!r}: {e}') from None
   patch = config.model.patch_size or model_cfg['patches']['size'][0]
   resnet = model_cfg.get('resnet')
-  stages = config.model.resnet_num_layers
+  stages = resnet_override(config.model)
   if stages is None and resnet is not None:
     stages = resnet['num_layers']
   if stages is not None:  # The ResNet root downsamples 4x, then 2x per stage after the first.
@@ -158,6 +158,15 @@ def validate(config: Any, *, num_devices: Optional[int] = None, check_data: bool
                       f'{patch} of {config.model_name!r}; set config.pp.crop to a multiple of {patch} or '
                       'config.model.patch_size to a divisor of it.')
   return info
+
+
+def resnet_override(model: Any) -> Optional[tuple]:
+  """`model.resnet_num_layers` as a tuple, or None when unset (`--config.model.resnet_num_layers=None` parses
+  as `(None,)`)."""
+  stages = model.resnet_num_layers
+  if stages is None or all(s is None for s in stages):
+    return None
+  return tuple(int(s) for s in stages)
 
 
 def pp_dict(pp: Any) -> dict:

@@ -61,8 +61,9 @@ def build_model(config: Any, num_classes: int) -> vit.VisionTransformer:
     cfg['classifier'] = m.classifier
   if m.representation_size is not None:
     cfg['representation_size'] = m.representation_size or None
-  if m.resnet_num_layers is not None:
-    cfg['resnet'] = {**cfg.get('resnet', {'width_factor': 1}), 'num_layers': tuple(m.resnet_num_layers)}
+  stages = config_checks.resnet_override(m)
+  if stages is not None:
+    cfg['resnet'] = {**cfg.get('resnet', {'width_factor': 1}), 'num_layers': stages}
   return vit.VisionTransformer(
       num_classes=num_classes, **cfg, posemb=m.posemb, head_bias_init=m.head_bias_init,
       head_zeroinit=m.head_zeroinit, stochastic_depth=m.stochastic_depth, dtype=jnp.dtype(m.dtype),
