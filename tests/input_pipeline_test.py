@@ -45,7 +45,8 @@ def test_digits_train_matches_sklearn_pixels():
   raw = datasets.load_digits()
   it = ip.make_train_iterator('digits', {}, global_batch=8, seed=3, with_ids=True)
   b = next(it)
-  for img, label, i in zip(b['image'], b['label'], b['id']):
+  train_indices = data_sources.digits_split_indices()['train']
+  for img, label, i in zip(b['image'], b['label'], train_indices[b['id']]):
     np.testing.assert_allclose(img[..., 0], raw.images[i] / 16 * 2 - 1, atol=1 / 255 + 1e-6)
     assert label.argmax() == raw.target[i]
 
@@ -134,8 +135,22 @@ def test_eval_mask_sums_to_split_size_and_labels_match():
   for b in ip.make_eval_iterator('digits', {}, global_batch=64, with_ids=True):
     total += b['mask'].sum()
     real = b['mask'] == 1
-    np.testing.assert_array_equal(b['label'][real].argmax(1), raw.target[1500 + b['id'][real]])
+    test_indices = data_sources.digits_split_indices()['test']
+    np.testing.assert_array_equal(b['label'][real].argmax(1), raw.target[test_indices[b['id'][real]]])
   assert total == 297
+
+
+def test_digits_split_is_fixed_stratified_and_disjoint():
+  from sklearn import datasets
+  labels = datasets.load_digits().target
+  split = data_sources.digits_split_indices()
+  train, test = split['train'], split['test']
+  assert (len(train), len(test)) == (1500, 297)
+  assert not set(train) & set(test) and set(train) | set(test) == set(range(1797))
+  # Stratified: every class holds its share of the test set to within one image.
+  np.testing.assert_allclose(np.bincount(labels[test]), np.bincount(labels) * 297 / 1797, atol=1)
+  # A random draw, not scikit-learn's writer-ordered tail.
+  assert 0 < np.mean(test < 1500) < 1
 
 
 def test_batch_size_errors_are_one_line():

@@ -6,9 +6,12 @@ HxWx3 array) or `image_bytes` (an encoded image) or `path` (an image file), plus
 about a corrupt image names). Random access is what makes batches a function of (seed, step).
 
 Embedded digits ('digits'): scikit-learn's copy of the UCI handwritten digits, 1,797 real 8x8 grayscale
-images in 10 classes, shipped inside the scikit-learn wheel (nothing downloads). Fixed split: 'train' is
-the first 1,500 images in scikit-learn's order, 'test' the last 297. Pixels 0..16 are scaled to 0..255
-and repeated to 3 channels.
+images in 10 classes, shipped inside the scikit-learn wheel (nothing downloads). Fixed split: a stratified
+random split drawn once with numpy's seed-0 generator (`digits_split_indices`): 297 test images, each class
+in proportion, and the other 1,500 for training, both in scikit-learn's order. (scikit-learn's last 297
+images come from writers barely seen in the first 1,500; there even an RBF SVM reaches only 95%, which
+would measure writer shift rather than the training code.) Pixels 0..16 are scaled to 0..255 and repeated
+to 3 channels.
 
 Synthetic ('synthetic'): uniform random images and labels, generated from (seed, step) by
 `input_pipeline`; it has no source here because it needs no loader (and must not import TensorFlow).
@@ -128,13 +131,30 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
   return images, labels
 
 
+@functools.lru_cache(maxsize=1)
+def digits_split_indices() -> dict[str, np.ndarray]:
+  """Indices into scikit-learn's digits of the fixed 'train' (1,500) and 'test' (297) splits, stratified."""
+  _, labels = _digits_arrays()
+  num_test = DIGITS_NUM_TOTAL - DIGITS_NUM_TRAIN
+  counts = np.bincount(labels)
+  quota = counts * num_test / len(labels)
+  take = np.floor(quota).astype(int)
+  # Largest remainders get the images that flooring left over.
+  take[np.argsort(-(quota - take), kind='stable')[:num_test - take.sum()]] += 1
+  rng = np.random.default_rng(0)
+  test = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:take[c]]
+                                 for c in range(len(counts))]))
+  train = np.setdiff1d(np.arange(len(labels)), test)
+  return {'train': train, 'test': test}
+
+
 def digits(split: str) -> Source:
   """scikit-learn's embedded handwritten digits as uint8 8x8x3 images; see the module docstring."""
   images, labels = _digits_arrays()
-  parts = {'train': slice(0, DIGITS_NUM_TRAIN), 'test': slice(DIGITS_NUM_TRAIN, DIGITS_NUM_TOTAL)}
-  name, start, stop = parse_split(split, {k: v.stop - v.start for k, v in parts.items()})
-  base = parts[name].start
-  recs = _ArrayRecords(images[base + start:base + stop], labels[base + start:base + stop], f'digits/{name}')
+  parts = digits_split_indices()
+  name, start, stop = parse_split(split, {k: len(v) for k, v in parts.items()})
+  idx = parts[name][start:stop]
+  recs = _ArrayRecords(images[idx], labels[idx], f'digits/{name}')
   # 8x8 digits: random-resized crops and mirroring destroy them; plain resizing is the sane default.
   return Source(recs, num_classes=10, image_size=8, defaults={'train_crop': 'resize', 'eval_crop': 'resize', 'flip': False})
 
