@@ -4,8 +4,8 @@ Command:   python -m vit_jax.main --config=configs/default.py --workdir=/tmp/vit
 Hardware:  2 CPU cores (any laptop); no accelerator needed.
 Time:      measured 50 s for the whole command (42 s inside training, 61 s CPU) on 2 quiet CPU cores; 2 min 56 s
            when the 2 cores were shared with other heavy jobs.
-Expected:  ~96% test accuracy on the 297 held-out digits (measured 96.30%; 95.96% in the loaded run: XLA's CPU
-           threading is not bit-deterministic across loads); the last line printed is 'Final test accuracy: ...'.
+Expected:  ~96% test accuracy on the 297 held-out digits (measured 96.30%; 95.96% in the run on loaded cores,
+           cause of the difference not investigated); the last line printed is 'Final test accuracy: ...'.
            The issue's target is >= 97%: not reached yet (plain ViTs overfit at ~85%; this hybrid stem plateaus at
            95.5-96.5% over the variants tried, touching 97.6% at step 100 of one run).
 """
