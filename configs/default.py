@@ -1,0 +1,52 @@
+"""The embedded default: a small ViT on scikit-learn's 8x8 'digits' (shipped in the wheel, nothing downloads).
+
+Command:   python -m vit_jax.main --config=configs/default.py --workdir=/tmp/vit_default
+Hardware:  2 CPU cores (any laptop); no accelerator needed.
+Time:      measured 50 s for the whole command (42 s inside training, 61 s CPU) on 2 quiet CPU cores; 2 min 56 s
+           when the 2 cores were shared with other heavy jobs.
+Expected:  ~96% test accuracy on the 297 held-out digits (measured 96.30%; 95.96% in the run on loaded cores,
+           cause of the difference not investigated); the last line printed is 'Final test accuracy: ...'.
+           The issue's target is >= 97%: not reached yet (plain ViTs overfit at ~85%; this hybrid stem plateaus at
+           95.5-96.5% over the variants tried, touching 97.6% at step 100 of one run).
+"""
+from configs import common
+
+
+def get_config():
+  """Small ViT, digits, AdamW; see the module docstring for the expected result."""
+  c = common.get_config()
+  c.dataset = 'digits'
+  # 8x8 digits upsampled to 16x16; training crops are a random 16x16 window of the digit resized to 18x18,
+  # i.e. shifts of up to one pixel and a slight zoom: the augmentation that closes most of the gap to 97%.
+  c.pp.crop = 16
+  c.pp.train_crop = 'resize_crop'
+  c.pp.resize = 18
+  c.pp.eval_crop = 'resize'
+  c.batch = 128
+  c.batch_eval = 304  # The 297 test digits in one padded batch (multiple of 8 devices).
+
+  # A convolutional stem (the hybrid root: 7x7 conv stride 2, GroupNorm, max-pool, then one ResNet stage of two
+  # bottleneck units) gives the translation prior that 1,500 training images cannot teach a plain ViT (which
+  # overfits at ~85%); the transformer then sees a 4x4 grid of tokens.
+  c.model_name = 'R+ViT-Ti_16'
+  c.model.resnet_num_layers = (2,)
+  c.model.patch_size = 1
+  c.model.hidden_size = 64
+  c.model.num_layers = 2
+  c.model.num_heads = 4
+  c.model.mlp_dim = 128
+  c.model.dropout_rate = 0.
+  c.model.classifier = 'gap'
+
+  c.total_steps = 300
+  c.base_lr = 1e-3
+  c.warmup_steps = 30
+  c.decay_type = 'cosine'
+  c.grad_norm_clip = 1.0
+  c.optim.optimizer = 'adamw'
+  c.optim.weight_decay = 1e-4
+
+  c.eval_every = 100
+  c.progress_every = 50
+  c.checkpoint_every = 100
+  return c

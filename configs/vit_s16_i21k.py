@@ -1,0 +1,17 @@
+"""ViT-S/16 pre-training on ImageNet-21k with the ViT paper's recipe.
+
+Command:   python -m vit_jax.main --config=configs/vit_s16_i21k.py --workdir=gs://BUCKET/vit_s16_i21k \
+               --config.tfds_data_dir=gs://BUCKET/tfds
+Hardware:  a TPU v3-64 (64 cores); multi-host launch with scripts/launch_tpu_pod.sh.
+Time:      about 2 days.
+Expected:  (AugReg) ImageNet-1k top-1 about 80-81% after fine-tuning at 384 px (configs/finetune.py:imagenet2012).
+Recipe:    Adam (b1 0.9, b2 0.999), batch 4096, lr 1e-3, weight decay 0.03, 10k warmup steps then linear decay,
+           90 epochs, sigmoid cross-entropy (multi-label ImageNet-21k), head bias init -10, pre-logits layer.
+"""
+from configs import common
+
+
+def get_config():
+  """ViT-S/16, ImageNet-21k, the paper's recipe."""
+  c = common.pretrain_i21k('ViT-S_16')
+  return c

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Submits vit_jax training to a multi-node GPU SLURM cluster: one process per node, all its GPUs each.
+#
+#   scripts/launch_slurm.sh [--dry-run] [--nodes 2] [--gpus-per-node 8] [--partition P] [--time 24:00:00] \
+#       [--job-name vit] -- --config=configs/vit_b16_i1k_augreg.py --workdir=/shared/runs/vit_b16
+#
+# Writes a batch script and runs `sbatch` on it. Inside the job, `srun` starts `python -m vit_jax.main
+# --distributed ...` on every node; jax.distributed.initialize() reads the SLURM environment to find the
+# coordinator (the first node), the process count and this process's index. The workdir must be on a
+# file system all nodes share. --dry-run prints the batch script and the sbatch command instead.
+set -euo pipefail
+
+dry_run=0; nodes=2; gpus=8; partition=""; time_limit="24:00:00"; job_name="vit_jax"
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --dry-run) dry_run=1; shift ;;
+    --nodes) nodes="$2"; shift 2 ;;
+    --gpus-per-node) gpus="$2"; shift 2 ;;
+    --partition) partition="$2"; shift 2 ;;
+    --time) time_limit="$2"; shift 2 ;;
+    --job-name) job_name="$2"; shift 2 ;;
+    --) shift; break ;;
+    *) echo "Unknown option $1: see the usage at the top of $0." >&2; exit 2 ;;
+  esac
+done
+if [[ $# -eq 0 ]]; then
+  echo "Give the training flags after --, e.g. -- --config=configs/vit_b16_i1k_augreg.py --workdir=/shared/run" >&2
+  exit 2
+fi
+
+repo_dir="$(cd "$(dirname "$0")/.." && pwd)"
+script="#!/usr/bin/env bash
+#SBATCH --job-name=$job_name
+#SBATCH --nodes=$nodes
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=$gpus
+#SBATCH --cpus-per-task=$((gpus * 8))
+#SBATCH --time=$time_limit
+#SBATCH --signal=TERM@120
+${partition:+#SBATCH --partition=$partition
+}set -euo pipefail
+cd $repo_dir
+srun python -m vit_jax.main --distributed $(printf '%q ' "$@")
+"
+# --signal=TERM@120: SLURM sends SIGTERM two minutes before the time limit; the loop saves and exits 0.
+
+if [[ $dry_run -eq 1 ]]; then
+  printf '%s' "$script"
+  echo "sbatch <the script above>"
+else
+  file="$(mktemp "${TMPDIR:-/tmp}/vit_jax_sbatch.XXXXXX")"
+  printf '%s' "$script" > "$file"
+  sbatch "$file"
+fi

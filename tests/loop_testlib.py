@@ -1,0 +1,75 @@
+"""Shared helpers for the loop's tests: a tiny digits config, running `vit_jax.main` in a subprocess, metrics."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from typing import Any, Dict, List, Optional, Sequence
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)
+
+# A tiny ViT on the embedded digits: 4 tokens, a few thousand params; every step takes milliseconds.
+TINY = {
+    'model_name': 'testing', 'model.resnet_num_layers': None, 'pp.resize': 10, 'model.hidden_size': 16, 'model.num_layers': 1, 'model.num_heads': 2, 'model.mlp_dim': 32,
+    'model.patch_size': 4, 'pp.crop': 8, 'batch': 16, 'batch_eval': 304, 'total_steps': 12, 'warmup_steps': 2,
+    'progress_every': 1, 'eval_every': 1000, 'checkpoint_every': 3, 'tensorboard': False,
+}
+
+
+def load_config(name: str = 'default', arg: Optional[str] = None) -> Any:
+  """configs/<name>.py's get_config(arg), as `--config=configs/<name>.py[:arg]` loads it."""
+  path = os.path.join(REPO, 'configs', f'{name}.py')
+  spec = importlib.util.spec_from_file_location(f'_config_{name}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def apply(config: Any, overrides: Dict[str, Any]) -> Any:
+  """Sets dotted keys (the config stays locked, so a misspelt key fails the test)."""
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def tiny_config(**overrides: Any) -> Any:
+  """The default preset shrunk by TINY, plus `overrides` given as keyword args with '__' for '.'."""
+  cfg = apply(load_config(), TINY)
+  return apply(cfg, {k.replace('__', '.'): v for k, v in overrides.items()})
+
+
+def main_command(workdir: str, overrides: Dict[str, Any], config: str = 'configs/default.py',
+                 extra: Sequence[str] = ()) -> List[str]:
+  args = [sys.executable, '-m', 'vit_jax.main', f'--config={config}', f'--workdir={workdir}']
+  args += [f'--config.{k}={v}' for k, v in {**TINY, **overrides}.items()]
+  return args + list(extra)
+
+
+def env(num_devices: int = 8, **extra: str) -> Dict[str, str]:
+  e = dict(os.environ)
+  e['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={num_devices}'
+  e['JAX_PLATFORMS'] = 'cpu'
+  e['PYTHONPATH'] = REPO
+  e.update(extra)
+  return e
+
+
+def run_main(workdir: str, overrides: Dict[str, Any], timeout: float = 240, **kwargs: Any):
+  """Runs `python -m vit_jax.main` to completion; returns the CompletedProcess (text output)."""
+  return subprocess.run(main_command(workdir, overrides, **kwargs), cwd=REPO, env=env(), capture_output=True,
+                        text=True, timeout=timeout, check=False)
+
+
+def read_metrics(workdir: str) -> List[Dict[str, Any]]:
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def train_losses(workdir: str) -> Dict[int, float]:
+  return {r['step']: r['train/loss'] for r in read_metrics(workdir) if 'train/loss' in r}

@@ -1,0 +1,128 @@
+"""The training loop: exact resume after SIGKILL, SIGTERM save-and-exit, NaN stop, metrics.jsonl contents."""
+import os
+import re
+import signal
+import subprocess
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import loop_testlib as lib
+from vit_jax import checkpoint
+from vit_jax import checkpointing
+from vit_jax import train
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory):
+  """An uninterrupted in-process run of the tiny config, profiling 2 steps: (workdir, final metrics)."""
+  workdir = str(tmp_path_factory.mktemp('reference'))
+  return workdir, train.train_and_evaluate(lib.tiny_config(profile_steps=2), workdir)
+
+
+def test_metrics_jsonl_has_the_documented_keys_and_monotone_steps(reference):
+  workdir, final = reference
+  records = lib.read_metrics(workdir)
+  steps = [r['step'] for r in records]
+  assert steps == sorted(steps)
+  train_records = [r for r in records if 'train/loss' in r]
+  assert [r['step'] for r in train_records] == list(range(1, 13))
+  for key in ('train/loss', 'train/lr', 'train/grad_norm', 'train/param_norm', 'progress/steps_per_sec',
+              'progress/images_per_sec', 'progress/images_per_sec_per_device', 'progress/eta_minutes'):
+    assert all(key in r for r in train_records[1:]), key
+  val = [r for r in records if 'val/top1' in r]
+  assert [r['step'] for r in val] == [12]
+  assert val[0]['val/top1'] == pytest.approx(final['val/top1'])
+  assert 0 <= val[0]['val/top1'] <= val[0]['val/top5'] <= 1
+  assert train_records[-1]['train/lr'] < train_records[5]['train/lr']  # cosine decay reached the end
+
+
+def test_profile_steps_writes_a_trace(reference):
+  workdir, _ = reference
+  traces = [f for _, _, files in os.walk(os.path.join(workdir, 'profile')) for f in files]
+  assert any(f.endswith('.xplane.pb') for f in traces), traces
+
+
+def test_a_finished_run_restarted_only_evaluates(reference, tmp_path):
+  workdir, final = reference
+  again = train.train_and_evaluate(lib.tiny_config(), workdir)
+  assert again['step'] == 12 and again['val/top1'] == pytest.approx(final['val/top1'])
+  assert sorted(lib.train_losses(workdir)) == list(range(1, 13))
+
+
+def test_exact_resume_after_sigkill_at_two_points(reference, tmp_path):
+  ref_dir, _ = reference
+  workdir = str(tmp_path / 'killed')
+  first = lib.run_main(workdir, {'debug_kill_at_step': 5})
+  assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+  second = lib.run_main(workdir, {'debug_kill_at_step': 10})
+  assert second.returncode == -signal.SIGKILL, second.stderr[-2000:]
+  assert 'Resumed from step' in second.stdout
+  third = lib.run_main(workdir, {})
+  assert third.returncode == 0, third.stderr[-2000:]
+  resumed_at = int(re.search(r'Resumed from step (\d+)', third.stdout).group(1))
+  assert 3 <= resumed_at <= 9
+  expected, got = lib.train_losses(ref_dir), lib.train_losses(workdir)
+  assert sorted(got) == list(range(1, 13))
+  diff = max(abs(expected[s] - got[s]) for s in expected)
+  print(f'exact resume (killed at steps 5 and 10): max |loss diff| over 12 steps = {diff}')
+  assert got == expected  # bit-identical on CPU
+
+
+def test_sigterm_saves_exits_zero_and_the_run_resumes(tmp_path):
+  workdir = str(tmp_path / 'preempted')
+  proc = subprocess.Popen(lib.main_command(workdir, {'total_steps': 100_000, 'checkpoint_every': 100_000}),
+                          cwd=lib.REPO, env=lib.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+      if os.path.exists(os.path.join(workdir, 'metrics.jsonl')) and len(lib.train_losses(workdir)) >= 3:
+        break
+      time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 0, err[-2000:]
+  saved = int(re.search(r'Preempted \(SIGTERM\): saved step (\d+)', out).group(1))
+  assert checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), save_every=1,
+                                    read_only=True).all_steps() == [saved]
+  resumed = lib.run_main(workdir, {'total_steps': saved + 2, 'checkpoint_every': 100_000})
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert f'Resumed from step {saved}' in resumed.stdout
+  assert max(lib.train_losses(workdir)) == saved + 2
+
+
+def test_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+  workdir = str(tmp_path / 'nan')
+  cfg = lib.tiny_config(base_lr=1e30, checkpoint_every=1)
+  with pytest.raises(train.TrainingDiverged, match=r'NaN/inf at step \d+') as info:
+    train.train_and_evaluate(cfg, workdir)
+  bad = int(re.search(r'at step (\d+)', str(info.value)).group(1))
+  assert 1 <= bad <= 4
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), save_every=1, read_only=True)
+  assert ckpt.all_steps() and max(ckpt.all_steps()) < bad
+  assert f'Last good checkpoint: step {max(ckpt.all_steps())}' in str(info.value)
+  capsys.readouterr()
+  raw = ckpt.restore(None)
+  params = raw[1]['params']
+  assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(params))
+
+
+def test_model_init_loads_a_published_npz(reference, tmp_path, capsys):
+  ref_dir, _ = reference
+  ckpt = checkpointing.Checkpointer(os.path.join(ref_dir, 'checkpoints'), save_every=1, read_only=True)
+  _, state, _ = ckpt.restore(None)
+  npz = str(tmp_path / 'pretrained.npz')
+  checkpoint.save_npz(state['params'], npz)
+  workdir = str(tmp_path / 'finetune')
+  # lr 0: the params after one step are exactly the loaded ones.
+  train.train_and_evaluate(lib.tiny_config(model_init=npz, base_lr=0., warmup_steps=0, decay_type='constant',
+                                           total_steps=1), workdir)
+  assert f'Initialised the params from {npz}.' in capsys.readouterr().out
+  _, tuned, _ = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), save_every=1,
+                                           read_only=True).restore(None)
+  jax.tree.map(np.testing.assert_array_equal, tuned['params'], state['params'])
