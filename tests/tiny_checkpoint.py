@@ -1,0 +1,40 @@
+"""Tiny random ViT checkpoints and image files for the research tools' tests (not a test module itself)."""
+import os
+from typing import Any, Dict, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from vit_jax import export
+from vit_jax.models import registry
+
+# 'mu/4': width 32, one layer, two heads, 4x4 patches; 16x16 inputs make a 4x4 patch grid (17 tokens).
+MODEL = 'mu/4'
+SIZE = 16
+
+
+def random_params(name: str = MODEL, size: int = SIZE, num_classes: int = 5, seed: int = 0,
+                  **overrides: Any) -> Tuple[nn.Module, Dict[str, Any]]:
+  """A model and random plain-numpy params, with a non-zero head so predictions differ between classes."""
+  model = registry.get_model(name, num_classes=num_classes, head_zeroinit=False, **overrides)
+  init = jax.jit(lambda: model.init(jax.random.PRNGKey(seed), jnp.zeros((1, size, size, 3)), train=False))
+  params = init()['params']
+  return model, jax.tree.map(np.asarray, nn.meta.unbox(params))
+
+
+def save_checkpoint(directory: str, name: str = MODEL, **kwargs: Any) -> Tuple[str, nn.Module, Dict[str, Any]]:
+  """Saves a random tiny model as a published-layout .npz; returns (path, model, params)."""
+  model, params = random_params(name, **kwargs)
+  path = os.path.join(directory, 'tiny.npz')
+  export.save_npz(params, path)
+  return path, model, params
+
+
+def write_image(path: str, width: int = 40, height: int = 30, seed: int = 0) -> str:
+  """A random RGB image file (format from the extension)."""
+  pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+  Image.fromarray(pixels).save(path)
+  return path

@@ -1,0 +1,204 @@
+"""A trained ViT for the research tools: parameters from a published .npz or a training workdir, the model that
+fits them, eval preprocessing of image files, and the one-line error handling of the tools' command lines.
+
+Shared by `predict`, `visualize`, `fewshot` and `export`, so each of them reads a checkpoint the same way.
+"""
+import glob
+import json
+import os
+import sys
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from vit_jax import models
+from vit_jax.models import registry
+
+Params = Dict[str, Any]
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+def _load_npz(path: str) -> Params:
+  """ADAPTER (until `vit_jax.checkpoint` lands on main): a .npz whose keys are '/'-joined Linen param paths."""
+  try:
+    from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    checkpoint = None
+  if checkpoint is not None:
+    return checkpoint.load(path)
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      flat = {tuple(k.split('/')): data[k] for k in data.files}
+  except (OSError, ValueError) as e:
+    raise ValueError(f'Cannot read checkpoint {path}: {e}; pass a .npz file or a training workdir.') from None
+  return flax.traverse_util.unflatten_dict(flat)
+
+
+def _load_workdir_params(workdir: str) -> Params:
+  """ADAPTER (until `vit_jax.checkpointing` lands on main): the model params of a workdir's latest checkpoint."""
+  try:
+    from vit_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    checkpointing = None
+  if checkpointing is not None and hasattr(checkpointing, 'load_params'):
+    return checkpointing.load_params(workdir)
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  ckpt_dir = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  if not os.path.isdir(ckpt_dir):
+    ckpt_dir = os.path.abspath(workdir)
+  with ocp.CheckpointManager(ckpt_dir) as mngr:
+    step = mngr.latest_step()
+    if step is None:
+      raise FileNotFoundError(f'No checkpoint in workdir {workdir}; train first or pass a .npz file.')
+    restored = mngr.restore(step)
+  state = restored.get('state', restored) if isinstance(restored, Mapping) else restored
+  params = state['params'] if 'params' in state else state
+  return jax.tree.map(np.asarray, params)
+
+
+def workdir_model_name(workdir: str) -> Optional[str]:
+  """ADAPTER (until the loop's config format lands): the model name a workdir was trained with, if recorded."""
+  for name in ('config.json', 'config.js'):
+    path = os.path.join(workdir, name)
+    if os.path.isfile(path):
+      with open(path) as f:
+        config = json.load(f)
+      model = config.get('model', config.get('model_name'))
+      if isinstance(model, Mapping):
+        model = model.get('model_name', model.get('name'))
+      return model if isinstance(model, str) else None
+  return None
+
+
+def load_params(path: str) -> Params:
+  """Plain numpy params (looped `encoderblock_{i}` layout) from a published .npz or a training workdir."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'Checkpoint {path} does not exist; pass a .npz file or a training workdir.')
+  params = _load_workdir_params(path) if os.path.isdir(path) else _load_npz(path)
+  params = flax.core.unfreeze(params) if isinstance(params, flax.core.FrozenDict) else dict(params)
+  if 'Transformer' in params:
+    params = models.unstack_encoder_blocks(params)
+  return params
+
+
+# ------------------------------------------------------------------------------------------------ the model
+def build_model(name: str, params: Optional[Params] = None, *, num_classes: Optional[int] = None,
+                **overrides: Any) -> models.VisionTransformer:
+  """The registered model `name` with as many classes as the checkpoint's head (0 = pre-logits features)."""
+  if num_classes is None:
+    num_classes = int(params['head']['kernel'].shape[-1]) if params and 'head' in params else 0
+  try:
+    return registry.get_model(name, num_classes=num_classes, **overrides)
+  except ValueError as e:
+    raise ValueError(f'--model: {e}') from None
+
+
+def _total_stride(model: models.VisionTransformer) -> int:
+  patch = tuple(model.patches['size'])
+  if patch[0] != patch[1]:
+    raise ValueError(f'Non-square patches {patch} are not supported by the tools.')
+  stride = patch[0]
+  if model.resnet is not None:
+    stride *= 4 * 2**max(0, len(model.resnet['num_layers']) - 1)
+  return stride
+
+
+def num_prefix_tokens(model: models.VisionTransformer) -> int:
+  """Tokens in front of the patch grid (the class token)."""
+  return 1 if model.classifier in ('token', 'token_unpooled') else 0
+
+
+def image_size(model: models.VisionTransformer, params: Params, default: int = 224) -> int:
+  """The resolution the checkpoint was trained at, read from its position embeddings (else `default`)."""
+  try:
+    tokens = params['Transformer']['posembed_input']['pos_embedding'].shape[1]
+  except (KeyError, TypeError):
+    return default
+  side = int(round(np.sqrt(tokens - num_prefix_tokens(model))))
+  if side * side != tokens - num_prefix_tokens(model):
+    raise ValueError(f'The checkpoint\'s {tokens} position embeddings are not a square grid; pass --image_size.')
+  return side * _total_stride(model)
+
+
+def grid_shape(model: models.VisionTransformer, size: int) -> Tuple[int, int]:
+  """The (h, w) patch grid for size x size inputs."""
+  return size // _total_stride(model), size // _total_stride(model)
+
+
+def check_fits(model: models.VisionTransformer, params: Params, size: int, what: str = 'checkpoint') -> None:
+  """Raises a one-line ValueError naming the first parameter whose shape differs from what `model` wants."""
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)),
+                                             train=False))['params']
+  want = flax.traverse_util.flatten_dict(nn.meta.unbox(shapes), sep='/')
+  have = flax.traverse_util.flatten_dict(params, sep='/')
+  for key in sorted(want):
+    if key not in have:
+      raise ValueError(f'The {what} does not fit {model.model_name}: it lacks {key}; pass the --model it was '
+                       f'trained as.')
+    if tuple(np.shape(have[key])) != tuple(want[key].shape):
+      raise ValueError(f'The {what} does not fit {model.model_name}: {key} has shape {np.shape(have[key])}, '
+                       f'the model wants {want[key].shape}; pass the --model it was trained as.')
+
+
+def load_model(checkpoint: str, model_name: Optional[str] = None, *, num_classes: Optional[int] = None,
+               size: Optional[int] = None) -> Tuple[models.VisionTransformer, Params, int]:
+  """(model, params, image size) for a checkpoint, checked to fit; the model name may come from a workdir."""
+  params = load_params(checkpoint)
+  if model_name is None and os.path.isdir(checkpoint):
+    model_name = workdir_model_name(checkpoint)
+  if model_name is None:
+    raise ValueError(f'Pass --model: the model of {checkpoint} is not recorded with it.')
+  model = build_model(model_name, params, num_classes=num_classes)
+  size = size or image_size(model, params)
+  if size % _total_stride(model):
+    raise ValueError(f'--image_size {size} is not a multiple of {model_name}\'s patch stride '
+                     f'{_total_stride(model)}.')
+  check_fits(model, params, size, what=f'checkpoint {checkpoint}')
+  return model, params, size
+
+
+# ------------------------------------------------------------------------------------------------ images
+def _eval_preprocess(img: Image.Image, size: int, resize: int) -> np.ndarray:
+  """ADAPTER (until `vit_jax.preprocess` lands on main): resize the smaller side, central crop, [-1, 1]."""
+  w, h = img.size
+  s = resize / min(w, h)
+  img = img.resize((max(resize, round(w * s)), max(resize, round(h * s))), Image.Resampling.BILINEAR)
+  w, h = img.size
+  left, top = (w - size) // 2, (h - size) // 2
+  img = img.crop((left, top, left + size, top + size))
+  return np.asarray(img, np.float32) * np.float32(2 / 255) - np.float32(1)
+
+
+def load_image(path: str, size: int, resize: Optional[int] = None) -> np.ndarray:
+  """An image file as the model's eval input: float32 (size, size, 3) in [-1, 1] (resize-small, central crop)."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'Image {path} does not exist.')
+  try:
+    with Image.open(path) as img:
+      img = img.convert('RGB')
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(f'Cannot decode image {path}: {e}') from None
+  resize = resize or size
+  if resize < size:
+    raise ValueError(f'--resize {resize} is smaller than the crop {size}.')
+  return _eval_preprocess(img, size, resize)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+  """A [-1, 1] float image as uint8, for drawing."""
+  return np.clip(np.round((np.asarray(image) + 1) * 127.5), 0, 255).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------------------ CLIs
+def run_cli(main: Callable[[Sequence[str]], int], argv: Optional[Sequence[str]] = None) -> int:
+  """Runs a tool's `main`, turning user errors (bad paths, images, checkpoints) into one line and exit code 2."""
+  try:
+    return main(sys.argv[1:] if argv is None else argv)
+  except (ValueError, OSError) as e:  # FileNotFoundError is an OSError.
+    print(f'error: {e}', file=sys.stderr)
+    return 2
