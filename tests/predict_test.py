@@ -21,7 +21,8 @@ def test_image_size_is_read_from_the_position_embeddings(ckpt):
   params = inference.load_params(path)
   assert inference.image_size(model, params) == tiny_checkpoint.SIZE
   hybrid = inference.build_model('R26+ViT-S_32', num_classes=0)  # 32x down-sampling: 4 (root) * 2**3 stages.
-  assert inference.image_size(hybrid, {'Transformer': {'posembed_input': {'pos_embedding': np.zeros((1, 50, 2))}}}) == 224
+  posemb_7x7 = {'Transformer': {'posembed_input': {'pos_embedding': np.zeros((1, 50, 2))}}}
+  assert inference.image_size(hybrid, posemb_7x7) == 224
 
 
 def test_load_image_is_resize_small_then_central_crop(tmp_path):
