@@ -1,0 +1,204 @@
+"""Tests for vit_jax.preprocess: every op checked on its output."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vit_jax import preprocess as pp_ops
+
+
+def _gradient(w=64, h=48):
+  """An image whose pixel values encode their coordinates: R = x, G = y."""
+  x, y = np.meshgrid(np.arange(w), np.arange(h))
+  return np.stack([x * 255 // (w - 1), y * 255 // (h - 1), np.full_like(x, 7)], -1).astype(np.uint8)
+
+
+def _jpeg(arr, quality=95):
+  buf = io.BytesIO()
+  Image.fromarray(arr).save(buf, 'JPEG', quality=quality)
+  return buf.getvalue()
+
+
+def test_decode_bytes_path_and_array(tmp_path):
+  arr = _gradient()
+  path = tmp_path / 'a.png'
+  Image.fromarray(arr).save(path)
+  np.testing.assert_array_equal(np.asarray(pp_ops.load_rgb(pp_ops.decode(str(path)))), arr)
+  np.testing.assert_array_equal(np.asarray(pp_ops.load_rgb(pp_ops.decode(arr))), arr)
+  got = np.asarray(pp_ops.load_rgb(pp_ops.decode(_jpeg(arr))), np.int32)
+  assert got.shape == arr.shape and np.abs(got - arr).mean() < 3
+  gray = Image.fromarray(arr[..., 0])
+  assert pp_ops.load_rgb(gray).mode == 'RGB'
+
+
+def test_decode_corrupt_names_the_file():
+  with pytest.raises(pp_ops.CorruptImageError, match='bad.jpg'):
+    pp_ops.decode(b'not an image', name='bad.jpg')
+  truncated = _jpeg(_gradient())[:300]
+  with pytest.raises(pp_ops.CorruptImageError, match='cut.jpg'):
+    pp_ops.load_rgb(pp_ops.decode(truncated, name='cut.jpg'), name='cut.jpg')
+
+
+def test_inception_box_lies_inside_and_respects_ranges():
+  rng = np.random.default_rng(0)
+  for _ in range(500):
+    w, h = rng.integers(100, 600, 2)
+    box = pp_ops.sample_inception_box(rng, w, h, (0.3, 0.9), (0.5, 2.0))
+    left, top, cw, ch = box
+    assert 0 <= left and 0 <= top and left + cw <= w and top + ch <= h and cw > 0 and ch > 0
+    area = cw * ch / (w * h)
+    fallback = pp_ops.sample_inception_box(rng, w, h, (0.3, 0.9), (0.5, 2.0), attempts=0)
+    if box != fallback:
+      assert 0.3 - 0.05 <= area <= 0.9 + 0.05
+      assert 0.5 * 0.9 <= cw / ch <= 2.0 * 1.1
+
+
+def test_inception_box_fallback_is_central_and_in_aspect():
+  rng = np.random.default_rng(0)
+  left, top, w, h = pp_ops.sample_inception_box(rng, 1000, 10, (0.9, 1.0), (0.75, 1.33), attempts=0)
+  assert (h, top) == (10, 0) and w == 13 and left == (1000 - 13) // 2
+
+
+def test_random_resized_crop_takes_pixels_from_inside_the_box():
+  arr = _gradient(64, 48)
+  rng_box, rng = np.random.default_rng(5), np.random.default_rng(5)
+  left, top, w, h = pp_ops.sample_inception_box(rng_box, 64, 48, (0.2, 0.5), (3 / 4, 4 / 3))
+  out = np.asarray(pp_ops.random_resized_crop(Image.fromarray(arr), rng, 32, (0.2, 0.5), (3 / 4, 4 / 3)))
+  assert out.shape == (32, 32, 3)
+  # Coordinates encoded in R/G must lie within the box (up to interpolation).
+  xs, ys = out[..., 0] / 255 * 63, out[..., 1] / 255 * 47
+  assert xs.min() >= left - 1.5 and xs.max() <= left + w + 0.5
+  assert ys.min() >= top - 1.5 and ys.max() <= top + h + 0.5
+
+
+def test_random_resized_crop_draft_decodes_large_jpeg_at_reduced_scale():
+  arr = np.asarray(Image.fromarray(_gradient(64, 48)).resize((1024, 768)))
+  img = pp_ops.decode(_jpeg(arr))
+  out = pp_ops.random_resized_crop(img, np.random.default_rng(1), 64, (0.9, 1.0))
+  assert img.size[0] < 1024  # Decoded with DCT downscaling.
+  ref = pp_ops.random_resized_crop(Image.fromarray(arr), np.random.default_rng(1), 64, (0.9, 1.0))
+  assert np.abs(np.asarray(out, np.int32) - np.asarray(ref, np.int32)).mean() < 4
+
+
+def test_resize_small_keeps_aspect_and_central_crop_is_centred():
+  img = Image.fromarray(_gradient(64, 32))
+  small = pp_ops.resize_small(img, 16)
+  assert small.size == (32, 16)
+  crop = np.asarray(pp_ops.central_crop(Image.fromarray(_gradient(64, 32)), 16))
+  np.testing.assert_array_equal(crop, _gradient(64, 32)[8:24, 24:40])
+  assert pp_ops.resize(img, 10).size == (10, 10)
+  with pytest.raises(ValueError, match='smaller than the crop'):
+    pp_ops.central_crop(img, 40)
+
+
+def test_random_crop_is_a_window_of_the_image():
+  arr = _gradient(40, 30)
+  out = np.asarray(pp_ops.random_crop(Image.fromarray(arr), np.random.default_rng(0), 16))
+  hits = [(y, x) for y in range(15) for x in range(25) if np.array_equal(arr[y:y + 16, x:x + 16], out)]
+  assert len(hits) == 1
+
+
+def test_flip_mirrors_half_the_time():
+  arr = _gradient()
+  flips = 0
+  for seed in range(200):
+    out = np.asarray(pp_ops.random_flip(Image.fromarray(arr), np.random.default_rng(seed)))
+    if np.array_equal(out, arr[:, ::-1]):
+      flips += 1
+    else:
+      np.testing.assert_array_equal(out, arr)
+  assert 70 < flips < 130
+
+
+def test_value_range():
+  x = pp_ops.value_range(np.array([0, 255, 51], np.uint8))
+  np.testing.assert_allclose(x, [-1, 1, -0.6], atol=1e-6)
+  assert x.dtype == np.float32
+  np.testing.assert_allclose(pp_ops.value_range(np.array([0, 255], np.uint8), 0, 1), [0, 1])
+
+
+@pytest.mark.parametrize('op', pp_ops.RANDAUG_OPS)
+def test_each_randaugment_op_keeps_shape_and_type(op):
+  src = _gradient() // 2 + 40  # Not full range, so AutoContrast has work to do.
+  if op == 'Sharpness':  # A smooth gradient has nothing to sharpen.
+    src = np.random.default_rng(0).integers(40, 200, src.shape).astype(np.uint8)
+  out = pp_ops.randaugment(Image.fromarray(src), np.random.default_rng(0), num_layers=1, magnitude=9,
+                           ops=(op,))
+  arr = np.asarray(out)
+  assert arr.shape == (48, 64, 3) and arr.dtype == np.uint8
+  assert not np.array_equal(arr, src), op
+
+
+def test_randaugment_is_deterministic_given_rng_and_magnitude_zero_geometry_is_identity():
+  img = Image.fromarray(_gradient())
+  a = np.asarray(pp_ops.randaugment(img, np.random.default_rng(3), 3, 10))
+  b = np.asarray(pp_ops.randaugment(img, np.random.default_rng(3), 3, 10))
+  np.testing.assert_array_equal(a, b)
+  for op in ('Rotate', 'ShearX', 'TranslateY', 'Brightness'):
+    out = pp_ops.randaugment(img, np.random.default_rng(0), 1, 0, ops=(op,))
+    np.testing.assert_array_equal(np.asarray(out), _gradient())
+
+
+def test_one_hot_label_smoothing_sums_to_one():
+  y = pp_ops.one_hot(2, 5, smoothing=0.1)
+  np.testing.assert_allclose(y, [0.02, 0.02, 0.92, 0.02, 0.02], rtol=1e-6)
+  assert abs(y.sum() - 1) < 1e-6 and y.dtype == np.float32
+  np.testing.assert_array_equal(pp_ops.one_hot(0, 3), [1, 0, 0])
+
+
+def test_multi_hot():
+  np.testing.assert_array_equal(pp_ops.multi_hot([0, 3], 5), [1, 0, 0, 1, 0])
+  np.testing.assert_allclose(pp_ops.multi_hot([1], 3, smoothing=0.2), [0.1, 0.9, 0.1])
+
+
+def _batch(n=8, size=6, k=4):
+  rng = np.random.default_rng(0)
+  img = rng.uniform(-1, 1, (n, size, size, 3)).astype(np.float32)
+  label = np.eye(k, dtype=np.float32)[rng.integers(0, k, n)]
+  return {'image': img, 'label': label}
+
+
+def test_mixup_is_a_convex_combination_with_the_neighbour():
+  b = _batch()
+  out = pp_ops.mixup(b, np.random.default_rng(1), alpha=0.4)
+  lam = (out['image'][0] - b['image'][-1]) / (b['image'][0] - b['image'][-1])
+  lam = float(np.median(lam))
+  assert 0 <= lam <= 1
+  np.testing.assert_allclose(out['image'], lam * b['image'] + (1 - lam) * np.roll(b['image'], 1, 0),
+                             atol=1e-5)
+  np.testing.assert_allclose(out['label'], lam * b['label'] + (1 - lam) * np.roll(b['label'], 1, 0),
+                             atol=1e-5)
+  np.testing.assert_allclose(out['label'].sum(1), 1, atol=1e-6)
+
+
+def test_cutmix_pastes_a_box_and_mixes_labels_by_its_area():
+  b = _batch(size=32)
+  out = pp_ops.cutmix(b, np.random.default_rng(2), alpha=1.0)
+  pasted = np.all(out['image'] == np.roll(b['image'], 1, 0), axis=-1)[0]
+  kept = np.all(out['image'] == b['image'], axis=-1)[0]
+  assert np.all(pasted | kept) and pasted.any()
+  ys, xs = np.nonzero(pasted)
+  assert pasted[ys.min():ys.max() + 1, xs.min():xs.max() + 1].all()  # A rectangle.
+  frac = pasted.mean()
+  np.testing.assert_allclose(out['label'], (1 - frac) * b['label'] + frac * np.roll(b['label'], 1, 0),
+                             atol=1e-6)
+
+
+def test_mix_batch_off_and_probability():
+  b = _batch()
+  assert pp_ops.mix_batch(b, np.random.default_rng(0), {}) is b
+  assert pp_ops.mix_batch(b, np.random.default_rng(0), {'mixup': 1., 'mix_prob': 0.}) is b
+  assert pp_ops.mix_batch(b, np.random.default_rng(0), {'mixup': 1.}) is not b
+
+
+def test_train_and_eval_example_compose():
+  rec = {'image_bytes': _jpeg(_gradient(120, 90)), 'label': 3, 'id': 0, 'name': 'x'}
+  pp = {'crop': 32, 'randaug': (2, 5), 'label_smoothing': 0.1}
+  ex = pp_ops.train_example(rec, np.random.default_rng(0), pp, num_classes=5)
+  assert ex['image'].shape == (32, 32, 3) and -1 <= ex['image'].min() and ex['image'].max() <= 1
+  np.testing.assert_allclose(ex['label'].sum(), 1, rtol=1e-6)
+  ev = pp_ops.eval_example(rec, {'crop': 32}, num_classes=5)
+  assert ev['image'].shape == (32, 32, 3) and ev['label'].argmax() == 3
+  with pytest.raises(ValueError, match='train_crop'):
+    pp_ops.train_example(rec, np.random.default_rng(0), {'crop': 8, 'train_crop': 'nope'}, 5)

@@ -1,0 +1,221 @@
+"""Random-access example sources: TFDS (array_record), image folders, synthetic, scikit-learn digits.
+
+Every source is a sequence: `len(src)` examples, `src[i]` a dict with an integer `id` (its position in
+the split), a `label` (int, or a list of ints for multi-label sets) and either `image` (a decoded uint8
+HxWx3 array) or `image_bytes` (an encoded image) or `path` (an image file), plus `name` (what a warning
+about a corrupt image names). Random access is what makes batches a function of (seed, step).
+
+Embedded digits ('digits'): scikit-learn's copy of the UCI handwritten digits, 1,797 real 8x8 grayscale
+images in 10 classes, shipped inside the scikit-learn wheel (nothing downloads). Fixed split: 'train' is
+the first 1,500 images in scikit-learn's order, 'test' the last 297. Pixels 0..16 are scaled to 0..255
+and repeated to 3 channels.
+
+Synthetic ('synthetic'): uniform random images and labels, generated from (seed, step) by
+`input_pipeline`; it has no source here because it needs no loader (and must not import TensorFlow).
+
+Image folders ('<root>/<split>/<class>/*.{jpg,jpeg,png}', extension case ignored): classes are the sorted
+folder names; the files are put in a fixed pseudo-random order (seed 0), so that 'train[:99%]' and
+'train[99%:]' are disjoint random subsets (a held-out set for ImageNet-21k, which has no test split).
+
+Split strings for in-memory sources and folders follow TFDS: 'train', 'test[:100]', 'train[10%:]'.
+"""
+import dataclasses
+import os
+import re
+from typing import Any, Sequence
+
+import numpy as np
+
+DIGITS_NUM_TRAIN = 1500
+DIGITS_NUM_TOTAL = 1797
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """A random-access split plus what the pipeline needs to know about it."""
+  records: Sequence[dict[str, Any]]
+  num_classes: int
+  image_size: int | None  # Native size when all images share it (digits), else None.
+  multi_label: bool = False
+  defaults: dict[str, Any] = dataclasses.field(default_factory=dict)  # Source-specific pp defaults.
+
+
+def parse_split(split: str, sizes: dict[str, int]) -> tuple[str, int, int]:
+  """Parses 'name[a:b]' (ints or percents) into (name, start, stop) against the known split sizes."""
+  m = re.fullmatch(r'\s*(\w+)\s*(?:\[\s*(-?\d+%?)?\s*:\s*(-?\d+%?)?\s*\])?\s*', split)
+  if not m or m.group(1) not in sizes:
+    raise ValueError(f'Unknown split {split!r}: use one of {sorted(sizes)}, optionally sliced like '
+                     f"'train[:90%]' or 'test[:100]'.")
+  name, n = m.group(1), sizes[m.group(1)]
+
+  def bound(s, default):
+    if s is None:
+      return default
+    v = round(n * int(s[:-1]) / 100) if s.endswith('%') else int(s)
+    return max(0, min(n, v + n if v < 0 else v))
+
+  return name, bound(m.group(2), 0), bound(m.group(3), n)
+
+
+class _Slice(Sequence):
+  """A contiguous slice of a sequence of records, re-numbering `id` from 0."""
+
+  def __init__(self, base: Sequence[dict[str, Any]], start: int, stop: int):
+    self._base, self._start, self._len = base, start, max(0, stop - start)
+
+  def __len__(self):
+    return self._len
+
+  def __getitem__(self, i):
+    if not 0 <= i < self._len:
+      raise IndexError(i)
+    return dict(self._base[self._start + i], id=i)
+
+
+class _ArrayRecords(Sequence):
+  """Records backed by in-memory numpy arrays."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray, prefix: str):
+    self._images, self._labels, self._prefix = images, labels, prefix
+
+  def __len__(self):
+    return len(self._labels)
+
+  def __getitem__(self, i):
+    return {'image': self._images[i], 'label': int(self._labels[i]), 'id': i, 'name': f'{self._prefix}[{i}]'}
+
+
+def digits(split: str) -> Source:
+  """scikit-learn's embedded handwritten digits as uint8 8x8x3 images; see the module docstring."""
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  d = datasets.load_digits()
+  images = np.round(d.images * (255 / 16)).astype(np.uint8)
+  images = np.repeat(images[..., None], 3, axis=-1)
+  labels = d.target.astype(np.int64)
+  parts = {'train': slice(0, DIGITS_NUM_TRAIN), 'test': slice(DIGITS_NUM_TRAIN, DIGITS_NUM_TOTAL)}
+  name, start, stop = parse_split(split, {k: v.stop - v.start for k, v in parts.items()})
+  base = parts[name].start
+  recs = _ArrayRecords(images[base + start:base + stop], labels[base + start:base + stop], f'digits/{name}')
+  # 8x8 digits: random-resized crops and mirroring destroy them; plain resizing is the sane default.
+  return Source(recs, num_classes=10, image_size=8, defaults={'train_crop': 'resize', 'eval_crop': 'resize', 'flip': False})
+
+
+class _FileRecords(Sequence):
+  """Records naming image files."""
+
+  def __init__(self, files: Sequence[tuple[str, int]]):
+    self._files = files
+
+  def __len__(self):
+    return len(self._files)
+
+  def __getitem__(self, i):
+    path, label = self._files[i]
+    return {'path': path, 'label': label, 'id': i, 'name': path}
+
+
+def image_folder(root: str, split: str) -> Source:
+  """Images under `root/<split>/<class>/*.{jpg,jpeg,png}`; classes are the sorted folder names."""
+  m = re.fullmatch(r'\s*(\w+)', split.split('[')[0])
+  name = m.group(1) if m else split
+  split_dir = os.path.join(root, name)
+  if not os.path.isdir(split_dir):
+    raise FileNotFoundError(f'Image folder split {split_dir!r} does not exist: expected '
+                            f'{root}/<split>/<class>/*.jpg (split {name!r}).')
+  classes = sorted(c for c in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, c)))
+  if not classes:
+    raise FileNotFoundError(f'No class folders in {split_dir!r}: expected {split_dir}/<class>/*.jpg.')
+  files = []
+  for label, c in enumerate(classes):
+    for f in sorted(os.listdir(os.path.join(split_dir, c))):
+      if f.lower().endswith(IMAGE_EXTENSIONS):
+        files.append((os.path.join(split_dir, c, f), label))
+  # A fixed permutation, so that slices such as 'train[:99%]' / 'train[99%:]' are random, disjoint subsets
+  # rather than whole classes.
+  files = [files[i] for i in np.random.default_rng(0).permutation(len(files))]
+  _, start, stop = parse_split(split, {name: len(files)})
+  return Source(_Slice(_FileRecords(files), start, stop), num_classes=len(classes), image_size=None)
+
+
+def _tfds_prepare_hint(builder, data_dir: str | None) -> str:
+  d = f' --data_dir={data_dir}' if data_dir else ''
+  cmd = f'tfds build {builder.name}{d} --file_format=array_record'
+  if getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None):
+    return (f'download its archives by hand into <manual_dir> (see the TFDS catalog page for {builder.name}), '
+            f'then run `{cmd} --manual_dir=<manual_dir>`')
+  return f'run `{cmd}`'
+
+
+def _imagenet21k_hint(data_dir: str | None) -> str:
+  return (
+      "'imagenet21k' is not in the TFDS catalog: download winter21_whole.tar.gz from image-net.org by hand, "
+      'extract it to <root>/train/<wnid>/*.JPEG and set dataset=<root>, pp.train="train[:99%]", '
+      'pp.test="train[99%:]"; or write a TFDS builder for it and run `tfds build <builder_dir> '
+      f'--data_dir={data_dir or "<data_dir>"} --manual_dir=<dir with the archive> --file_format=array_record`.')
+
+
+class _TfdsRecords(Sequence):
+  """Records over a `tfds.data_source`, with images left encoded so we decode them (PIL, draft mode)."""
+
+  def __init__(self, src, name: str, image_key: str, label_key: str):
+    self._src, self._name, self._image_key, self._label_key = src, name, image_key, label_key
+
+  def __len__(self):
+    return len(self._src)
+
+  def __getitem__(self, i):
+    ex = self._src[i]
+    label = ex[self._label_key]
+    label = [int(x) for x in np.atleast_1d(label)] if np.ndim(label) else int(label)
+    img = ex[self._image_key]
+    key = 'image_bytes' if isinstance(img, bytes) else 'image'
+    return {key: img, 'label': label, 'id': i, 'name': f'{self._name}[{i}]'}
+
+
+def tfds_source(name: str, split: str, data_dir: str | None) -> Source:
+  """A prepared TFDS image-classification dataset read through `tfds.data_source` (array_record)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # pylint: disable=broad-except
+    if name.startswith('imagenet21k'):
+      raise FileNotFoundError(f'Dataset {name!r} not found (data_dir={data_dir!r}): {_imagenet21k_hint(data_dir)}') from None
+    raise ValueError(f'Unknown dataset {name!r}: not a TFDS builder, an image folder, "synthetic" or '
+                     f'"digits" ({type(e).__name__}).') from None
+  formats = {str(getattr(f, 'value', f)) for f in _file_formats(builder)}
+  if not builder.is_prepared() or 'array_record' not in formats:
+    state = 'is prepared only as ' + ','.join(sorted(formats)) if builder.is_prepared() else 'is not prepared'
+    raise FileNotFoundError(f'TFDS dataset {name!r} {state} in {builder.data_dir!r} (random access needs '
+                            f'array_record): {_tfds_prepare_hint(builder, data_dir)}.')
+  features = builder.info.features
+  image_key = 'image' if 'image' in features else next(
+      k for k, f in features.items() if isinstance(f, tfds.features.Image))
+  label_key = 'label' if 'label' in features else 'labels'
+  label_feature = features[label_key]
+  multi_label = isinstance(label_feature, tfds.features.Sequence)
+  if multi_label:
+    label_feature = label_feature.feature
+  src = tfds.data_source(name, split=split, data_dir=data_dir, download=False,
+                         decoders={image_key: tfds.decode.SkipDecoding()})
+  return Source(_TfdsRecords(src, f'{name}/{split}', image_key, label_key),
+                num_classes=label_feature.num_classes, image_size=None, multi_label=multi_label)
+
+
+def _file_formats(builder) -> list[Any]:
+  info = builder.info
+  fmts = list(getattr(info, 'alternative_file_formats', []) or [])
+  fmt = getattr(info, 'file_format', None)
+  return fmts + ([fmt] if fmt is not None else [])
+
+
+def get_source(dataset: str, split: str, data_dir: str | None = None) -> Source:
+  """The random-access source for a dataset name ('digits', an image folder path, or a TFDS name)."""
+  if dataset == 'digits':
+    return digits(split)
+  if os.path.isdir(dataset):
+    return image_folder(dataset, split)
+  if os.sep in dataset:
+    raise FileNotFoundError(f'Image folder {dataset!r} does not exist (dataset must be a TFDS name, a '
+                            'directory <root>/<split>/<class>/*.jpg, "synthetic" or "digits").')
+  return tfds_source(dataset, split, data_dir)

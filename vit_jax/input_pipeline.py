@@ -1,0 +1,436 @@
+"""Input pipeline: sources -> per-example ops -> per-process batches -> global sharded jax.Arrays.
+
+Why grain and not tf.data. A tf.data pipeline shuffles through a buffer (250k examples for ImageNet-21k)
+whose contents are not part of any checkpoint, so after a preemption it can only restart the epoch or skip
+ahead approximately. grain reads random-access sources (TFDS array_record, image lists, numpy arrays) and
+shuffles *indices* with a seeded permutation per epoch, so the example at stream position i, and its
+augmentation (drawn from `np.random.default_rng([seed, i])`), are pure functions of (seed, i). The
+iterator state is a few integers (JSON), saved with every checkpoint; restored at step N it yields
+exactly the batches an uninterrupted run yields from step N. Decoding runs in threads (PIL releases the
+GIL; JPEGs are decoded at reduced DCT scale when the crop allows) or in grain worker processes
+(`pp.workers`), which is at least as fast per core as tf.data (see scripts/bench_input.py).
+
+Layout. Training: the split is shuffled once per epoch (seed), repeated forever, and process p of P takes
+stream positions p, p + P, p + 2P, ... (it reads nothing else); corrupt images are dropped in the main
+process (warning naming the file, running count in `iterator.corrupt_images.count`; `strict=True`
+raises) and the next example takes the slot, so no other example is lost. Batches of
+global_batch // P are stacked, then mixup/cutmix are applied with `np.random.default_rng([seed, step])`.
+Evaluation: process p takes examples p, p + P, ...; every process yields the same number of batches; the
+last are padded with zero images whose `mask` is 0 (a corrupt eval image is also masked out).
+
+Datasets: see `vit_jax.data_sources` (TFDS names, image folders, 'digits') and 'synthetic' (random
+images from (seed, step); imports neither TensorFlow nor grain). The `pp` keys are documented in
+`vit_jax.preprocess`.
+
+Checkpointing the data position: save `it.get_state()` (a JSON-able dict; for the mesh prefetcher it is
+the state *after the last batch handed out*, not after the prefetched ones) and after re-creating the
+iterator call `it.set_state(state)`. The grain iterators (all but synthetic) also work with grain's
+Orbax handler: `ocp.args.Composite(data=grain.checkpoint.CheckpointSave(local_it))`.
+"""
+import dataclasses
+import logging
+import math
+import os
+import queue
+import threading
+from typing import Any, Iterator, Mapping
+
+import jax
+import numpy as np
+
+from vit_jax import data_sources
+from vit_jax import preprocess
+
+PP_KEYS = frozenset({
+    'train', 'test', 'crop', 'train_crop', 'area_range', 'aspect_range', 'resize', 'eval_crop', 'flip',
+    'randaug', 'mixup', 'cutmix', 'mix_prob', 'label_smoothing', 'value_range', 'num_classes',
+    'num_train', 'num_eval', 'workers', 'threads'})
+_IMAGENET_TRAIN, _IMAGENET_EVAL = 1_281_167, 50_000
+Batch = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the model and the loop need to know about a dataset."""
+  num_classes: int
+  num_train: int
+  num_eval: int
+  image_size: int
+  multi_label: bool = False
+
+
+def _resolve_pp(pp: Mapping[str, Any] | None, defaults: Mapping[str, Any]) -> dict[str, Any]:
+  """Checks `pp` for unknown keys and fills the defaults (source-specific ones first)."""
+  pp = dict(pp.items()) if pp is not None else {}
+  unknown = sorted(set(pp) - PP_KEYS)
+  if unknown:
+    raise ValueError(f'Unknown pp key(s) {unknown}: the keys are {sorted(PP_KEYS)} '
+                     '(documented in vit_jax/preprocess.py).')
+  out = {'train': 'train', 'test': 'test', **defaults}
+  out.update({k: v for k, v in pp.items() if v is not None})
+  return out
+
+
+def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+  p = jax.process_index() if process_index is None else process_index
+  n = jax.process_count() if process_count is None else process_count
+  if not 0 <= p < n:
+    raise ValueError(f'process_index={p} is not in [0, process_count={n}).')
+  return p, n
+
+
+def _local_batch(global_batch: int, process_count: int, what: str) -> int:
+  if global_batch <= 0 or global_batch % process_count:
+    raise ValueError(f'{what}={global_batch} must be a positive multiple of the process count '
+                     f'{process_count}: change the batch size.')
+  devices = jax.device_count()
+  if global_batch % devices:
+    raise ValueError(f'{what}={global_batch} is not divisible by the {devices} devices: use a multiple '
+                     f'of {devices}.')
+  return global_batch // process_count
+
+
+def _synthetic_pp(pp: Mapping[str, Any] | None) -> dict[str, Any]:
+  return _resolve_pp(pp, {'crop': 224, 'num_classes': 1000, 'num_train': _IMAGENET_TRAIN,
+                          'num_eval': _IMAGENET_EVAL, 'eval_crop': 'resize'})
+
+
+def _source(dataset: str, pp: Mapping[str, Any] | None, split_key: str, data_dir: str | None):
+  """The source for pp[split_key] and the resolved pp (source defaults applied)."""
+  split = (pp or {}).get(split_key) or split_key
+  src = data_sources.get_source(dataset, split, data_dir)
+  return src, _resolve_pp(pp, {'crop': src.image_size or 224, **src.defaults})
+
+
+def get_dataset_info(dataset: str, pp: Mapping[str, Any] | None, data_dir: str | None = None) -> DatasetInfo:
+  """Number of classes, split sizes, output image side and whether labels are multi-hot."""
+  if dataset == 'synthetic':
+    p = _synthetic_pp(pp)
+    return DatasetInfo(p['num_classes'], p['num_train'], p['num_eval'], p['crop'])
+  train, p = _source(dataset, pp, 'train', data_dir)
+  test, _ = _source(dataset, pp, 'test', data_dir)
+  return DatasetInfo(train.num_classes, len(train.records), len(test.records), p['crop'], train.multi_label)
+
+
+# ------------------------------------------------------------------------------------------- synthetic
+class SyntheticIterator:
+  """Random uniform images and labels, a pure function of (seed, step, process); no TF, no grain."""
+
+  def __init__(self, pp: Mapping[str, Any], local_batch: int, seed: int, process_index: int):
+    self._pp, self._b, self._seed, self._p = pp, local_batch, seed, process_index
+    self._step = 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> Batch:
+    rng = np.random.default_rng([self._seed, self._step, self._p])
+    self._step += 1
+    c = self._pp['crop']
+    pixels = np.frombuffer(rng.bytes(self._b * c * c * 3), np.uint8).reshape(self._b, c, c, 3)
+    labels = rng.integers(0, self._pp['num_classes'], self._b)
+    k, s = self._pp['num_classes'], self._pp.get('label_smoothing', 0.)
+    onehot = np.full((self._b, k), s / k, np.float32)
+    onehot[np.arange(self._b), labels] += 1 - s
+    batch = {'image': preprocess.value_range(pixels, *self._pp.get('value_range', (-1., 1.))),
+             'label': onehot}
+    return preprocess.mix_batch(batch, np.random.default_rng([self._seed, self._step - 1, 1]), self._pp)
+
+  def get_state(self) -> dict[str, int]:
+    return {'step': self._step}
+
+  def set_state(self, state: Mapping[str, int]) -> None:
+    self._step = int(state['step'])
+
+
+class _SyntheticEvalRecords:
+  """num_eval fixed random examples for synthetic evaluation."""
+
+  def __init__(self, pp: Mapping[str, Any]):
+    self._pp = pp
+
+  def __len__(self):
+    return self._pp['num_eval']
+
+  def __getitem__(self, i):
+    rng = np.random.default_rng([1, i])
+    c = self._pp['crop']
+    return {'image': rng.integers(0, 256, (c, c, 3), dtype=np.uint8),
+            'label': int(rng.integers(0, self._pp['num_classes'])), 'id': i, 'name': f'synthetic[{i}]'}
+
+
+# --------------------------------------------------------------------------------------- grain stages
+@dataclasses.dataclass
+class CorruptImages:
+  """Counts (and names, in warnings) the images dropped because they could not be decoded."""
+  strict: bool = False
+  count: int = 0
+
+  def check(self, msg: str) -> None:
+    if self.strict:
+      raise preprocess.CorruptImageError(f'{msg} (strict=True: fix or remove the file, or set strict=False '
+                                         'to skip such images).')
+    self.count += 1
+    logging.warning('Skipping corrupt image (%d so far): %s', self.count, msg)
+
+
+class _TrainMap:
+  """Index -> preprocessed example, augmentation from default_rng([seed, index]); marks corrupt images."""
+
+  def __init__(self, pp, seed, num_classes, multi_label):
+    self._pp, self._seed, self._k, self._multi = pp, seed, num_classes, multi_label
+
+  def __call__(self, index: int, rec: preprocess.Record) -> preprocess.Record:
+    try:
+      return preprocess.train_example(rec, np.random.default_rng([self._seed, index]), self._pp,
+                                      self._k, self._multi)
+    except preprocess.CorruptImageError as e:
+      return {'corrupt': str(e)}
+
+
+class _DropCorrupt:
+  """grain filter run in the main process: drops (and counts) corrupt examples."""
+
+  def __init__(self, corrupt: CorruptImages):
+    self.corrupt = corrupt
+
+  def __call__(self, ex: preprocess.Record) -> bool:
+    if 'corrupt' in ex:
+      self.corrupt.check(ex['corrupt'])
+      return False
+    return True
+
+
+class _MixBatch:
+  """Batch-level stage: mixup/cutmix from default_rng([seed, step, 1]); drops ids unless asked."""
+
+  def __init__(self, pp, seed, with_ids):
+    self._pp, self._seed, self._with_ids = pp, seed, with_ids
+
+  def __call__(self, step: int, batch: Batch) -> Batch:
+    if not self._with_ids:
+      batch = {k: v for k, v in batch.items() if k != 'id'}
+    return preprocess.mix_batch(batch, np.random.default_rng([self._seed, step, 1]), self._pp)
+
+
+class _EvalMap:
+  """Padded position j of this process -> example p + j * P (mask 1) or padding (mask 0)."""
+
+  def __init__(self, records, pp, num_classes, multi_label, p, n_proc):
+    self._recs, self._pp, self._k, self._multi = records, pp, num_classes, multi_label
+    self._p, self._n = p, n_proc
+
+  def __call__(self, j: int) -> preprocess.Record:
+    i = self._p + j * self._n
+    if i < len(self._recs):
+      try:
+        ex = preprocess.eval_example(self._recs[i], self._pp, self._k, self._multi)
+        return {**ex, 'mask': np.float32(1)}
+      except preprocess.CorruptImageError as e:
+        return {'corrupt': str(e), 'id': i}
+    return {'id': -1}
+
+
+class _PadOrCount:
+  """Main-process eval stage: fills padding/corrupt slots with zero images and mask 0."""
+
+  def __init__(self, pp, num_classes, corrupt, with_ids):
+    self._shape, self._k = (pp['crop'], pp['crop'], 3), num_classes
+    self._corrupt, self._with_ids = corrupt, with_ids
+
+  def __call__(self, ex: preprocess.Record) -> preprocess.Record:
+    if 'corrupt' in ex:
+      self._corrupt.check(ex['corrupt'])
+    if 'mask' not in ex:
+      ex = {'image': np.zeros(self._shape, np.float32), 'label': np.zeros((self._k,), np.float32),
+            'id': ex['id'], 'mask': np.float32(0)}
+    if not self._with_ids:
+      ex = {k: v for k, v in ex.items() if k != 'id'}
+    return ex
+
+
+def _read_options(pp):
+  import grain  # pylint: disable=g-import-not-at-top
+  threads = pp.get('threads', os.cpu_count() or 1)
+  return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(16, 4 * threads))
+
+
+def _maybe_workers(ds, pp):
+  import grain  # pylint: disable=g-import-not-at-top
+  if pp.get('workers', 0):
+    return ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=pp['workers']))
+  return ds
+
+
+def make_train_iterator(dataset: str, pp: Mapping[str, Any] | None, *, global_batch: int, seed: int = 0,
+                        data_dir: str | None = None, strict: bool = False, process_index: int | None = None,
+                        process_count: int | None = None, with_ids: bool = False) -> Iterator[Batch]:
+  """Endless, checkpointable iterator of this process's training batches (see the module docstring)."""
+  p, n_proc = _process(process_index, process_count)
+  local_b = _local_batch(global_batch, n_proc, 'global_batch')
+  if dataset == 'synthetic':
+    return SyntheticIterator(_synthetic_pp(pp), local_b, seed, p)
+  import grain  # pylint: disable=g-import-not-at-top
+  src, pp = _source(dataset, pp, 'train', data_dir)
+  if not len(src.records):
+    raise ValueError(f'Training split {pp["train"]!r} of {dataset!r} is empty.')
+  ds = grain.MapDataset.source(src.records).shuffle(seed=seed).repeat(None)
+  ds = ds.map_with_index(_TrainMap(pp, seed, src.num_classes, src.multi_label))
+  ds = ds.slice(slice(p, None, n_proc))
+  it = _maybe_workers(ds.to_iter_dataset(_read_options(pp)), pp)
+  corrupt = CorruptImages(strict)
+  it = it.filter(_DropCorrupt(corrupt)).batch(local_b, drop_remainder=True)
+  it = iter(it.map_with_index(_MixBatch(pp, seed, with_ids)))
+  it.corrupt_images = corrupt
+  return it
+
+
+def make_eval_iterator(dataset: str, pp: Mapping[str, Any] | None, *, global_batch: int,
+                       data_dir: str | None = None, strict: bool = False, process_index: int | None = None,
+                       process_count: int | None = None, with_ids: bool = False) -> Iterator[Batch]:
+  """This process's eval batches with a `mask`; over all processes every example appears exactly once."""
+  p, n_proc = _process(process_index, process_count)
+  local_b = _local_batch(global_batch, n_proc, 'global_batch')
+  if dataset == 'synthetic':
+    pp = _synthetic_pp(pp)
+    records, k, multi = _SyntheticEvalRecords(pp), pp['num_classes'], False
+  else:
+    src, pp = _source(dataset, pp, 'test', data_dir)
+    records, k, multi = src.records, src.num_classes, src.multi_label
+  per_process = math.ceil(len(records) / n_proc)
+  num_batches = max(1, math.ceil(per_process / local_b))
+  corrupt = CorruptImages(strict)
+  load = _EvalMap(records, pp, k, multi, p, n_proc)
+  finish = _PadOrCount(pp, k, corrupt, with_ids)
+  if dataset == 'synthetic':  # No grain needed (GPU images may lack it).
+    it = _PlainEval(load, finish, num_batches, local_b)
+  else:
+    import grain  # pylint: disable=g-import-not-at-top
+    ds = grain.MapDataset.range(num_batches * local_b).map(load)
+    it = iter(ds.to_iter_dataset(_read_options(pp)).map(finish).batch(local_b))
+  it.corrupt_images = corrupt
+  return it
+
+
+class _PlainEval:
+  """The eval stream without grain: position j -> finish(load(j)), stacked into batches."""
+
+  def __init__(self, load, finish, num_batches, local_batch):
+    self._load, self._finish, self._n, self._b = load, finish, num_batches, local_batch
+    self._step = 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> Batch:
+    if self._step >= self._n:
+      raise StopIteration
+    exs = [self._finish(self._load(self._step * self._b + j)) for j in range(self._b)]
+    self._step += 1
+    return {k: np.stack([e[k] for e in exs]) for k in exs[0]}
+
+
+# -------------------------------------------------------------------------------------------- devices
+_DATA_AXES = ('replica', 'data', 'fsdp', 'batch')
+
+
+def batch_sharding(sharding_or_mesh: jax.sharding.Sharding | jax.sharding.Mesh) -> jax.sharding.Sharding:
+  """A Mesh becomes NamedSharding(batch dim over its data axes: replica/data/fsdp/batch, else all axes)."""
+  if isinstance(sharding_or_mesh, jax.sharding.Mesh):
+    mesh = sharding_or_mesh
+    axes = tuple(a for a in mesh.axis_names if a in _DATA_AXES) or tuple(mesh.axis_names)
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axes))
+  return sharding_or_mesh
+
+
+def _batch_shards(sharding: jax.sharding.Sharding) -> int:
+  """How many ways a NamedSharding splits the batch dimension (1 if it cannot tell)."""
+  if not isinstance(sharding, jax.sharding.NamedSharding) or not len(sharding.spec):
+    return 1
+  axes = sharding.spec[0]
+  axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
+  return math.prod(sharding.mesh.shape[a] for a in axes)
+
+
+class MeshPrefetcher:
+  """Turns per-process numpy batches into global jax.Arrays on a background thread, `size` ahead."""
+
+  def __init__(self, local_iterator: Iterator[Batch], sharding: jax.sharding.Sharding, size: int = 2):
+    self._it, self._sharding, self._size = local_iterator, sharding, max(1, size)
+    self._state = self._local_state()
+    self._start()
+
+  def _local_state(self):
+    return self._it.get_state() if hasattr(self._it, 'get_state') else None
+
+  def _start(self):
+    self._queue: queue.Queue = queue.Queue(self._size)
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._produce, daemon=True)
+    self._thread.start()
+
+  def _to_global(self, batch: Batch) -> dict[str, jax.Array]:
+    def put(x):
+      x = np.asarray(x)
+      shards = _batch_shards(self._sharding)
+      if (x.shape[0] * jax.process_count()) % shards:
+        raise ValueError(f'Global batch {x.shape[0] * jax.process_count()} is not divisible by the '
+                         f'{shards} batch shards of the mesh: use a multiple of {shards}.')
+      return jax.make_array_from_process_local_data(self._sharding, x)
+    return jax.tree.map(put, batch)
+
+  def _put(self, item) -> bool:
+    while not self._stop.is_set():
+      try:
+        self._queue.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  def _produce(self):
+    try:
+      while not self._stop.is_set():
+        batch = next(self._it)
+        if not self._put((self._to_global(batch), self._local_state())):
+          return
+    except StopIteration:
+      self._put(StopIteration)
+    except Exception as e:  # pylint: disable=broad-except
+      self._put(e)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, jax.Array]:
+    item = self._queue.get()
+    if item is StopIteration:
+      self._put(StopIteration)  # Stay exhausted.
+      raise StopIteration
+    if isinstance(item, Exception):
+      raise item
+    batch, self._state = item
+    return batch
+
+  def get_state(self) -> Any:
+    """The local iterator's state after the last batch handed out (prefetched ones not counted)."""
+    return self._state
+
+  def set_state(self, state: Any) -> None:
+    """Drops the prefetched batches and continues from `state`."""
+    self.close()
+    self._it.set_state(state)
+    self._state = state
+    self._start()
+
+  def close(self) -> None:
+    """Stops the background thread."""
+    self._stop.set()
+    self._thread.join()
+
+
+def prefetch_to_mesh(local_iterator: Iterator[Batch],
+                     sharding_or_mesh: jax.sharding.Sharding | jax.sharding.Mesh,
+                     size: int = 2) -> MeshPrefetcher:
+  """Global batches as jax.Arrays sharded over the mesh's data axes, `size` batches prefetched."""
+  return MeshPrefetcher(local_iterator, batch_sharding(sharding_or_mesh), size)
