@@ -59,6 +59,7 @@ def test_evaluator_and_cli_on_digits(tmp_path, capsys):
   assert set(metrics) == {'fewshot/digits/1shot', 'fewshot/digits/10shot', 'knn/digits/k5'}
   assert metrics['fewshot/digits/10shot'] > 0.3 and metrics['knn/digits/k5'] > 0.3  # Chance is 0.1.
   assert inference.run_cli(fewshot.main, ['--model', tiny_checkpoint.MODEL, '--checkpoint', path, '--dataset',
-                                          'digits', '--shots', '10', '--draws', '2', '--knn_k', '5']) == 0
+                                          'digits', '--shots', '10', '--draws', '2', '--knn_k', '5',
+                                          '--batch_size', '256']) == 0
   printed = dict(line.split() for line in capsys.readouterr().out.strip().split('\n'))
   assert float(printed['fewshot/digits/10shot']) == pytest.approx(metrics['fewshot/digits/10shot'], abs=1e-4)

@@ -1,4 +1,5 @@
 """Tiny random ViT checkpoints and image files for the research tools' tests (not a test module itself)."""
+import functools
 import os
 from typing import Any, Dict, Tuple
 
@@ -18,8 +19,17 @@ SIZE = 16
 
 def random_params(name: str = MODEL, size: int = SIZE, num_classes: int = 5, seed: int = 0,
                   **overrides: Any) -> Tuple[nn.Module, Dict[str, Any]]:
-  """A model and random plain-numpy params, with a non-zero head so predictions differ between classes."""
-  model = registry.get_model(name, num_classes=num_classes, head_zeroinit=False, **overrides)
+  """A model and random plain-numpy params, with a non-zero head so predictions differ between classes.
+
+  Cached (the tests share one process), so every test file reuses the same compiled init; do not modify the
+  returned params in place.
+  """
+  return _random_params(name, size, num_classes, seed, tuple(sorted(overrides.items())))
+
+
+@functools.lru_cache(maxsize=None)
+def _random_params(name, size, num_classes, seed, overrides):
+  model = registry.get_model(name, num_classes=num_classes, head_zeroinit=False, **dict(overrides))
   init = jax.jit(lambda: model.init(jax.random.PRNGKey(seed), jnp.zeros((1, size, size, 3)), train=False))
   params = init()['params']
   return model, jax.tree.map(np.asarray, nn.meta.unbox(params))

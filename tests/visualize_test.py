@@ -51,11 +51,11 @@ def test_rollout_adds_identity_renormalises_and_multiplies():
 
 @pytest.mark.parametrize('classifier', ['token', 'gap'])
 def test_rollout_of_uniform_attention_is_uniform(classifier):
-  model, params = tiny_checkpoint.random_params(classifier=classifier, transformer={'num_layers': 2})
+  model, params = tiny_checkpoint.random_params(classifier=classifier)
   images = np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
   attn = visualize.attention_maps(model, _uniform_attention(params), images)
   tokens = 17 if classifier == 'token' else 16
-  assert attn.shape == (2, 2, tokens, tokens)
+  assert attn.shape == (1, 2, tokens, tokens)
   np.testing.assert_allclose(attn, 1 / tokens, rtol=1e-5)
   rel = visualize.token_relevance(visualize.rollout(attn)[-1], inference.num_prefix_tokens(model), (4, 4))
   np.testing.assert_allclose(rel, 1 / 16, rtol=1e-5)

@@ -14,9 +14,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from PIL import Image
 
 from vit_jax import models
+from vit_jax import preprocess
 from vit_jax.models import registry
 
 Params = Dict[str, Any]
@@ -163,30 +163,18 @@ def load_model(checkpoint: str, model_name: Optional[str] = None, *, num_classes
 
 
 # ------------------------------------------------------------------------------------------------ images
-def _eval_preprocess(img: Image.Image, size: int, resize: int) -> np.ndarray:
-  """ADAPTER (until `vit_jax.preprocess` lands on main): resize the smaller side, central crop, [-1, 1]."""
-  w, h = img.size
-  s = resize / min(w, h)
-  img = img.resize((max(resize, round(w * s)), max(resize, round(h * s))), Image.Resampling.BILINEAR)
-  w, h = img.size
-  left, top = (w - size) // 2, (h - size) // 2
-  img = img.crop((left, top, left + size, top + size))
-  return np.asarray(img, np.float32) * np.float32(2 / 255) - np.float32(1)
-
-
 def load_image(path: str, size: int, resize: Optional[int] = None) -> np.ndarray:
-  """An image file as the model's eval input: float32 (size, size, 3) in [-1, 1] (resize-small, central crop)."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'Image {path} does not exist.')
-  try:
-    with Image.open(path) as img:
-      img = img.convert('RGB')
-  except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f'Cannot decode image {path}: {e}') from None
+  """An image file as the model's eval input: float32 (size, size, 3) in [-1, 1].
+
+  The smaller side is resized to `resize` (default `size`), then the central size x size window is kept.
+  """
   resize = resize or size
   if resize < size:
     raise ValueError(f'--resize {resize} is smaller than the crop {size}.')
-  return _eval_preprocess(img, size, resize)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'Image {path} does not exist.')
+  img = preprocess.resize_small(preprocess.decode(path, name=path), resize, name=path)
+  return preprocess.value_range(preprocess.central_crop(img, size))
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
