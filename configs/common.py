@@ -1,0 +1,74 @@
+"""The shared base of every preset: all config keys with their defaults. Presets override a few of them.
+
+Keys keep google-research/vision_transformer's names where it has them (`total_steps`, `batch`, `batch_eval`,
+`base_lr`, `warmup_steps`, `decay_type`, `grad_norm_clip`, `accum_steps`, `eval_every`, `progress_every`,
+`checkpoint_every`, `model_name`, `dataset`, `pp`, `tfds_data_dir`, `seed`), so sweep scripts carry over.
+The config is locked: a misspelt key is an error (with the nearest valid key), not a silent no-op.
+"""
+import ml_collections
+from ml_collections import config_dict
+
+_ph = config_dict.placeholder
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Every key, with defaults that train the embedded 'digits' set; presets start from this."""
+  c = ml_collections.ConfigDict()
+
+  # --- Data (vit_jax.input_pipeline). `pp` keys are documented in vit_jax/preprocess.py; None = the dataset's
+  # default.
+  c.dataset = 'digits'             # TFDS name | directory of class folders | 'digits' | 'synthetic'
+  c.tfds_data_dir = _ph(str)
+  c.pp = ml_collections.ConfigDict(dict(
+      train='train', test='test', crop=_ph(int), train_crop=_ph(str), area_range=_ph(tuple),
+      aspect_range=_ph(tuple), resize=_ph(int), eval_crop=_ph(str), flip=_ph(bool), randaug=_ph(tuple),
+      mixup=_ph(float), cutmix=_ph(float), mix_prob=_ph(float), label_smoothing=_ph(float),
+      value_range=_ph(tuple), num_classes=_ph(int), num_train=_ph(int), num_eval=_ph(int), workers=_ph(int),
+      threads=_ph(int)))
+  c.batch = 512                    # global batch (all devices, all processes)
+  c.batch_eval = 512
+  c.seed = 0
+
+  # --- Model (vit_jax.models): a registered name or variant ('ViT-B_16', 'B/16', 'testing'), then overrides.
+  c.model_name = 'ViT-B_16'
+  c.model = ml_collections.ConfigDict(dict(
+      patch_size=_ph(int), hidden_size=_ph(int), num_layers=_ph(int), num_heads=_ph(int), mlp_dim=_ph(int),
+      dropout_rate=_ph(float), attention_dropout_rate=_ph(float), classifier=_ph(str),
+      representation_size=_ph(int),  # 0 removes the pre-logits layer of a model that has one
+      posemb='learn', head_bias_init=0., head_zeroinit=True, stochastic_depth=0.,
+      dtype='float32', attention_impl='xla', scan=False, remat_policy='none'))
+  c.model_init = _ph(str)          # published .npz to start from (fine-tuning); see the resume order in train.py
+
+  # --- Optimisation (vit_jax.optim): schedule keys at the top level as in vit_jax, the rest in `optim`.
+  c.total_steps = 10_000
+  c.base_lr = 1e-3
+  c.warmup_steps = 500
+  c.decay_type = 'cosine'          # 'cosine' | 'linear' | 'rsqrt' | 'constant'
+  c.grad_norm_clip = 1.0
+  c.accum_steps = 1
+  c.optim = ml_collections.ConfigDict(dict(
+      optimizer='adam', weight_decay=0., b1=0.9, b2=0.999, eps=1e-8, momentum=0.9, nesterov=False,
+      mu_dtype=_ph(str), linear_end=1e-5, rsqrt_timescale=10_000, adafactor_decay_rate=0.8,
+      adafactor_b2_cap=0.999, adafactor_min_dim_to_factor=32,
+      lr_mults=(),                 # ((regex, multiplier), ...) over '/'-joined param paths
+      freeze=()))                  # (regex, ...): params that get no updates
+  c.loss = 'softmax_xent'          # 'softmax_xent' | 'sigmoid_xent' (multi-label, ImageNet-21k)
+  c.ema_decay = 0.                 # > 0: keep an EMA of the params and evaluate it beside the raw params
+
+  # --- Devices (vit_jax.sharding): mesh axis sizes (-1 = the rest) and the logical-axis rule table.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.sharding_rules = 'dp'          # 'dp' | 'fsdp' | 'tp', or ((logical axis, mesh axes), ...)
+
+  # --- Loop, checkpoints, metrics.
+  c.eval_every = 1000
+  c.progress_every = 100
+  c.checkpoint_every = 1000
+  c.keep_checkpoints = 3           # keep the last K checkpoints ...
+  c.keep_checkpoint_every = 0      # ... plus every M-th step's (0: none)
+  c.resume = _ph(str)              # another workdir or checkpoint directory to continue from
+  c.tensorboard = True             # TensorBoard event files beside metrics.jsonl (needs clu + TensorFlow)
+  c.profile_steps = 0              # > 0: capture a profiler trace of this many steps, after the first eval
+  c.peak_flops = _ph(float)        # per-device peak FLOP/s for the MFU estimate (None: a table by device)
+  c.preemption_sync_every = 10     # multi-host: steps between the all-processes check for SIGTERM
+  c.debug_kill_at_step = 0         # tests only: SIGKILL this process after that step (0: never)
+  return c

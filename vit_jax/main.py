@@ -1,0 +1,119 @@
+"""Entry point: `python -m vit_jax.main --config=configs/default.py[:arg] --workdir=DIR [--config.key=value ...]`.
+
+Parses flags (the config is locked: unknown keys are errors), starts `jax.distributed` when running multi-process
+(auto-detected on Cloud TPU pods and under SLURM, or given explicitly with --coordinator_address,
+--num_processes, --process_id), keeps TensorFlow off the accelerators, and hands off to
+`train.train_and_evaluate`. User mistakes end in one line on stderr and exit status 2, without a traceback.
+"""
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+# `python -m vit_jax.main` from anywhere: presets import `configs.common` from the repository root.
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _REPO not in sys.path:
+  sys.path.insert(0, _REPO)
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file, e.g. configs/default.py.',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics.jsonl and TensorBoard.')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
+                                   'host:port of process 0, for multi-process runs outside TPU pods / SLURM.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes (with --coordinator_address).')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\'s index (with --coordinator_address).')
+
+EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 3
+
+
+def _fail(message: str, code: int = EXIT_USER_ERROR) -> None:
+  print(message, file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def _parse_flags(argv):
+  """absl flag parsing, with config mistakes (unknown key, bad value) reported in one line."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    from vit_jax import config_checks  # pylint: disable=g-import-not-at-top
+    config = None
+    config_arg = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
+    if config_arg:
+      try:
+        config = _load_config_file(config_arg)
+      except Exception:  # pylint: disable=broad-except
+        config = None
+    _fail(f'Config error: {config_checks.explain_flag_error(e, argv, config)}')
+
+
+def _load_config_file(spec: str):
+  """Loads `path[:arg]` as config_flags does, for naming the valid keys in an error message."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path, _, arg = spec.partition(':')
+  module_spec = importlib.util.spec_from_file_location('_vit_jax_config', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def _start_distributed() -> None:
+  """jax.distributed.initialize when this is one of several processes; a no-op for a single process."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if _COORDINATOR.value:
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
+  elif int(os.environ.get('SLURM_NTASKS', '1')) > 1 or os.environ.get('TPU_WORKER_HOSTNAMES', '').count(','):
+    jax.distributed.initialize()  # Cluster auto-detection: SLURM, Cloud TPU pods.
+
+
+def _hide_accelerators_from_tensorflow() -> None:
+  """TensorFlow (TFDS, TensorBoard) must not grab GPU/TPU memory; skipped where TF is not installed."""
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return
+  tf.config.set_visible_devices([], 'GPU')
+  tf.config.set_visible_devices([], 'TPU')
+
+
+def _quiet_orbax() -> None:
+  """Orbax logs several INFO lines per save; keep its warnings and errors only."""
+  import logging as std_logging  # pylint: disable=g-import-not-at-top
+  logging.get_absl_handler().addFilter(
+      lambda r: r.levelno >= std_logging.WARNING or '/orbax/' not in r.pathname)
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    _fail(f'Unexpected arguments {argv[1:]}; use --config=... --workdir=... --config.key=value.')
+  if _CONFIG.value is None or not _WORKDIR.value:
+    _fail('Both --config (e.g. configs/default.py) and --workdir (e.g. /tmp/vit_default) are required.')
+  if 'tensorflow' in sys.modules or _CONFIG.value.get('tensorboard', False):
+    _hide_accelerators_from_tensorflow()
+  _start_distributed()
+  _quiet_orbax()
+
+  import jax  # pylint: disable=g-import-not-at-top
+  from vit_jax import config_checks  # pylint: disable=g-import-not-at-top
+  from vit_jax import train  # pylint: disable=g-import-not-at-top
+  jax.config.update('jax_transfer_guard', 'allow')  # The loop disallows device->host inside the step.
+  logging.info('JAX %s, process %d of %d, %d devices.', jax.__version__, jax.process_index(),
+               jax.process_count(), jax.device_count())
+  try:
+    metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except config_checks.ConfigError as e:
+    _fail(f'Config error: {e}')
+  except train.TrainingDiverged as e:
+    _fail(str(e), EXIT_DIVERGED)
+  if 'val/top1' in metrics and jax.process_index() == 0:
+    print(f'Final test accuracy: {metrics["val/top1"]:.4f} (top-5 {metrics["val/top5"]:.4f}, loss '
+          f'{metrics["val/loss"]:.4f}) at step {metrics["step"]}, {metrics["seconds"]:.0f} s.', flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,163 @@
+"""Metric writers (metrics.jsonl + TensorBoard via clu, process 0 only), progress reports with MFU, profiling.
+
+`metrics.jsonl` holds one JSON object per write, `{"step": 500, "train/loss": 0.41, "val/top1": 0.97}`, readable
+without TensorFlow. clu (and TensorFlow, for TensorBoard) is imported lazily and optional: without it, only the
+JSON-lines file and the log are written. The model and the train step never import this module's dependencies.
+"""
+import json
+import logging
+import math
+import os
+import time
+from typing import Any, Dict, Mapping, Optional
+
+import jax
+
+Scalars = Mapping[str, float]
+
+# Dense bf16 peak FLOP/s per device (chip for TPUs, GPU for GPUs), for the MFU estimate.
+PEAK_FLOPS = {
+    'TPU v2': 45e12, 'TPU v3': 123e12, 'TPU v4': 275e12, 'TPU v5 lite': 197e12, 'TPU v5e': 197e12,
+    'TPU v5p': 459e12, 'TPU v5': 459e12, 'TPU v6 lite': 918e12, 'TPU v6e': 918e12,
+    'NVIDIA H100': 989e12, 'NVIDIA H200': 989e12, 'NVIDIA A100': 312e12, 'NVIDIA V100': 125e12,
+    'NVIDIA L4': 121e12, 'NVIDIA A10G': 70e12,
+}
+
+
+def peak_flops(device_kind: str, override: Optional[float] = None) -> Optional[float]:
+  """Per-device peak FLOP/s: `override`, else the longest PEAK_FLOPS prefix of `device_kind`, else None."""
+  if override:
+    return float(override)
+  matches = [k for k in PEAK_FLOPS if device_kind.startswith(k)]
+  return PEAK_FLOPS[max(matches, key=len)] if matches else None
+
+
+def truncate_jsonl(path: str, last_step: int) -> None:
+  """Drops the records after `last_step` (a resumed run rewrites them), so steps in the file stay monotone."""
+  if jax.process_index() or not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = [l for l in f if l.strip()]
+  keep = []
+  for line in lines:
+    try:
+      if json.loads(line)['step'] <= last_step:
+        keep.append(line)
+    except (ValueError, KeyError):
+      break  # A line cut short by a crash ends the usable part.
+  with open(path + '.tmp', 'w') as f:
+    f.writelines(keep)
+  os.replace(path + '.tmp', path)
+
+
+class MetricWriter:
+  """Writes scalars to `<workdir>/metrics.jsonl`, TensorBoard (clu) and the log; a no-op off process 0."""
+
+  def __init__(self, workdir: str, *, tensorboard: bool = True):
+    self._active = jax.process_index() == 0
+    self._jsonl = None
+    self._clu = None
+    if not self._active:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self._jsonl = open(self.path, 'a')  # pylint: disable=consider-using-with
+    if tensorboard:
+      try:
+        from clu import metric_writers  # pylint: disable=g-import-not-at-top
+        self._clu = metric_writers.SummaryWriter(workdir)
+      except ImportError as e:
+        logging.warning('No TensorBoard output (%s); metrics.jsonl only.', e)
+
+  def write_scalars(self, step: int, scalars: Scalars) -> None:
+    if not self._active:
+      return
+    values = {k: float(v) for k, v in scalars.items()}
+    self._jsonl.write(json.dumps({'step': int(step), **values}) + '\n')
+    self._jsonl.flush()
+    if self._clu is not None:
+      self._clu.write_scalars(int(step), values)
+    logging.info('[%d] %s', step, ', '.join(f'{k}={v:.6g}' for k, v in values.items()))
+
+  def flush(self) -> None:
+    if self._clu is not None:
+      self._clu.flush()
+
+  def close(self) -> None:
+    if self._jsonl is not None:
+      self._jsonl.close()
+      self._jsonl = None
+    if self._clu is not None:
+      self._clu.close()
+      self._clu = None
+
+
+def step_flops(compiled: Any) -> Optional[float]:
+  """FLOPs of one call of a compiled (`jit(...).lower(...).compile()`) function, per device; None if unknown."""
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except  # Not every backend implements it.
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  flops = (cost or {}).get('flops')
+  return float(flops) if flops and flops > 0 else None
+
+
+class Progress:
+  """steps/s, images/s (total and per device), MFU and ETA between reports; clu's ReportProgress if present."""
+
+  def __init__(self, *, total_steps: int, global_batch: int, start_step: int, flops_per_step: Optional[float],
+               peak: Optional[float]):
+    self._total, self._batch = total_steps, global_batch
+    self._flops, self._peak = flops_per_step, peak
+    self._last_step, self._last_time = start_step, time.perf_counter()
+    self._clu = None
+    try:
+      from clu import periodic_actions  # pylint: disable=g-import-not-at-top
+      self._clu = periodic_actions.ReportProgress(num_train_steps=total_steps, every_secs=None,
+                                                  every_steps=None)
+    except ImportError:
+      pass
+
+  def report(self, step: int) -> Dict[str, float]:
+    """Rates since the previous report (the caller has synced with the device at `step`)."""
+    now = time.perf_counter()
+    steps, secs = step - self._last_step, max(now - self._last_time, 1e-9)
+    self._last_step, self._last_time = step, now
+    if steps <= 0:
+      return {}
+    steps_per_sec = steps / secs
+    images_per_sec = steps_per_sec * self._batch
+    out = {'progress/steps_per_sec': steps_per_sec, 'progress/images_per_sec': images_per_sec,
+           'progress/images_per_sec_per_device': images_per_sec / jax.device_count(),
+           'progress/eta_minutes': (self._total - step) / steps_per_sec / 60}
+    if self._flops and self._peak:
+      out['progress/mfu'] = self._flops * steps_per_sec / self._peak
+    if self._clu is not None:
+      self._clu(step, now)  # Logs clu's own progress line (and sets the work unit notes where there are any).
+    return {k: v for k, v in out.items() if math.isfinite(v)}
+
+
+class Profiler:
+  """Captures a profiler trace of `num_steps` steps starting at `first_step` into `<workdir>/profile`."""
+
+  def __init__(self, workdir: str, first_step: int, num_steps: int):
+    self._dir = os.path.join(workdir, 'profile')
+    self._first, self._last = first_step, first_step + num_steps
+    self._active = False
+
+  def __call__(self, step: int) -> None:
+    """Call after each step with the number of steps done."""
+    if not self._active and self._first <= step < self._last:
+      jax.profiler.start_trace(self._dir)
+      self._active = True
+    elif self._active and step >= self._last:
+      jax.profiler.stop_trace()
+      self._active = False
+      logging.info('Profile of steps %d-%d written to %s', self._first, self._last, self._dir)
+
+  def close(self) -> None:
+    if self._active:
+      jax.profiler.stop_trace()
+      self._active = False

@@ -1,0 +1,148 @@
+"""Device mesh, logical-axis rule tables and the shardings of params, optimizer state and batches.
+
+The model tags weights and activations with logical axis names ('batch', 'length', 'embed', 'mlp', 'heads',
+'kv', 'classes', 'layers'); a rule table maps them onto the mesh axes ('data', 'fsdp', 'tensor'). Switching
+from pure data parallel to FSDP or tensor parallel is a change of table (`config.sharding_rules`), not of code.
+
+Rules are ordered (logical name, mesh axes) pairs, resolved by flax: a dimension takes the first rule whose mesh
+axes are still free in that array, else it is replicated. So in the 'fsdp' table activations
+('batch', 'length', 'embed') shard 'batch' over ('data', 'fsdp') and leave 'embed' whole, while weights, which
+have no 'batch' dimension, shard 'embed' over 'fsdp'. On top of flax's resolution, `param_shardings` replicates
+any dimension whose size is not divisible by its mesh axes (e.g. a 10-wide toy model on fsdp=4).
+"""
+import contextlib
+import math
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+BATCH_AXES = ('data', 'fsdp')  # the batch dimension is split over both: FSDP is data parallel for activations
+
+Rules = Tuple[Tuple[str, Any], ...]
+RULES: Dict[str, Rules] = {
+    # Pure data parallel: params and optimizer state replicated on every device.
+    'dp': (
+        ('batch', BATCH_AXES),
+    ),
+    # Fully sharded data parallel (ZeRO-3): params and optimizer state split over 'fsdp' along 'embed'.
+    'fsdp': (
+        ('batch', BATCH_AXES),
+        ('embed', 'fsdp'),
+    ),
+    # Tensor parallel (Megatron-style MLP column/row split and attention heads) over 'tensor', plus FSDP.
+    'tp': (
+        ('batch', BATCH_AXES),
+        ('embed', 'fsdp'),
+        ('mlp', 'tensor'),
+        ('heads', 'tensor'),
+    ),
+}
+
+
+def get_rules(name_or_rules: Any) -> Rules:
+  """A rule table by name ('dp', 'fsdp', 'tp') or an explicit ((logical, mesh axes), ...) sequence."""
+  if isinstance(name_or_rules, str):
+    if name_or_rules not in RULES:
+      raise ValueError(f'Unknown sharding rules {name_or_rules!r}; set config.sharding_rules to one of '
+                       f'{", ".join(RULES)} or to a list of (logical axis, mesh axes) pairs.')
+    return RULES[name_or_rules]
+  return tuple((str(k), tuple(v) if isinstance(v, list) else v) for k, v in name_or_rules)
+
+
+def make_mesh(shape: Mapping[str, int], devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+  """Mesh with axes ('data', 'fsdp', 'tensor') sized by `shape` (missing axes 1; one axis may be -1 = the rest)."""
+  devices = list(jax.devices() if devices is None else devices)
+  unknown = set(shape) - set(MESH_AXES)
+  if unknown:
+    raise ValueError(f'Unknown mesh axes {sorted(unknown)} in config.mesh; use {", ".join(MESH_AXES)}.')
+  sizes = {a: int(shape.get(a, 1)) for a in MESH_AXES}
+  free = [a for a, s in sizes.items() if s == -1]
+  if len(free) > 1 or any(s == 0 or s < -1 for s in sizes.values()):
+    raise ValueError(f'config.mesh={dict(shape)}: sizes must be positive, with at most one -1 (= the rest).')
+  known = math.prod(s for s in sizes.values() if s != -1)
+  if free:
+    if len(devices) % known:
+      raise ValueError(f'config.mesh={dict(shape)} does not divide the {len(devices)} devices; '
+                       f'make the product of the fixed axes ({known}) divide {len(devices)}.')
+    sizes[free[0]] = len(devices) // known
+  if math.prod(sizes.values()) != len(devices):
+    raise ValueError(f'config.mesh={dict(shape)} has {math.prod(sizes.values())} devices but there are '
+                     f'{len(devices)}; make the product of the axis sizes {len(devices)} or use -1 for one axis.')
+  grid = _device_grid(devices, tuple(sizes[a] for a in MESH_AXES))
+  return Mesh(grid, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def _device_grid(devices: Sequence[jax.Device], shape: Tuple[int, ...]) -> np.ndarray:
+  """Devices laid out for `shape`, topology-aware where jax knows the topology (TPU, GPU), else in order."""
+  try:
+    from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
+    if len(devices) == len(jax.devices()) and jax.default_backend() != 'cpu':
+      return mesh_utils.create_device_mesh(shape, devices=devices, allow_split_physical_axes=True)
+  except (ImportError, ValueError, NotImplementedError, AssertionError):
+    pass
+  return np.asarray(devices, dtype=object).reshape(shape)
+
+
+def _axis_size(mesh: Mesh, axes: Any) -> int:
+  if axes is None:
+    return 1
+  if isinstance(axes, str):
+    axes = (axes,)
+  return math.prod(mesh.shape[a] for a in axes)
+
+
+def _fit(spec: P, shape: Tuple[int, ...], mesh: Mesh) -> P:
+  """`spec` with the dims whose size its mesh axes do not divide replicated instead."""
+  entries = list(spec) + [None] * (len(shape) - len(spec))
+  return P(*[a if a is None or dim % _axis_size(mesh, a) == 0 else None for a, dim in zip(entries, shape)])
+
+
+def mesh_specs(boxed_tree: Any, mesh: Mesh, rules: Any) -> Any:
+  """Mesh PartitionSpecs for a (possibly abstract) tree with flax boxes; its structure is the unboxed tree's."""
+  rules = get_rules(rules)
+
+  def spec(x):
+    if not isinstance(x, nn.meta.AxisMetadata):
+      return P()
+    value = nn.meta.unbox(x)
+    if not jax.tree.leaves(value):
+      return value  # e.g. optax.MaskedNode for a frozen param's absent state: keep the (leafless) structure
+    logical = tuple(x.get_partition_spec())
+    return _fit(nn.logical_to_mesh_axes(logical, rules), tuple(np.shape(value)), mesh)
+  return jax.tree.map(spec, boxed_tree, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+
+
+def param_shardings(boxed_tree: Any, mesh: Mesh, rules: Any) -> Any:
+  """NamedShardings for params, a train state or optimizer state given as a boxed (abstract) tree.
+
+  Pass `jax.eval_shape` of an init that keeps flax's `Partitioned` boxes: optax's init maps over the boxed
+  params, so mu/nu inherit their params' boxes and shard like them; scalars (step, counts) and rng keys are
+  unboxed and replicated. The result has the structure of the *unboxed* tree, ready for `out_shardings`.
+  """
+  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), mesh_specs(boxed_tree, mesh, rules),
+                      is_leaf=lambda x: isinstance(x, P))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Sharding of batch arrays: leading (example) dimension over ('data', 'fsdp'), the rest replicated."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  """Fully replicated sharding (metrics, scalars)."""
+  return NamedSharding(mesh, P())
+
+
+@contextlib.contextmanager
+def axis_rules(mesh: Optional[Mesh], rules: Any) -> Iterator[None]:
+  """Context in which the model's `nn.with_logical_constraint` activations follow `rules` on `mesh`."""
+  if mesh is None or rules is None:
+    yield
+    return
+  # Entered while tracing (inside jit), where only an abstract mesh may be set.
+  with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(get_rules(rules)):
+    yield

@@ -1,0 +1,290 @@
+"""`train_and_evaluate(config, workdir)`: the whole training program, read top to bottom in stages.
+
+validate config -> mesh -> data -> model -> optimizer -> `jax.eval_shape` the init -> shardings from the
+config's logical-axis rules -> jitted init -> jitted, donated train step -> resume -> loop (eval, progress,
+checkpoints, preemption, NaN guard).
+
+Resume order (the first that applies wins):
+  1. the newest readable checkpoint in `<workdir>/checkpoints` (a corrupt newest one is reported and skipped);
+  2. `config.resume`: another workdir or checkpoint directory (train state and data position);
+  3. `config.model_init`: a published .npz, loaded into fresh params (`vit_jax.checkpoint.load_pretrained`:
+     head re-initialised, position embeddings resampled);
+  4. from scratch (`config.seed`).
+A resumed run is exact: the state, the RNG (folded with the step) and the data position are all restored, so the
+losses are those an uninterrupted run has.
+"""
+import functools
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any, Dict, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_jax import checkpointing
+from vit_jax import config_checks
+from vit_jax import evaluate
+from vit_jax import input_pipeline
+from vit_jax import losses
+from vit_jax import metric_logging
+from vit_jax import optim
+from vit_jax import sharding
+from vit_jax import train_step
+from vit_jax.models import registry
+from vit_jax.models import vit
+
+# Keys of `config` that vit_jax.optim reads at the top level (vit_jax's names); the rest live in `config.optim`.
+_TOP_LEVEL_OPTIM_KEYS = ('base_lr', 'total_steps', 'warmup_steps', 'decay_type', 'grad_norm_clip')
+
+
+class TrainingDiverged(RuntimeError):
+  """Loss or gradient norm became NaN/inf; the message names the step and the last good checkpoint."""
+
+
+def build_model(config: Any, num_classes: int) -> vit.VisionTransformer:
+  """`config.model_name` from the model table with the `config.model` overrides applied."""
+  m = config.model
+  cfg = registry.get_config(config.model_name)
+  if m.patch_size:
+    cfg['patches'] = {'size': (m.patch_size, m.patch_size)}
+  if m.hidden_size:
+    cfg['hidden_size'] = m.hidden_size
+  for key in ('num_layers', 'num_heads', 'mlp_dim', 'dropout_rate', 'attention_dropout_rate'):
+    if m[key] is not None:
+      cfg['transformer'][key] = m[key]
+  if m.classifier:
+    cfg['classifier'] = m.classifier
+  if m.representation_size is not None:
+    cfg['representation_size'] = m.representation_size or None
+  return vit.VisionTransformer(
+      num_classes=num_classes, **cfg, posemb=m.posemb, head_bias_init=m.head_bias_init,
+      head_zeroinit=m.head_zeroinit, stochastic_depth=m.stochastic_depth, dtype=jnp.dtype(m.dtype),
+      attention_impl=m.attention_impl, scan=m.scan, remat_policy=m.remat_policy)
+
+
+def optim_section(config: Any) -> Dict[str, Any]:
+  """The keys vit_jax.optim reads: `config.optim` plus the schedule keys kept at the top level."""
+  section = config.optim.to_dict()
+  section.update({k: config[k] for k in _TOP_LEVEL_OPTIM_KEYS})
+  return section
+
+
+class Preemption:
+  """SIGTERM sets a flag; `due(step)` is True on every process at the same step once any process got one."""
+
+  def __init__(self, sync_every: int):
+    self._flag = False
+    self._sync_every = sync_every
+    self._previous = signal.signal(signal.SIGTERM, self._handler)
+
+  def _handler(self, signum, frame):
+    del signum, frame
+    self._flag = True
+    logging.warning('SIGTERM: saving a checkpoint at the next agreed step, then exiting.')
+
+  def due(self, step: int) -> bool:
+    if jax.process_count() == 1:
+      return self._flag
+    if step % self._sync_every:
+      return False
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    flags = multihost_utils.process_allgather(np.asarray([self._flag], np.int32))
+    return bool(np.any(flags))
+
+  def close(self) -> None:
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _first_bad_step(first_bad: jax.Array, step: jax.Array, metrics: Dict[str, jax.Array]) -> jax.Array:
+  """-1 while loss and grad norm stay finite, else the first step (1-based) at which one of them was not."""
+  ok = jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm'])
+  return jnp.where((first_bad < 0) & ~ok, step, first_bad)
+
+
+def _compile_step(step_fn, state_shardings, batch_sharding, replicated, abstract_state, abstract_batch,
+                  first_bad):
+  """AOT-compiles the donated step (state, batch, first_bad) -> (state, metrics, first_bad) for the mesh."""
+
+  def guarded_step(state, batch, first_bad):
+    state, metrics = step_fn(state, batch)
+    return state, metrics, _first_bad_step(first_bad, state.step, metrics)
+
+  return jax.jit(
+      guarded_step, in_shardings=(state_shardings, batch_sharding, replicated),
+      out_shardings=(state_shardings, replicated, replicated), donate_argnums=(0, 2),
+  ).lower(abstract_state, abstract_batch, first_bad).compile()
+
+
+def _load_model_init(state: train_step.TrainState, config: Any, model: vit.VisionTransformer,
+                     image_size: int) -> train_step.TrainState:
+  """Replaces fresh params (and EMA) with a published checkpoint's, placed with the params' shardings."""
+  try:
+    from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
+    load_pretrained = checkpoint.load_pretrained
+  except (ImportError, AttributeError):
+    raise config_checks.ConfigError(
+        'config.model_init needs vit_jax.checkpoint.load_pretrained, which this checkout lacks; unset '
+        'config.model_init or update the code.') from None
+  patch = model.patches['size']
+  params = load_pretrained(pretrained_path=config.model_init, init_params=jax.device_get(state.params),
+                           model_config=model, new_grid=(image_size // patch[0], image_size // patch[1]))
+  shardings = jax.tree.map(lambda x: x.sharding, state.params)
+  params = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x, np.float32), s), params, shardings)
+  ema = jax.tree.map(lambda x: x + 0., params) if state.ema_params is not None else None
+  print(f'Initialised the params from {config.model_init}.', flush=True)
+  return state.replace(params=params, ema_params=ema)
+
+
+def train_and_evaluate(config: Any, workdir: str) -> Dict[str, float]:
+  """Trains and evaluates per `config`, checkpointing into `workdir`; returns the final eval metrics."""
+  # --- Config: fail on user mistakes before anything compiles.
+  info = config_checks.validate(config)
+  start_time = time.time()
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  # --- Mesh and the logical-axis rules that map params and activations onto it.
+  mesh = sharding.make_mesh(dict(config.mesh))
+  rules = sharding.get_rules(config.sharding_rules)
+  batch_sharding = sharding.batch_sharding(mesh)
+  replicated = sharding.replicated(mesh)
+
+  # --- Data: per-process batches become global arrays sharded over the mesh's batch axes.
+  pp = config_checks.pp_dict(config.pp)
+  train_iter = input_pipeline.prefetch_to_mesh(
+      input_pipeline.make_train_iterator(config.dataset, pp, global_batch=config.batch, seed=config.seed,
+                                         data_dir=config.tfds_data_dir), batch_sharding)
+  make_eval_batches = functools.partial(
+      lambda: input_pipeline.prefetch_to_mesh(input_pipeline.make_eval_iterator(
+          config.dataset, pp, global_batch=config.batch_eval, data_dir=config.tfds_data_dir), batch_sharding))
+
+  # --- Model, optimizer, loss.
+  model = build_model(config, info.num_classes)
+  tx, schedule = optim.make_optimizer(optim_section(config))
+  loss_fn = losses.get_loss_fn(config.loss)
+
+  # --- Shapes, then shardings from the rules, then the sharded init (no param ever materialises unsharded).
+  rng = jax.random.PRNGKey(config.seed)
+  init = functools.partial(train_step.create_train_state, model, tx,
+                           input_shape=(1, info.image_size, info.image_size, 3), ema=config.ema_decay > 0)
+  state_shardings = sharding.param_shardings(jax.eval_shape(functools.partial(init, unbox=False), rng),
+                                             mesh, rules)
+  abstract_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                jax.eval_shape(init, rng), state_shardings)
+
+  # --- The donated train step (with the NaN marker folded in) and the eval step.
+  abstract_batch = {
+      'image': jax.ShapeDtypeStruct((config.batch, info.image_size, info.image_size, 3), jnp.float32,
+                                    sharding=batch_sharding),
+      'label': jax.ShapeDtypeStruct((config.batch, info.num_classes), jnp.float32, sharding=batch_sharding)}
+  first_bad = jax.device_put(np.int32(-1), replicated)
+  step_kwargs = dict(lr_schedule=schedule, accum_steps=config.accum_steps, ema_decay=config.ema_decay or None)
+  try:
+    compiled_step = _compile_step(
+        train_step.make_train_step(model, tx, loss_fn, mesh=mesh, rules=rules, **step_kwargs),
+        state_shardings, batch_sharding, replicated, abstract_state, abstract_batch, first_bad)
+    activation_rules = rules
+  except ValueError as e:
+    if 'with_sharding_constraint' not in str(e):
+      raise
+    # Some model versions cannot trace their activation constraints under a rule table (a flax DenseGeneral
+    # kernel-reshape issue); params stay sharded by the rules and XLA propagates the rest.
+    logging.warning('Activation sharding constraints disabled: %s', str(e).splitlines()[0][:200])
+    compiled_step = _compile_step(train_step.make_train_step(model, tx, loss_fn, **step_kwargs),
+                                  state_shardings, batch_sharding, replicated, abstract_state, abstract_batch,
+                                  first_bad)
+    activation_rules = None
+  eval_step = jax.jit(train_step.make_eval_step(model, loss_fn, mesh=mesh if activation_rules else None,
+                                                rules=activation_rules),
+                      out_shardings=replicated)
+
+  # --- Resume: own checkpoint -> config.resume -> config.model_init -> scratch (see the module docstring).
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), save_every=config.checkpoint_every,
+                                    keep=config.keep_checkpoints, keep_every=config.keep_checkpoint_every)
+  restored = ckpt.restore(abstract_state)
+  source = workdir
+  if restored is None and config.resume:
+    source = checkpointing.checkpoint_dir(config.resume)
+    restored = checkpointing.Checkpointer(source, save_every=1, read_only=True).restore(abstract_state)
+    if restored is None:
+      raise config_checks.ConfigError(f'config.resume={config.resume!r} holds no checkpoint; fix the path.')
+  if restored is not None:
+    start_step, state, data_state = restored
+    train_iter.set_state(data_state)
+    print(f'Resumed from step {start_step} of {source}.', flush=True)
+  else:
+    state = jax.jit(init, out_shardings=state_shardings)(rng)
+    if config.model_init:
+      state = _load_model_init(state, config, model, info.image_size)
+    start_step = 0
+  step = int(jax.device_get(state.step))
+  if step != start_step:
+    raise RuntimeError(f'Checkpoint step {start_step} holds a state of step {step}.')
+
+  # --- Metrics, progress, profiler, preemption.
+  metric_logging.truncate_jsonl(os.path.join(workdir, 'metrics.jsonl'), step)
+  writer = metric_logging.MetricWriter(workdir, tensorboard=config.tensorboard)
+  progress = metric_logging.Progress(
+      total_steps=config.total_steps, global_batch=config.batch, start_step=step,
+      flops_per_step=metric_logging.step_flops(compiled_step),
+      peak=metric_logging.peak_flops(jax.devices()[0].device_kind, config.peak_flops))
+  profiler = metric_logging.Profiler(workdir, step + 5, config.profile_steps) if config.profile_steps else None
+  preemption = Preemption(config.preemption_sync_every)
+  logging.info('Training %s on %s from step %d: %d devices, mesh %s.', config.model_name, config.dataset, step,
+               jax.device_count(), dict(mesh.shape))
+
+  def check_finite() -> None:
+    bad = int(jax.device_get(first_bad))
+    if bad >= 0:
+      ckpt.wait()
+      last = [s for s in ckpt.all_steps() if s < bad]
+      where = f'step {last[-1]} in {ckpt.directory}' if last else 'none'
+      raise TrainingDiverged(f'Loss or gradient norm is NaN/inf at step {bad}; stopped. Last good checkpoint: '
+                             f'{where}. Lower config.base_lr or raise config.warmup_steps.')
+
+  eval_metrics: Dict[str, float] = {}
+  try:
+    while step < config.total_steps:
+      batch = next(train_iter)
+      with jax.transfer_guard_device_to_host('disallow'):
+        state, metrics, first_bad = compiled_step(state, batch, first_bad)
+      step += 1
+      last = step == config.total_steps
+      preempted = preemption.due(step)
+      if profiler is not None:
+        profiler(step)
+
+      if step % config.progress_every == 0 or last:
+        check_finite()
+        scalars = {f'train/{k}': v for k, v in jax.device_get(metrics).items()}
+        writer.write_scalars(step, {**scalars, **progress.report(step)})
+      if step % config.checkpoint_every == 0 or last or preempted:
+        check_finite()
+        ckpt.save(step, state, train_iter.get_state(), force=True)
+      if step % config.eval_every == 0 or last:
+        eval_metrics = evaluate.evaluate_all(eval_step, state, make_eval_batches)
+        writer.write_scalars(step, eval_metrics)
+      if step == config.debug_kill_at_step:
+        writer.close()
+        os.kill(os.getpid(), signal.SIGKILL)
+      if preempted:
+        print(f'Preempted (SIGTERM): saved step {step}; exiting.', flush=True)
+        break
+  finally:
+    preemption.close()
+    if profiler is not None:
+      profiler.close()
+    ckpt.close()
+    writer.close()
+    train_iter.close()
+  eval_metrics = {**eval_metrics, 'step': step, 'seconds': time.time() - start_time}
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
+      json.dump(eval_metrics, f)
+  return eval_metrics
