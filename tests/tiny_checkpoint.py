@@ -48,3 +48,17 @@ def write_image(path: str, width: int = 40, height: int = 30, seed: int = 0) -> 
   pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
   Image.fromarray(pixels).save(path)
   return path
+
+
+@functools.lru_cache(maxsize=None)
+def trained_workdir(base: str) -> str:
+  """A workdir of the embedded default config trained for 4 steps (checkpoints at 2 and 4), under `base`."""
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from vit_jax import train  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.total_steps, config.warmup_steps, config.batch = 4, 1, 32
+  config.progress_every, config.checkpoint_every, config.eval_every = 1, 2, 2
+  config.tensorboard = False
+  workdir = os.path.join(base, 'tools_workdir')
+  train.train_and_evaluate(config, workdir)
+  return workdir

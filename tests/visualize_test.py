@@ -88,7 +88,7 @@ def test_posemb_similarity_and_figure(ckpt, tmp_path):
   out = str(tmp_path / 'figs')
   assert inference.run_cli(visualize.main, ['posemb', '--model', tiny_checkpoint.MODEL, '--checkpoint', path,
                                             '--out', out]) == 0
-  _png(os.path.join(out, 'posemb.png'), (0.6 * 4 + 1.2, 0.6 * 4 + 0.6))
+  _png(os.path.join(out, 'posemb.png'), (4 * 1.0 + 1.7, 4 * 1.0 + 0.9))  # 1-inch maps for a 4x4 grid.
 
 
 def test_filter_components_are_orthonormal_and_drawn(ckpt, tmp_path):
@@ -110,15 +110,16 @@ def test_filter_components_are_orthonormal_and_drawn(ckpt, tmp_path):
 
 
 def test_curves_read_the_right_values_and_draw(tmp_path, capsys):
-  records = [{'step': s, 'train/loss': 2.0 / s, 'lr': 0.001 * s} for s in (1, 2, 3, 4)]
+  records = [{'step': s, 'train/loss': 2.0 / s, 'train/lr': 0.001 * s, 'train/grad_norm': 1.} for s in (1, 2, 3, 4)]
   records += [{'step': 2, 'val/loss': 1.5, 'val/top1': 0.5}, {'step': 4, 'val/loss': 0.7, 'val/top1': 0.875}]
   (tmp_path / 'metrics.jsonl').write_text('\n'.join(json.dumps(r) for r in records) + '\n')
   metrics = visualize.read_metrics(str(tmp_path / 'metrics.jsonl'))
   np.testing.assert_array_equal(metrics['val/top1'][0], [2, 4])
   np.testing.assert_allclose(metrics['val/top1'][1], [0.5, 0.875])
   np.testing.assert_allclose(metrics['train/loss'][1], [2.0, 1.0, 2 / 3, 0.5])
-  assert visualize.group_metrics(metrics) == {'loss': ['train/loss', 'val/loss'], 'top1': ['val/top1'],
-                                              'lr': ['lr']}
+  assert visualize.group_metrics(metrics) == {'loss': ['train/loss', 'val/loss'], 'accuracy': ['val/top1'],
+                                              'learning rate': ['train/lr']}
+  assert list(visualize.group_metrics(metrics, None)) == ['loss', 'accuracy', 'learning rate', 'grad_norm']
   out = str(tmp_path / 'figs')
   assert inference.run_cli(visualize.main, ['curves', '--workdir', str(tmp_path), '--out', out]) == 0
   _png(capsys.readouterr().out.strip(), visualize.curves_figsize(3))

@@ -3,7 +3,6 @@ fits them, eval preprocessing of image files, and the one-line error handling of
 
 Shared by `predict`, `visualize`, `fewshot` and `export`, so each of them reads a checkpoint the same way.
 """
-import glob
 import json
 import os
 import sys
@@ -40,39 +39,49 @@ def _load_npz(path: str) -> Params:
 
 
 def _load_workdir_params(workdir: str) -> Params:
-  """ADAPTER (until `vit_jax.checkpointing` lands on main): the model params of a workdir's latest checkpoint."""
-  try:
-    from vit_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    checkpointing = None
-  if checkpointing is not None and hasattr(checkpointing, 'load_params'):
-    return checkpointing.load_params(workdir)
+  """The params of a training workdir's newest checkpoint (`checkpoints/<step>/state`), as host numpy arrays.
+
+  Reads the `state` item without a target tree, so neither the model, the optimizer nor the device count of the
+  training run is needed; the newest step that reads wins, like the loop's own resume.
+  """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  ckpt_dir = os.path.join(os.path.abspath(workdir), 'checkpoints')
-  if not os.path.isdir(ckpt_dir):
-    ckpt_dir = os.path.abspath(workdir)
-  with ocp.CheckpointManager(ckpt_dir) as mngr:
-    step = mngr.latest_step()
-    if step is None:
-      raise FileNotFoundError(f'No checkpoint in workdir {workdir}; train first or pass a .npz file.')
-    restored = mngr.restore(step)
-  state = restored.get('state', restored) if isinstance(restored, Mapping) else restored
-  params = state['params'] if 'params' in state else state
-  return jax.tree.map(np.asarray, params)
+  from vit_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  directory = os.path.abspath(checkpointing.checkpoint_dir(workdir))
+  steps = sorted((int(d) for d in os.listdir(directory) if d.isdigit()), reverse=True)
+  if not steps:
+    raise FileNotFoundError(f'No checkpoint in {directory}; train first or pass a published .npz.')
+  errors = []
+  for step in steps:
+    path = os.path.join(directory, str(step), 'state')
+    try:
+      with ocp.PyTreeCheckpointer() as ckptr:
+        meta = ckptr.metadata(path)
+        tree = getattr(meta, 'item_metadata', meta)  # StepMetadata (newer orbax) or the tree metadata itself.
+        tree = getattr(tree, 'tree', tree)
+        as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        state = ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+      return state['params']
+    except Exception as e:  # pylint: disable=broad-except  # Any failure to read: try the previous step.
+      errors.append(f'step {step}: {type(e).__name__}: {str(e).strip().splitlines()[0][:120] if str(e) else ""}')
+  raise ValueError(f'No readable checkpoint in {directory} ({"; ".join(errors)}).')
 
 
-def workdir_model_name(workdir: str) -> Optional[str]:
-  """ADAPTER (until the loop's config format lands): the model name a workdir was trained with, if recorded."""
-  for name in ('config.json', 'config.js'):
-    path = os.path.join(workdir, name)
-    if os.path.isfile(path):
-      with open(path) as f:
-        config = json.load(f)
-      model = config.get('model', config.get('model_name'))
-      if isinstance(model, Mapping):
-        model = model.get('model_name', model.get('name'))
-      return model if isinstance(model, str) else None
-  return None
+def workdir_model(workdir: str, num_classes: int) -> models.VisionTransformer:
+  """The model a workdir was trained with, rebuilt from its `config.json` as the training loop builds it."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    raise ValueError(f'{workdir} has no config.json naming its model; pass --model.')
+  try:
+    import ml_collections  # pylint: disable=g-import-not-at-top
+    from vit_jax import train  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ValueError(f'Rebuilding the model of {workdir} needs {e.name}; install it or pass --model.') from None
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  model = train.build_model(config, num_classes)
+  # Inference needs neither the training run's scan (params are loaded looped) nor a GPU-only kernel.
+  impl = 'xla' if model.attention_impl == 'cudnn' and jax.default_backend() != 'gpu' else model.attention_impl
+  return model.clone(scan=False, remat_policy='none', attention_impl=impl)
 
 
 def load_params(path: str) -> Params:
@@ -147,16 +156,21 @@ def check_fits(model: models.VisionTransformer, params: Params, size: int, what:
 
 def load_model(checkpoint: str, model_name: Optional[str] = None, *, num_classes: Optional[int] = None,
                size: Optional[int] = None) -> Tuple[models.VisionTransformer, Params, int]:
-  """(model, params, image size) for a checkpoint, checked to fit; the model name may come from a workdir."""
+  """(model, params, image size) for a checkpoint, checked to fit.
+
+  The model is `model_name` from the model table, or, for a training workdir without one, the workdir's own.
+  """
   params = load_params(checkpoint)
-  if model_name is None and os.path.isdir(checkpoint):
-    model_name = workdir_model_name(checkpoint)
-  if model_name is None:
+  if model_name is None and not os.path.isdir(checkpoint):
     raise ValueError(f'Pass --model: the model of {checkpoint} is not recorded with it.')
-  model = build_model(model_name, params, num_classes=num_classes)
+  if model_name is None:
+    head = int(params['head']['kernel'].shape[-1]) if 'head' in params else 0
+    model = workdir_model(checkpoint, head if num_classes is None else num_classes)
+  else:
+    model = build_model(model_name, params, num_classes=num_classes)
   size = size or image_size(model, params)
   if size % _total_stride(model):
-    raise ValueError(f'--image_size {size} is not a multiple of {model_name}\'s patch stride '
+    raise ValueError(f'--image_size {size} is not a multiple of {model.model_name}\'s patch stride '
                      f'{_total_stride(model)}.')
   check_fits(model, params, size, what=f'checkpoint {checkpoint}')
   return model, params, size

@@ -9,7 +9,8 @@ attention: attention rollout (Abnar & Zuidema, 2020) from the class token, or av
   models, overlaid on each preprocessed input image; with --per_layer, the rollout up to every layer.
 posemb: cosine similarity of each patch position's embedding with every other's, an h x w grid of h x w maps.
 filters: the first 28 principal components of the patch-embedding filters, as RGB patches.
-curves: loss, accuracy-like metrics and learning rate against step, from the workdir's metrics.jsonl.
+curves: loss, accuracy (top-k) and learning rate against step, from the workdir's metrics.jsonl (--panels all:
+  every metric logged).
 """
 import argparse
 import collections
@@ -138,11 +139,22 @@ def posemb_similarity(posemb: np.ndarray, prefix: int, grid: Tuple[int, int]) ->
   return (pe @ pe.T).reshape(*grid, *grid).astype(np.float32)
 
 
-def plot_posemb(sim: np.ndarray, path: str, cell: float = 0.6) -> str:
+def posemb_figsize(grid: Tuple[int, int]) -> Tuple[float, float]:
+  """Inches: square maps of `_posemb_cell` inches, plus margins for labels, title and colour bar."""
+  cell = _posemb_cell(grid)
+  return cell * grid[1] + 1.7, cell * grid[0] + 0.9
+
+
+def _posemb_cell(grid: Tuple[int, int]) -> float:
+  return min(1.0, max(0.35, 6. / max(grid)))  # About 6 inches of maps for a 7x7 to 16x16 grid.
+
+
+def plot_posemb(sim: np.ndarray, path: str) -> str:
   """The ViT paper's figure: for every patch position, a small map of its similarity with all positions."""
   plt = _pyplot()
   h, w = sim.shape[:2]
-  fig, axes = plt.subplots(h, w, figsize=(cell * w + 1.2, cell * h + 0.6), squeeze=False)
+  fig_w, fig_h = posemb_figsize((h, w))
+  fig, axes = plt.subplots(h, w, figsize=(fig_w, fig_h), squeeze=False)
   for i in range(h):
     for j in range(w):
       im = axes[i, j].imshow(sim[i, j], cmap='viridis', vmin=-1, vmax=1, interpolation='nearest')
@@ -151,10 +163,14 @@ def plot_posemb(sim: np.ndarray, path: str, cell: float = 0.6) -> str:
     axes[i, 0].set_ylabel(str(i + 1), fontsize=7)
   for j in range(w):
     axes[-1, j].set_xlabel(str(j + 1), fontsize=7)
-  fig.subplots_adjust(left=0.06, right=0.86, bottom=0.06, top=0.94, wspace=0.08, hspace=0.08)
-  cax = fig.add_axes([0.89, 0.2, 0.025, 0.6])
+  # Margins in inches: 0.4 left, 1.3 right (colour bar), 0.4 bottom, 0.5 top (title).
+  fig.subplots_adjust(left=0.4 / fig_w, right=1 - 1.3 / fig_w, bottom=0.4 / fig_h, top=1 - 0.5 / fig_h,
+                      wspace=0.08, hspace=0.08)
+  cax = fig.add_axes([1 - 1.1 / fig_w, 0.4 / fig_h, 0.15 / fig_w, 1 - 0.9 / fig_h])
   fig.colorbar(im, cax=cax).set_label('cosine similarity', fontsize=8)
-  fig.suptitle('Position embedding similarity (input patch row, column)', fontsize=9)
+  fig.text(0.4 / fig_w, 1 - 0.3 / fig_h, 'Position embedding similarity', fontsize=9, va='center')
+  fig.text(0.4 / fig_w, 0.15 / fig_h, 'input patch column', fontsize=8, va='center')
+  fig.text(0.1 / fig_w, 0.5, 'input patch row', fontsize=8, rotation=90, va='center')
   return _save(fig, path)
 
 
@@ -214,14 +230,30 @@ def _family(key: str) -> str:
   return key.rsplit('/', 1)[-1]
 
 
-def group_metrics(metrics: Mapping[str, Any], keys: Optional[Sequence[str]] = None) -> Dict[str, List[str]]:
-  """Panels: {family: metric keys}, losses first, learning rate last, the rest in between by name."""
+def _panel(key: str) -> str:
+  """The panel a metric goes to: 'loss', 'accuracy' (top-k, accuracy, precision), 'learning rate', or its family."""
+  family = _family(key)
+  if 'loss' in family:
+    return 'loss'
+  if family.startswith('top') or 'acc' in family or family.startswith('prec'):
+    return 'accuracy'
+  if family in ('lr', 'learning_rate'):
+    return 'learning rate'
+  return family
+
+
+DEFAULT_PANELS = ('loss', 'accuracy', 'learning rate')
+
+
+def group_metrics(metrics: Mapping[str, Any], panels: Optional[Sequence[str]] = DEFAULT_PANELS
+                  ) -> Dict[str, List[str]]:
+  """{panel: metric keys} for the panels asked for (None: every metric, one panel per family), in that order."""
   groups = collections.defaultdict(list)
   for key in sorted(metrics):
-    if keys is None or key in keys or _family(key) in keys:
-      groups[_family(key)].append(key)
-  rank = lambda f: (0 if 'loss' in f else 2 if f in ('lr', 'learning_rate') else 1, f)
-  return {f: groups[f] for f in sorted(groups, key=rank)}
+    groups[_panel(key)].append(key)
+  order = list(panels) if panels is not None else sorted(groups, key=lambda p: (
+      p not in DEFAULT_PANELS, DEFAULT_PANELS.index(p) if p in DEFAULT_PANELS else 0, p))
+  return {p: groups[p] for p in order if p in groups}
 
 
 def curves_figsize(num_panels: int, cols: int = 3) -> Tuple[float, float]:
@@ -231,24 +263,24 @@ def curves_figsize(num_panels: int, cols: int = 3) -> Tuple[float, float]:
 
 
 def plot_curves(metrics: Mapping[str, Tuple[np.ndarray, np.ndarray]], path: str,
-                keys: Optional[Sequence[str]] = None, cols: int = 3) -> str:
-  """One panel per metric family, every split's curve in it, against step."""
-  groups = group_metrics(metrics, keys)
+                panels: Optional[Sequence[str]] = DEFAULT_PANELS, cols: int = 3) -> str:
+  """One panel per kind of metric (see `group_metrics`), each split's curve in it, against step."""
+  groups = group_metrics(metrics, panels)
   if not groups:
-    raise ValueError(f'No metrics to plot{" among " + ", ".join(keys) if keys else ""}.')
+    raise ValueError(f'No metrics to plot in panels {", ".join(panels or ())}; the log has {", ".join(metrics)}.')
   plt = _pyplot()
   n = len(groups)
   cols = min(cols, n)
   fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=curves_figsize(n, cols), squeeze=False)
   for ax in axes.flat[n:]:
     ax.axis('off')
-  for ax, (family, names) in zip(axes.flat, groups.items()):
+  for ax, (panel, names) in zip(axes.flat, groups.items()):
     for name in names:
       steps, values = metrics[name]
       ax.plot(steps, values, marker='.' if len(steps) < 30 else None, label=name)
-    if family in ('lr', 'learning_rate'):
+    if panel == 'learning rate':
       ax.ticklabel_format(axis='y', style='sci', scilimits=(-2, 3))
-    ax.set_title(family, fontsize=10)
+    ax.set_title(panel, fontsize=10)
     ax.set_xlabel('step')
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -274,7 +306,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   p = sub.add_parser('curves')
   p.add_argument('--workdir', required=True, help='training workdir with metrics.jsonl')
   p.add_argument('--out', required=True, help='output directory')
-  p.add_argument('--keys', nargs='+', help='metric names or families to plot (default: all)')
+  p.add_argument('--panels', nargs='+', default=list(DEFAULT_PANELS),
+                 help="panels: 'loss', 'accuracy', 'learning rate', or a metric family such as grad_norm; "
+                      "'all' for every metric")
   return parser.parse_args(argv)
 
 
@@ -285,7 +319,8 @@ def main(argv: Sequence[str]) -> int:
     path = os.path.join(args.workdir, 'metrics.jsonl')
     if not os.path.isfile(path):
       raise FileNotFoundError(f'No metrics.jsonl in {args.workdir}; pass the training workdir.')
-    paths = [plot_curves(read_metrics(path), os.path.join(args.out, 'curves.png'), args.keys)]
+    panels = None if args.panels == ['all'] else args.panels
+    paths = [plot_curves(read_metrics(path), os.path.join(args.out, 'curves.png'), panels)]
   else:
     model, params, size = inference.load_model(args.checkpoint, args.model,
                                                size=getattr(args, 'image_size', None))
