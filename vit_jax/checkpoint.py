@@ -1,0 +1,377 @@
+"""Published ViT checkpoints (`.npz`): load them into our models, write them back, adapt them for fine-tuning.
+
+File layouts read (detected from the keys; every key is a '/'-joined path):
+- published (ViT and AugReg papers, google-research/vision_transformer): pre-Linen numbering inside encoder
+  blocks (`LayerNorm_0`, `MultiHeadDotProductAttention_1`, `LayerNorm_2`, `MlpBlock_3`),
+  `Transformer/posembed_input/pos_embedding` with a class-token slot, GroupNorm scales possibly (1, 1, 1, C);
+- big_vision: Linen numbering, top-level `pos_embedding` without a class-token slot, optionally scanned blocks
+  (`Transformer/encoderblock/...` with a leading layer axis), `MAPHead_0`, keys possibly under `params/`.
+`load` returns our model's tree (Linen numbering, looped blocks); `save_npz` writes the published layout, which
+google-research/vision_transformer, big_vision and timm all read. No TensorFlow needed.
+"""
+import collections
+import logging
+import math
+import os
+import re
+import tempfile
+from typing import Any, BinaryIO, Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import flax
+import flax.linen as nn
+import jax
+import ml_dtypes
+import numpy as np
+import scipy.ndimage
+from flax import traverse_util
+
+PathLike = Union[str, os.PathLike, BinaryIO]
+Grid = Union[int, Sequence[int]]
+
+POSEMB_KEY = 'Transformer/posembed_input/pos_embedding'
+# Sub-modules of an encoder block: published (pre-Linen) name -> our (Linen) name.
+PRE_LINEN_TO_LINEN = {
+    'LayerNorm_0': 'LayerNorm_0',
+    'MultiHeadDotProductAttention_1': 'MultiHeadDotProductAttention_0',
+    'LayerNorm_2': 'LayerNorm_1',
+    'MlpBlock_3': 'MlpBlock_0',
+}
+LINEN_TO_PRE_LINEN = {v: k for k, v in PRE_LINEN_TO_LINEN.items()}
+# Prefixes under which some files keep the image model (flax optimizer targets, big_vision, SigLIP's image tower).
+_PREFIXES = ('opt/target/', 'params/img/', 'params/')
+_BLOCK_RE = re.compile(r'^Transformer/encoderblock(?:_(\d+))?/([^/]+)/(.*)$')
+_SCANNED_RE = re.compile(r'^Transformer/encoderblock/(.*)$')
+_LOOPED_RE = re.compile(r'^Transformer/encoderblock_(\d+)/(.*)$')
+_GROUPNORM_RE = re.compile(r'(?:^|/)(?:gn_root|gn\d+|gn_proj)/(?:scale|bias)$')
+
+
+# --------------------------------------------------------------------------------------------------- reading
+
+
+def _read_npz(path: PathLike) -> Dict[str, np.ndarray]:
+  """All arrays of an `.npz` (any path or file object `np.load` reads), floating point as float32."""
+  try:
+    data = np.load(path, allow_pickle=False)
+  except FileNotFoundError:
+    raise FileNotFoundError(f'Checkpoint {path} not found; check the path (published files are e.g. '
+                            'ViT-B_16.npz from the ViT/AugReg releases).') from None
+  except (OSError, ValueError, EOFError) as e:
+    raise ValueError(f'Cannot read checkpoint {path} as an .npz archive ({e}); pass a published ViT .npz.') from None
+  if not isinstance(data, np.lib.npyio.NpzFile):
+    raise ValueError(f'Checkpoint {path} is a single array, not an .npz archive of named params; '
+                     'pass a published ViT .npz.')
+  with data:
+    return {k: _as_float32(data[k]) for k in data.files}
+
+
+def _as_float32(x: np.ndarray) -> np.ndarray:
+  """Params are float32; bfloat16 (stored by numpy as 2-byte void) and other floats are converted."""
+  if x.dtype.kind == 'V' and x.dtype.itemsize == 2:
+    x = x.view(ml_dtypes.bfloat16)
+  if x.dtype != np.float32 and (x.dtype.kind == 'f' or x.dtype == ml_dtypes.bfloat16):
+    x = x.astype(np.float32)
+  return x
+
+
+def _strip_prefix(flat: Dict[str, np.ndarray], path: PathLike) -> Dict[str, np.ndarray]:
+  if 'embedding/kernel' in flat:
+    return flat
+  for prefix in _PREFIXES:
+    if prefix + 'embedding/kernel' in flat:
+      return {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
+  raise ValueError(f'Checkpoint {path} has no embedding/kernel (first keys: {sorted(flat)[:5]}); it is not a ViT '
+                   'checkpoint in the published or big_vision layout.')
+
+
+def _block_layout(flat: Mapping[str, np.ndarray], path: PathLike) -> str:
+  """'pre_linen' (published), 'linen' (ours, big_vision) or 'none', from the encoder-block sub-module names."""
+  subs = {m.group(2) for k in flat if (m := _BLOCK_RE.match(k))}
+  pre_linen = subs & {'MultiHeadDotProductAttention_1', 'LayerNorm_2', 'MlpBlock_3'}
+  linen = subs & {'MultiHeadDotProductAttention_0', 'LayerNorm_1', 'MlpBlock_0'}
+  if pre_linen and linen:
+    raise ValueError(f'Checkpoint {path} mixes pre-Linen ({sorted(pre_linen)}) and Linen ({sorted(linen)}) '
+                     'encoder-block names; it is not a published or big_vision file.')
+  return 'pre_linen' if pre_linen else 'linen' if linen else 'none'
+
+
+def unstack_blocks_flat(flat: Mapping[str, Any]) -> Dict[str, Any]:
+  """Scanned `Transformer/encoderblock/...` (leading layer axis) -> looped `encoderblock_{i}`, on flat keys."""
+  out = {}
+  for k, v in flat.items():
+    m = _SCANNED_RE.match(k)
+    if not m:
+      out[k] = v
+      continue
+    for i in range(v.shape[0]):
+      out[f'Transformer/encoderblock_{i}/{m.group(1)}'] = v[i]
+  return out
+
+
+def stack_blocks_flat(flat: Mapping[str, Any]) -> Dict[str, Any]:
+  """Looped `encoderblock_{i}` -> scanned `encoderblock` with a leading layer axis, on flat keys.
+
+  Like `models.stack_encoder_blocks`, but with numpy on the host: no device transfer (so it works under
+  `jax_transfer_guard`) and no device memory for a copy of the weights.
+  """
+  out, layers = {}, collections.defaultdict(dict)
+  for k, v in flat.items():
+    m = _LOOPED_RE.match(k)
+    if m:
+      layers[m.group(2)][int(m.group(1))] = v
+    else:
+      out[k] = v
+  for sub, by_layer in layers.items():
+    out[f'Transformer/encoderblock/{sub}'] = np.stack([np.asarray(by_layer[i]) for i in sorted(by_layer)])
+  return out
+
+
+def _to_our_layout(flat: Dict[str, np.ndarray], path: PathLike) -> Dict[str, np.ndarray]:
+  """Published / big_vision flat params -> our flat params (Linen numbering, looped blocks, flat GroupNorm)."""
+  if any(_SCANNED_RE.match(k) for k in flat):
+    if any(_LOOPED_RE.match(k) for k in flat):
+      raise ValueError(f'Checkpoint {path} has both scanned (encoderblock/) and looped (encoderblock_i/) blocks.')
+    flat = unstack_blocks_flat(flat)
+  if _block_layout(flat, path) == 'pre_linen':
+    renamed = {}
+    for k, v in flat.items():
+      m = _LOOPED_RE.match(k)
+      if m:
+        sub, _, rest = m.group(2).partition('/')
+        k = f'Transformer/encoderblock_{m.group(1)}/{PRE_LINEN_TO_LINEN.get(sub, sub)}/{rest}'
+      renamed[k] = v
+    flat = renamed
+  if 'pos_embedding' in flat:
+    # big_vision adds its position embeddings before prepending the class token; a zero class-token slot in ours
+    # computes the same function.
+    if POSEMB_KEY in flat:
+      raise ValueError(f'Checkpoint {path} has both pos_embedding and {POSEMB_KEY}.')
+    pe = flat.pop('pos_embedding')
+    if 'cls' in flat:
+      pe = np.concatenate([np.zeros_like(pe[:, :1]), pe], axis=1)
+    flat[POSEMB_KEY] = pe
+  for k, v in flat.items():
+    if _GROUPNORM_RE.search(k) and v.ndim > 1 and all(d == 1 for d in v.shape[:-1]):
+      flat[k] = v.reshape(v.shape[-1])  # old flax GroupNorm stored (1, 1, 1, C)
+  return flat
+
+
+def load(path: PathLike) -> Dict[str, Any]:
+  """Reads a published or big_vision ViT `.npz` into our param tree (nested dicts of numpy arrays)."""
+  flat = _to_our_layout(_strip_prefix(_read_npz(path), path), path)
+  return traverse_util.unflatten_dict(flat, sep='/')
+
+
+# --------------------------------------------------------------------------------------------------- writing
+
+
+def _plain_flat(params: Any) -> Dict[str, np.ndarray]:
+  """Flat '/'-keyed numpy params from a (possibly boxed, frozen, on-device, scanned) param tree."""
+  params = jax.device_get(nn.meta.unbox(flax.core.unfreeze(params)))
+  flat = traverse_util.flatten_dict(params, sep='/')
+  return {k: np.asarray(v) for k, v in flat.items()}
+
+
+def _to_published_key(key: str) -> str:
+  m = _LOOPED_RE.match(key)
+  if not m:
+    return key
+  sub, _, rest = m.group(2).partition('/')
+  return f'Transformer/encoderblock_{m.group(1)}/{LINEN_TO_PRE_LINEN.get(sub, sub)}/{rest}'
+
+
+def save_npz(params: Any, path: Union[str, os.PathLike]) -> None:
+  """Writes params (looped or scanned) as a published-layout `.npz`, atomically (temp file + rename)."""
+  flat = unstack_blocks_flat(_plain_flat(params))
+  flat = {_to_published_key(k): (v.astype(np.float32) if v.dtype == ml_dtypes.bfloat16 else v)
+          for k, v in flat.items()}
+  path = os.fspath(path)
+  directory = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
+  try:
+    with os.fdopen(fd, 'wb') as f:  # a file object, so that np.savez does not append '.npz' to the name
+      np.savez(f, **flat)
+      f.flush()
+      os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+# ------------------------------------------------------------------------------------------ fine-tuning
+
+
+def _grid(grid: Grid) -> Tuple[int, int]:
+  return (int(grid), int(grid)) if np.ndim(grid) == 0 else (int(grid[0]), int(grid[1]))
+
+
+def _square_grid(num_tokens: int) -> Optional[Tuple[int, int]]:
+  side = math.isqrt(num_tokens)
+  return (side, side) if side * side == num_tokens else None
+
+
+def resample_posemb(posemb: Any, new_grid: Grid, num_prefix_tokens: int,
+                    old_grid: Optional[Grid] = None) -> np.ndarray:
+  """Resizes (1, prefix + gh*gw, D) position embeddings to `new_grid`, as the ViT paper does for fine-tuning.
+
+  Exactly the reference's: the prefix (class-token) rows are kept, the (gh, gw, D) grid goes through
+  `scipy.ndimage.zoom(order=1)` with zoom (new_h / gh, new_w / gw, 1). The old grid is taken as square unless
+  `old_grid` is given.
+  """
+  posemb = np.asarray(jax.device_get(posemb))
+  if posemb.ndim != 3 or posemb.shape[0] != 1:
+    raise ValueError(f'Position embeddings must have shape (1, tokens, dim), got {posemb.shape}.')
+  prefix, grid = posemb[:, :num_prefix_tokens], posemb[0, num_prefix_tokens:]
+  n_old = grid.shape[0]
+  if old_grid is None:
+    old_grid = _square_grid(n_old)
+    if old_grid is None:
+      raise ValueError(f'The checkpoint has {n_old} position embeddings (after {num_prefix_tokens} prefix tokens), '
+                       'not a square grid; pass old_grid=(h, w).')
+  gh, gw = _grid(old_grid)
+  nh, nw = _grid(new_grid)
+  if gh * gw != n_old:
+    raise ValueError(f'old_grid {(gh, gw)} has {gh * gw} positions but the embeddings have {n_old}; '
+                     'pass the grid the checkpoint was trained on.')
+  if (gh, gw) == (nh, nw):
+    return posemb
+  grid = scipy.ndimage.zoom(grid.reshape(gh, gw, -1), (nh / gh, nw / gw, 1), order=1)
+  assert grid.shape[:2] == (nh, nw), (grid.shape, nh, nw)
+  return np.concatenate([prefix, grid.reshape(1, nh * nw, -1)], axis=1)
+
+
+def _shape(x: Any) -> Tuple[int, ...]:
+  return tuple(x.shape)
+
+
+def _num_blocks(flat: Mapping[str, Any]) -> int:
+  looped = {int(m.group(1)) for k in flat if (m := _LOOPED_RE.match(k))}
+  if looped:
+    return len(looped)
+  scanned = [v for k, v in flat.items() if _SCANNED_RE.match(k)]
+  return _shape(scanned[0])[0] if scanned else 0
+
+
+def _shapes(flat: Mapping[str, Any]) -> Dict[str, Tuple[int, ...]]:
+  return {k: _shape(v) for k, v in sorted(flat.items())}
+
+
+def _short(keys: Sequence[str], limit: int = 8) -> str:
+  shown = ', '.join(keys[:limit])
+  return shown + (f', ... (+{len(keys) - limit} more)' if len(keys) > limit else '')
+
+
+def _mismatch_error(path: PathLike, restored: Mapping[str, Any], target: Mapping[str, Any],
+                    ckpt_blocks: int, target_blocks: int) -> Optional[ValueError]:
+  """One ValueError listing missing, unexpected and mis-shaped keys and the likely fix, or None if they fit."""
+  missing = sorted(set(target) - set(restored))
+  unexpected = sorted(set(restored) - set(target))
+  misshaped = [f'{k} {_shape(restored[k])} vs model {_shape(target[k])}'
+               for k in sorted(set(target) & set(restored)) if _shape(restored[k]) != _shape(target[k])]
+  if not (missing or unexpected or misshaped):
+    return None
+  parts = [f'{name} {len(keys)}: [{_short(keys)}]' for name, keys in
+           (('missing', missing), ('unexpected', unexpected), ('mis-shaped', misshaped)) if keys]
+  hints = []
+  if ckpt_blocks != target_blocks:
+    hints.append(f'the checkpoint has {ckpt_blocks} encoder blocks, the model {target_blocks}')
+  if 'embedding/kernel' in restored and 'embedding/kernel' in target and (
+      _shape(restored['embedding/kernel']) != _shape(target['embedding/kernel'])):
+    hints.append(f'patch embedding (ph, pw, C, width) is {_shape(restored["embedding/kernel"])} in the checkpoint, '
+                 f'{_shape(target["embedding/kernel"])} in the model')
+  if POSEMB_KEY in restored and POSEMB_KEY in target and (
+      _shape(restored[POSEMB_KEY]) != _shape(target[POSEMB_KEY])):
+    hints.append('position embeddings could not be resampled (pass new_grid=(h, w) for a non-square grid)')
+  hint = f' ({"; ".join(hints)})' if hints else ''
+  return ValueError(f'Checkpoint {path} does not fit the model: {"; ".join(parts)}{hint}. Likely fix: wrong model '
+                    'name (use the one the checkpoint was trained as, e.g. ViT-B_16 for ViT-B_16.npz) or wrong '
+                    'image size / grid for the position embeddings.')
+
+
+def _check_config(model_config: Any, target: Mapping[str, Any]) -> None:
+  get = model_config.get
+  rep = get('representation_size')
+  if (rep is None) == ('pre_logits/kernel' in target):
+    raise ValueError(f'model_config.representation_size={rep} but init_params '
+                     f'{"have" if rep is None else "lack"} pre_logits; pass the config init_params were built with.')
+  classifier = get('classifier')
+  if classifier is not None and get('transformer') is not None:
+    token = classifier in ('token', 'token_unpooled')
+    if token != ('cls' in target):
+      raise ValueError(f'model_config.classifier={classifier!r} but init_params {"lack" if token else "have"} a '
+                       'class token (cls); pass the config init_params were built with.')
+
+
+def load_pretrained(*, pretrained_path: PathLike, init_params: Any, model_config: Any,
+                    old_grid: Optional[Grid] = None, new_grid: Optional[Grid] = None,
+                    reset_head: Optional[bool] = None) -> Any:
+  """Loads a checkpoint for fine-tuning into params shaped exactly like `init_params`.
+
+  As google-research/vision_transformer's: the head is taken from `init_params` when anything about it differs
+  (always with `reset_head=True`, never with False); `pre_logits` is dropped when the model has none (and taken
+  from `init_params` when the checkpoint has none or another size); position embeddings are resampled to the
+  model's grid (`new_grid`, needed when that grid is not square; `old_grid` likewise for the checkpoint's). Any
+  other difference raises one ValueError. Scanned `init_params` get scanned params; boxed (logically partitioned)
+  ones get the same boxes.
+  """
+  init_plain = flax.core.unfreeze(init_params)
+  init_flat = traverse_util.flatten_dict(init_plain, sep='/')  # boxes (nn.Partitioned...) stay leaves here
+  target = {k: (v.unbox() if isinstance(v, nn.meta.AxisMetadata) else v) for k, v in init_flat.items()}
+  _check_config(model_config, target)
+  restored = traverse_util.flatten_dict(load(pretrained_path), sep='/')
+  ckpt_blocks, target_blocks = _num_blocks(restored), _num_blocks(target)
+  if any(_SCANNED_RE.match(k) for k in target):
+    restored = stack_blocks_flat(restored)
+
+  from_init = set()  # keys whose values come from init_params
+  head = {k for k in target if k.startswith('head/')}
+  ckpt_head = {k: restored.pop(k) for k in list(restored) if k.startswith('head/')}
+  head_fits = set(ckpt_head) == head and all(_shape(ckpt_head[k]) == _shape(target[k]) for k in head)
+  if reset_head is False and not head_fits:
+    raise ValueError(f'reset_head=False but the checkpoint head {_shapes(ckpt_head)} differs from the model head '
+                     f'{_shapes({k: target[k] for k in head})}; use reset_head=None to re-initialise it.')
+  if head and (reset_head or not head_fits):
+    logging.info('load_pretrained: head %s re-initialised as %s', _shapes(ckpt_head),
+                 _shapes({k: target[k] for k in head}))
+    from_init |= head
+  elif head:
+    restored.update(ckpt_head)
+
+  pre_logits = {k for k in target if k.startswith('pre_logits/')}
+  ckpt_pre_logits = {k: restored.pop(k) for k in list(restored) if k.startswith('pre_logits/')}
+  if set(ckpt_pre_logits) == pre_logits and all(
+      _shape(ckpt_pre_logits[k]) == _shape(target[k]) for k in pre_logits):
+    restored.update(ckpt_pre_logits)
+  elif pre_logits:
+    logging.info('load_pretrained: pre_logits %s re-initialised', _shapes(ckpt_pre_logits))
+    from_init |= pre_logits
+  elif ckpt_pre_logits:
+    logging.info('load_pretrained: pre_logits dropped (the model has no representation layer)')
+
+  if POSEMB_KEY in restored and POSEMB_KEY in target:
+    old, new = _shape(restored[POSEMB_KEY]), _shape(target[POSEMB_KEY])
+    prefix = int('cls' in restored)
+    if old != new and prefix == int('cls' in target) and old[2] == new[2]:
+      grid = new_grid if new_grid is not None else _square_grid(new[1] - prefix)
+      if grid is not None:
+        logging.info('load_pretrained: position embeddings resampled from %s to %s', old, new)
+        restored[POSEMB_KEY] = resample_posemb(restored[POSEMB_KEY], grid, prefix, old_grid=old_grid)
+
+  restored.update({k: target[k] for k in from_init})
+  error = _mismatch_error(pretrained_path, restored, target, ckpt_blocks, target_blocks)
+  if error is not None:
+    raise error
+  out = {}
+  for k, leaf in init_flat.items():
+    if k in from_init:
+      value = target[k]
+      if isinstance(value, jax.ShapeDtypeStruct):
+        raise ValueError(f'{k} must be re-initialised but init_params are abstract (jax.eval_shape); '
+                         'pass initialised params.')
+    else:
+      value = np.asarray(restored[k]).astype(target[k].dtype, copy=False)
+    out[k] = leaf.replace_boxed(value) if isinstance(leaf, nn.meta.AxisMetadata) else value
+  out = traverse_util.unflatten_dict(out, sep='/')
+  return flax.core.freeze(out) if isinstance(init_params, flax.core.FrozenDict) else out
