@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from vit_jax import export
+from vit_jax import checkpoint
 from vit_jax.models import registry
 
 # 'mu/4': width 32, one layer, two heads, 4x4 patches; 16x16 inputs make a 4x4 patch grid (17 tokens).
@@ -39,7 +39,7 @@ def save_checkpoint(directory: str, name: str = MODEL, **kwargs: Any) -> Tuple[s
   """Saves a random tiny model as a published-layout .npz; returns (path, model, params)."""
   model, params = random_params(name, **kwargs)
   path = os.path.join(directory, 'tiny.npz')
-  export.save_npz(params, path)
+  checkpoint.save_npz(params, path)
   return path, model, params
 
 

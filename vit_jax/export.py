@@ -7,26 +7,10 @@ e.g. timm), so `vit_jax.predict`, `vit_jax.visualize` and fine-tuning take it li
 """
 import argparse
 import os
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
-import flax
-import numpy as np
-
+from vit_jax import checkpoint
 from vit_jax import inference
-
-
-def save_npz(params: Mapping[str, Any], path: str) -> None:
-  """ADAPTER (until `vit_jax.checkpoint` lands on main): writes params as '/'-joined keys in a .npz."""
-  try:
-    from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    checkpoint = None
-  if checkpoint is not None:
-    checkpoint.save_npz(params, path)
-    return
-  flat = flax.traverse_util.flatten_dict(dict(params), sep='/')
-  with open(path, 'wb') as f:
-    np.savez(f, **{k: np.asarray(v) for k, v in flat.items()})
 
 
 def export(workdir: str, out: str) -> str:
@@ -35,7 +19,7 @@ def export(workdir: str, out: str) -> str:
     raise FileNotFoundError(f'--workdir {workdir} is not a directory; pass a training workdir.')
   params = inference.load_params(workdir)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  save_npz(params, out)
+  checkpoint.save_npz(params, out)
   return out
 
 

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax import checkpoint
 from vit_jax import models
 from vit_jax import preprocess
 from vit_jax.models import registry
@@ -22,22 +23,6 @@ Params = Dict[str, Any]
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
-def _load_npz(path: str) -> Params:
-  """ADAPTER (until `vit_jax.checkpoint` lands on main): a .npz whose keys are '/'-joined Linen param paths."""
-  try:
-    from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    checkpoint = None
-  if checkpoint is not None:
-    return checkpoint.load(path)
-  try:
-    with np.load(path, allow_pickle=False) as data:
-      flat = {tuple(k.split('/')): data[k] for k in data.files}
-  except (OSError, ValueError) as e:
-    raise ValueError(f'Cannot read checkpoint {path}: {e}; pass a .npz file or a training workdir.') from None
-  return flax.traverse_util.unflatten_dict(flat)
-
-
 def _load_workdir_params(workdir: str) -> Params:
   """The params of a training workdir's newest checkpoint (`checkpoints/<step>/state`), as host numpy arrays.
 
@@ -88,7 +73,7 @@ def load_params(path: str) -> Params:
   """Plain numpy params (looped `encoderblock_{i}` layout) from a published .npz or a training workdir."""
   if not os.path.exists(path):
     raise FileNotFoundError(f'Checkpoint {path} does not exist; pass a .npz file or a training workdir.')
-  params = _load_workdir_params(path) if os.path.isdir(path) else _load_npz(path)
+  params = _load_workdir_params(path) if os.path.isdir(path) else checkpoint.load(path)
   params = flax.core.unfreeze(params) if isinstance(params, flax.core.FrozenDict) else dict(params)
   if 'Transformer' in params:
     params = models.unstack_encoder_blocks(params)
