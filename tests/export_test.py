@@ -67,3 +67,15 @@ def test_export_errors_are_one_line(tmp_path, capsys, problem):
   assert inference.run_cli(export.main, ['--workdir', workdir, '--out', str(tmp_path / 'm.npz')]) == 2
   err = capsys.readouterr().err.strip()
   assert '\n' not in err and workdir in err
+
+
+def test_all_figures_of_a_workdir(workdir, tmp_path, capsys):
+  # The README's figure command, on the 4-step run: one attention map per image and the three other figures.
+  out = str(tmp_path / 'figs')
+  assert inference.run_cli(visualize.main, ['all', '--checkpoint', workdir, '--dataset', 'digits',
+                                            '--num_images', '2', '--out', out]) == 0
+  names = ['attention_digits_test_0.png', 'attention_digits_test_1.png', 'posemb.png', 'filters.png', 'curves.png']
+  assert capsys.readouterr().out.split() == [os.path.join(out, n) for n in names]
+  for name in names:
+    img = np.asarray(visualize._pyplot().imread(os.path.join(out, name)))
+    assert img.std() > 0, name

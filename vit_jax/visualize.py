@@ -1,12 +1,15 @@
 """The ViT paper's figures for any checkpoint, as PNG files (matplotlib, Agg backend).
 
   python -m vit_jax.visualize attention --model ViT-B_16 --checkpoint CKPT --image a.jpg --out DIR [--per_layer]
+  python -m vit_jax.visualize attention --checkpoint WORKDIR --dataset digits --num_images 4 --out DIR
   python -m vit_jax.visualize posemb    --model ViT-B_16 --checkpoint CKPT --out DIR
   python -m vit_jax.visualize filters   --model ViT-B_16 --checkpoint CKPT --out DIR
   python -m vit_jax.visualize curves    --workdir WORKDIR --out DIR
+  python -m vit_jax.visualize all       --checkpoint WORKDIR --dataset digits --out DIR   # all four
 
 attention: attention rollout (Abnar & Zuidema, 2020) from the class token, or averaged over all tokens for GAP/MAP
-  models, overlaid on each preprocessed input image; with --per_layer, the rollout up to every layer.
+  models, overlaid on each preprocessed input image (files, or a dataset's first test images); with --per_layer,
+  the rollout up to every layer.
 posemb: cosine similarity of each patch position's embedding with every other's, an h x w grid of h x w maps.
 filters: the first 28 principal components of the patch-embedding filters, as RGB patches.
 curves: loss, accuracy (top-k) and learning rate against step, from the workdir's metrics.jsonl (--panels all:
@@ -110,23 +113,29 @@ def plot_attention(image: np.ndarray, maps: Sequence[np.ndarray], titles: Sequen
   return _save(fig, path)
 
 
-def attention_figures(model, params, size: int, image_paths: Sequence[str], out_dir: str,
+def dataset_images(dataset: str, size: int, num: int, split: str = 'test') -> Tuple[np.ndarray, List[str]]:
+  """The first `num` eval-preprocessed images of a dataset split, with names '<dataset>_<split>_<i>'."""
+  from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  batch_size = -(-num // jax.device_count()) * jax.device_count()  # The pipeline splits batches over devices.
+  batch = next(iter(input_pipeline.make_eval_iterator(dataset, {'crop': size, 'test': split},
+                                                      global_batch=batch_size)))
+  images = np.asarray(batch['image'])[np.asarray(batch['mask']) > 0][:num]
+  name = os.path.basename(dataset.rstrip('/'))
+  return images, [f'{name}_{split}_{i}' for i in range(len(images))]
+
+
+def attention_figures(model, params, images: np.ndarray, names: Sequence[str], out_dir: str,
                       per_layer: bool = False) -> List[str]:
-  """One attention-rollout PNG per image in `out_dir`; returns their paths."""
-  images = np.stack([inference.load_image(p, size) for p in image_paths])
+  """One attention-rollout PNG per image, `out_dir/attention_<name>.png`; returns their paths."""
   joint = rollout(attention_maps(model, params, images))
-  grid = inference.grid_shape(model, size)
+  grid = inference.grid_shape(model, images.shape[1])
   prefix = inference.num_prefix_tokens(model)
   layers = range(joint.shape[0]) if per_layer else [joint.shape[0] - 1]
   maps = {l: token_relevance(joint[l], prefix, grid) for l in layers}
   what = 'class token' if prefix else 'mean over tokens'
-  paths = []
-  for i, src in enumerate(image_paths):
-    stem = os.path.splitext(os.path.basename(src))[0]
-    titles = [f'rollout to layer {l + 1}' for l in layers] if per_layer else [f'rollout ({what})']
-    paths.append(plot_attention(images[i], [maps[l][i] for l in layers], titles,
-                                os.path.join(out_dir, f'attention_{stem}.png')))
-  return paths
+  titles = [f'rollout to layer {l + 1}' for l in layers] if per_layer else [f'rollout ({what})']
+  return [plot_attention(images[i], [maps[l][i] for l in layers], titles,
+                         os.path.join(out_dir, f'attention_{name}.png')) for i, name in enumerate(names)]
 
 
 # ------------------------------------------------------------------------------------------------ posemb
@@ -289,55 +298,80 @@ def plot_curves(metrics: Mapping[str, Tuple[np.ndarray, np.ndarray]], path: str,
 
 
 # ------------------------------------------------------------------------------------------------ CLI
+_CURVES_HELP = "panels: 'loss', 'accuracy', 'learning rate', or a metric family such as grad_norm; 'all': every one"
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog='python -m vit_jax.visualize', description=__doc__.split('\n')[0])
   sub = parser.add_subparsers(dest='figure', required=True)
-  for name in ('attention', 'posemb', 'filters'):
-    p = sub.add_parser(name)
+  for name in ('attention', 'posemb', 'filters', 'all'):
+    p = sub.add_parser(name, help='every figure of a training workdir' if name == 'all' else None)
     p.add_argument('--model', help='registered name, e.g. ViT-B_16 (optional for a workdir that records it)')
-    p.add_argument('--checkpoint', required=True, help='published .npz or training workdir')
+    p.add_argument('--checkpoint', required=True,
+                   help='training workdir' if name == 'all' else 'published .npz or training workdir')
     p.add_argument('--out', required=True, help='output directory')
-    if name == 'attention':
-      p.add_argument('--image', nargs='+', required=True, help='image files')
+    if name in ('attention', 'all'):
+      source = p.add_mutually_exclusive_group(required=True)
+      source.add_argument('--image', nargs='+', help='image files')
+      source.add_argument('--dataset', help="or the first --num_images test images of a dataset, e.g. 'digits'")
+      p.add_argument('--num_images', type=int, default=4)
       p.add_argument('--image_size', type=int, help='model resolution (default: from the checkpoint)')
       p.add_argument('--per_layer', action='store_true', help='also the rollout up to each layer')
-    if name == 'filters':
+    if name in ('filters', 'all'):
       p.add_argument('--num', type=int, default=28, help='principal components to show')
   p = sub.add_parser('curves')
   p.add_argument('--workdir', required=True, help='training workdir with metrics.jsonl')
   p.add_argument('--out', required=True, help='output directory')
-  p.add_argument('--panels', nargs='+', default=list(DEFAULT_PANELS),
-                 help="panels: 'loss', 'accuracy', 'learning rate', or a metric family such as grad_norm; "
-                      "'all' for every metric")
+  p.add_argument('--panels', nargs='+', default=list(DEFAULT_PANELS), help=_CURVES_HELP)
   return parser.parse_args(argv)
+
+
+def _curves(workdir: str, out: str, panels: Optional[Sequence[str]]) -> List[str]:
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'No metrics.jsonl in {workdir}; pass the training workdir.')
+  return [plot_curves(read_metrics(path), os.path.join(out, 'curves.png'), panels)]
+
+
+def _attention(args, model, params, size) -> List[str]:
+  if args.image:
+    images = np.stack([inference.load_image(p, size) for p in args.image])
+    names = [os.path.splitext(os.path.basename(p))[0] for p in args.image]
+  else:
+    images, names = dataset_images(args.dataset, size, args.num_images)
+  return attention_figures(model, params, images, names, args.out, args.per_layer)
+
+
+def _posemb(args, model, params, size) -> List[str]:
+  if 'posembed_input' not in params.get('Transformer', {}):
+    raise ValueError(f'Checkpoint {args.checkpoint} has fixed (sincos2d) or no position embeddings to plot.')
+  pe = params['Transformer']['posembed_input']['pos_embedding']
+  sim = posemb_similarity(pe, inference.num_prefix_tokens(model), inference.grid_shape(model, size))
+  return [plot_posemb(sim, os.path.join(args.out, 'posemb.png'))]
+
+
+def _filters(args, model, params, size) -> List[str]:
+  del size
+  kernel = np.asarray(params['embedding']['kernel'])
+  if kernel.shape[2] != 3:
+    raise ValueError(f'{model.model_name} embeds ResNet features, not RGB pixels: no RGB filters to plot.')
+  comps, _ = filter_components(kernel, args.num)
+  return [plot_filters(comps, os.path.join(args.out, 'filters.png'))]
 
 
 def main(argv: Sequence[str]) -> int:
   """Writes the requested figure(s) and prints their paths; returns the exit code."""
   args = parse_args(argv)
   if args.figure == 'curves':
-    path = os.path.join(args.workdir, 'metrics.jsonl')
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f'No metrics.jsonl in {args.workdir}; pass the training workdir.')
-    panels = None if args.panels == ['all'] else args.panels
-    paths = [plot_curves(read_metrics(path), os.path.join(args.out, 'curves.png'), panels)]
+    paths = _curves(args.workdir, args.out, None if args.panels == ['all'] else args.panels)
   else:
     model, params, size = inference.load_model(args.checkpoint, args.model,
                                                size=getattr(args, 'image_size', None))
-    if args.figure == 'attention':
-      paths = attention_figures(model, params, size, args.image, args.out, args.per_layer)
-    elif args.figure == 'posemb':
-      if 'posembed_input' not in params.get('Transformer', {}):
-        raise ValueError(f'Checkpoint {args.checkpoint} has fixed (sincos2d) or no position embeddings to plot.')
-      pe = params['Transformer']['posembed_input']['pos_embedding']
-      sim = posemb_similarity(pe, inference.num_prefix_tokens(model), inference.grid_shape(model, size))
-      paths = [plot_posemb(sim, os.path.join(args.out, 'posemb.png'))]
-    else:
-      kernel = np.asarray(params['embedding']['kernel'])
-      if kernel.shape[2] != 3:
-        raise ValueError(f'{model.model_name} embeds ResNet features, not RGB pixels: no RGB filters to plot.')
-      comps, _ = filter_components(kernel, args.num)
-      paths = [plot_filters(comps, os.path.join(args.out, 'filters.png'))]
+    makers = {'attention': [_attention], 'posemb': [_posemb], 'filters': [_filters],
+              'all': [_attention, _posemb, _filters]}[args.figure]
+    paths = [path for make in makers for path in make(args, model, params, size)]
+    if args.figure == 'all':
+      paths += _curves(args.checkpoint, args.out, DEFAULT_PANELS)
   print('\n'.join(paths))
   return 0
 
