@@ -1,5 +1,4 @@
 """Tests for vit_jax.predict (and the checkpoint/image loading it shares with the other tools)."""
-import os
 
 import jax
 import numpy as np

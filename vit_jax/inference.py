@@ -6,7 +6,7 @@ Shared by `predict`, `visualize`, `fewshot` and `export`, so each of them reads 
 import json
 import os
 import sys
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import flax
 import flax.linen as nn
