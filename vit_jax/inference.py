@@ -115,7 +115,8 @@ def image_size(model: models.VisionTransformer, params: Params, default: int = 2
     return default
   side = int(round(np.sqrt(tokens - num_prefix_tokens(model))))
   if side * side != tokens - num_prefix_tokens(model):
-    raise ValueError(f'The checkpoint\'s {tokens} position embeddings are not a square grid; pass --image_size.')
+    raise ValueError(f'The checkpoint\'s {tokens} position embeddings do not make a square patch grid for '
+                     f'{model.model_name} ({model.classifier} pooling); pass the --model it was trained as.')
   return side * _total_stride(model)
 
 
