@@ -133,14 +133,19 @@ class FewShotEvaluator:
     self._apply = jax.jit(lambda p, x: self.features_model.apply({'params': p}, x, train=False))
 
   def features(self, params: Any, split: str) -> Tuple[np.ndarray, np.ndarray, int]:
-    """(features, integer labels, number of classes) of every example of `split`."""
-    feats, labels, num_classes = [], [], None
+    """(features, integer labels, number of classes) of every example of `split`, on every process."""
+    feats, labels, masks = [], [], []
     for batch in _eval_batches(self.dataset, self.pp, split, self.batch_size, self.data_dir):
-      keep = np.asarray(batch['mask']) > 0
-      feats.append(np.asarray(self._apply(params, batch['image']))[keep])
-      labels.append(np.argmax(np.asarray(batch['label']), axis=-1)[keep])
-      num_classes = batch['label'].shape[-1]
-    return np.concatenate(feats), np.concatenate(labels), num_classes
+      feats.append(np.asarray(self._apply(params, batch['image'])))
+      labels.append(np.argmax(np.asarray(batch['label']), axis=-1))
+      masks.append(np.asarray(batch['mask']) > 0)
+    num_classes = batch['label'].shape[-1]
+    feats, labels, masks = np.concatenate(feats), np.concatenate(labels), np.concatenate(masks)
+    if jax.process_count() > 1:  # Each process read its own shard of the split, all of the same padded length.
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      feats, labels, masks = (np.asarray(multihost_utils.process_allgather(x, tiled=True))
+                              for x in (feats, labels, masks))
+    return feats[masks], labels[masks], num_classes
 
   def run(self, params: Any) -> Dict[str, float]:
     """The few-shot and kNN metrics of `params` (see `evaluate_features`)."""
