@@ -1,0 +1,37 @@
+"""Exports a training workdir's latest checkpoint to the published ViT .npz layout.
+
+  python -m vit_jax.export --workdir WORKDIR --out model.npz
+
+The file loads with `vit_jax.checkpoint.load` (and with other implementations that read the published layout,
+e.g. timm), so `vit_jax.predict`, `vit_jax.visualize` and fine-tuning take it like a published checkpoint.
+"""
+import argparse
+import os
+from typing import Sequence
+
+from vit_jax import checkpoint
+from vit_jax import inference
+
+
+def export(workdir: str, out: str) -> str:
+  """Writes the params of `workdir`'s latest checkpoint to `out` (published layout); returns `out`."""
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f'--workdir {workdir} is not a directory; pass a training workdir.')
+  params = inference.load_params(workdir)
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  checkpoint.save_npz(params, out)
+  return out
+
+
+def main(argv: Sequence[str]) -> int:
+  """Exports and prints the path written; returns the exit code."""
+  parser = argparse.ArgumentParser(prog='python -m vit_jax.export', description=__doc__.split('\n')[0])
+  parser.add_argument('--workdir', required=True, help='training workdir (its latest checkpoint is exported)')
+  parser.add_argument('--out', required=True, help='output .npz file')
+  args = parser.parse_args(argv)
+  print(export(args.workdir, args.out))
+  return 0
+
+
+if __name__ == '__main__':
+  raise SystemExit(inference.run_cli(main))
