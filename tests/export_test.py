@@ -18,9 +18,9 @@ def workdir(tmp_path_factory):
   return tiny_checkpoint.trained_workdir(str(tmp_path_factory.getbasetemp()))
 
 
-def _digits_top1(model, params):
+def _digits_top1(model, params, size):
   correct = total = 0
-  for batch in input_pipeline.make_eval_iterator('digits', {'crop': 8}, global_batch=304):
+  for batch in input_pipeline.make_eval_iterator('digits', {'crop': size}, global_batch=304):
     logits = np.asarray(model.apply({'params': params}, batch['image'], train=False))
     mask = batch['mask'] > 0
     correct += np.sum((logits.argmax(-1) == batch['label'].argmax(-1))[mask])
@@ -35,13 +35,14 @@ def test_export_holds_the_final_params_of_the_run(workdir, tmp_path, capsys):
   # The exported file is a published-layout .npz: the loader of published checkpoints reads it back.
   params = inference.load_params(out)
   model, _, size = inference.load_model(workdir)
-  assert size == 8
+  from configs import default  # pylint: disable=g-import-not-at-top
+  assert size == default.get_config().pp.crop
   inference.check_fits(model, params, size)
   # Independent of how the tools restore a workdir: the file's params score what the loop measured at the end.
   with open(os.path.join(workdir, 'final_metrics.json')) as f:
     final = json.load(f)
   assert final['step'] == 4
-  assert _digits_top1(model, params) == pytest.approx(final['val/top1'], abs=1e-6)
+  assert _digits_top1(model, params, size) == pytest.approx(final['val/top1'], abs=1e-6)
 
 
 def test_predict_reads_a_workdir_without_being_told_the_model(workdir, tmp_path, capsys):

@@ -196,7 +196,8 @@ def filter_components(kernel: np.ndarray, num: int = 28) -> Tuple[np.ndarray, np
   return vt[:num].reshape(num, ph, pw, c).astype(np.float32), explained[:num].astype(np.float32)
 
 
-def plot_filters(components: np.ndarray, path: str, cols: int = 7, cell: float = 0.9) -> str:
+def plot_filters(components: np.ndarray, path: str, cols: int = 7, cell: float = 0.9,
+                 title: str = 'RGB embedding filters') -> str:
   """Each component as an RGB patch, its values scaled to [0, 1] on its own."""
   plt = _pyplot()
   n = components.shape[0]
@@ -208,7 +209,7 @@ def plot_filters(components: np.ndarray, path: str, cols: int = 7, cell: float =
       comp = components[k]
       lo, hi = comp.min(), comp.max()
       ax.imshow((comp - lo) / (hi - lo) if hi > lo else np.full_like(comp, 0.5), interpolation='nearest')
-  fig.suptitle(f'RGB embedding filters (first {n} principal components)', fontsize=9)
+  fig.suptitle(f'{title} (first {n} principal components)', fontsize=9)
   fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.4 / (cell * rows + 0.4), wspace=0.1,
                       hspace=0.1)
   return _save(fig, path)
@@ -352,11 +353,14 @@ def _posemb(args, model, params, size) -> List[str]:
 
 def _filters(args, model, params, size) -> List[str]:
   del size
-  kernel = np.asarray(params['embedding']['kernel'])
+  kernel, what = np.asarray(params['embedding']['kernel']), 'embedding'
   if kernel.shape[2] != 3:
-    raise ValueError(f'{model.model_name} embeds ResNet features, not RGB pixels: no RGB filters to plot.')
+    if 'conv_root' not in params:
+      raise ValueError(f'{model.model_name} embeds features, not RGB pixels: no RGB filters to plot.')
+    # A hybrid's pixels meet the ResNet root conv first: its filters are the analogue of the patch embedding's.
+    kernel, what = np.asarray(params['conv_root']['kernel']), 'ResNet root conv'
   comps, _ = filter_components(kernel, args.num)
-  return [plot_filters(comps, os.path.join(args.out, 'filters.png'))]
+  return [plot_filters(comps, os.path.join(args.out, 'filters.png'), title=f'RGB {what} filters')]
 
 
 def main(argv: Sequence[str]) -> int:
