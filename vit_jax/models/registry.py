@@ -7,6 +7,8 @@ import copy
 import re
 from typing import Any, Dict, Optional
 
+from vit_jax.models import vit
+
 # Size -> (width, depth, mlp_dim, heads), as in the ViT, AugReg, "Scaling ViTs" and SigLIP papers.
 VARIANTS = {
     'mu': (32, 1, 128, 2),
@@ -94,9 +96,8 @@ def get_config(name: str) -> Dict[str, Any]:
   return parse_variant(name)
 
 
-def get_model(name: str, num_classes: Optional[int] = 1000, **overrides: Any):
+def get_model(name: str, num_classes: Optional[int] = 1000, **overrides: Any) -> vit.VisionTransformer:
   """Builds a `VisionTransformer` by name; `transformer=` overrides merge into the transformer section."""
-  from vit_jax.models import vit  # pylint: disable=g-import-not-at-top
   cfg = get_config(name)
   if 'transformer' in overrides and cfg.get('transformer') is not None:
     cfg['transformer'] = {**cfg['transformer'], **dict(overrides.pop('transformer'))}
