@@ -5,10 +5,12 @@
   python scripts/benchmark.py --model ViT-B_16 --batch 512 --timm --timm_script .bench/timm_baseline.py
   python scripts/benchmark.py --model ViT-g_14 --batch 64 --remat full --mu_dtype bfloat16 --modes train
   JAX_PLATFORMS=cpu python scripts/benchmark.py --model testing --resolution 32 --batch 8   # smoke test
+  python scripts/benchmark.py --model ViT-B_16 --batch 512 --lower_only cuda --sweep --sweep_modes train,infer
 
 Measuring logic lives in `vit_jax/benchmarking.py`; PERF_NOTES.md says how to read the numbers.
 """
 import argparse
+import functools
 import itertools
 import json
 import os
@@ -59,6 +61,12 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--timm', action='store_true', help='also run timm + torch.compile (subprocess) and compare')
   p.add_argument('--timm_script', default=None, help='path of timm_baseline.py (copy it into a carried folder)')
   p.add_argument('--timm_python', default=sys.executable, help='python with torch + timm')
+  p.add_argument('--lower_only', default=None, metavar='PLATFORM',
+                 help="no timing: lower each point for PLATFORM ('cuda', 'rocm', 'tpu') on this machine and count "
+                      'what that program runs (cuDNN attention calls, matmul dtypes, transposes); see '
+                      'vit_jax/lowering.py')
+  p.add_argument('--lower_devices', type=int, default=1,
+                 help='devices of the --lower_only mesh (default 1, one GPU; 0: all local devices)')
   return p.parse_args(argv)
 
 
@@ -111,6 +119,8 @@ def main(argv=None) -> None:
   """Parses flags, runs the benchmark (or sweep), prints the table, writes JSON."""
   args = parse_args(argv)
   flags = set_xla_flags(args.xla_flags)
+  if args.lower_only and args.timm:
+    raise ValueError('--lower_only times nothing; drop --timm (or --lower_only).')
   timm = run_timm(args) if args.timm else None
 
   from vit_jax import benchmarking  # pylint: disable=g-import-not-at-top  (after XLA_FLAGS)
@@ -123,7 +133,7 @@ def main(argv=None) -> None:
       num_classes=args.num_classes, num_layers=args.num_layers, steps=args.steps, reps=args.reps,
       warmup=args.warmup, modes=tuple(args.modes.split(',')))
   peak = args.peak_tflops
-  if peak is None:
+  if peak is None and not args.lower_only:
     peak = benchmarking.measure_peak_tflops(dtype=benchmarking.DTYPES[args.dtype])
     print(f'measured peak: {peak:.3g} TFLOP/s ({args.dtype} matmul, device 0: {jax.devices()[0].device_kind})')
   if args.sweep:
@@ -136,23 +146,36 @@ def main(argv=None) -> None:
   else:
     configs = [base]
 
+  if args.lower_only:
+    from vit_jax import lowering  # pylint: disable=g-import-not-at-top
+    measure = functools.partial(lowering.lowering_row, platform=args.lower_only,
+                                num_devices=args.lower_devices or None)
+    extra = lowering.COLUMNS
+  else:
+    measure = functools.partial(benchmarking.run, peak_tflops=peak)
+    extra = ()
   rows = []
   for cfg in configs:
     try:
-      row = benchmarking.run(cfg, peak_tflops=peak)
+      row = measure(cfg)
     except Exception as e:  # pylint: disable=broad-except  (a sweep point that OOMs or is unsupported)
       if not args.sweep:
         raise
       row = {'model': cfg.model, 'batch': cfg.batch, 'attn': cfg.attention_impl, 'remat': cfg.remat_policy,
              'scan': cfg.scan, 'error': f'{type(e).__name__}: {str(e).splitlines()[0][:160]}'}
-    row['peak_source'] = 'given' if args.peak_tflops else 'measured'
-    row['xla_flags'] = flags or 'default'
+    if not args.lower_only:
+      row['peak_source'] = 'given' if args.peak_tflops else 'measured'
+      row['xla_flags'] = flags or 'default'
     rows.append(row)
     print(json.dumps({k: v for k, v in row.items()}, default=str), flush=True)
 
-  print(f'\nstep: {rows[0].get("step_source", "?")}; XLA_FLAGS: {os.environ.get("XLA_FLAGS", "") or "(none)"}; '
-        'peak mem = peak bytes in use since the process started (a sweep shows the running maximum)')
-  print(benchmarking.format_table(rows, extra=(('error', 'error', '{}'),)))
+  if args.lower_only:
+    print(f'\nlowered for {args.lower_only} on {jax.default_backend()} (nothing ran); counts follow the call graph, '
+          'a scan body once')
+  else:
+    print(f'\nstep: {rows[0].get("step_source", "?")}; XLA_FLAGS: {os.environ.get("XLA_FLAGS", "") or "(none)"}; '
+          'peak mem = peak bytes in use since the process started (a sweep shows the running maximum)')
+  print(benchmarking.format_table(rows, extra=tuple(extra) + (('error', 'error', '{}'),)))
   result = {'rows': rows}
   if timm is not None:
     result['timm'] = timm

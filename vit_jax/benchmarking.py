@@ -157,24 +157,49 @@ def train_memory_model(cfg: BenchConfig) -> Dict[str, float]:
           'total_bytes': float(state + activations)}
 
 
-def compiled_train_memory(cfg: BenchConfig) -> Dict[str, float]:
-  """XLA's memory analysis of the compiled train step of `cfg` (per device), without running it."""
+def programs(cfg: BenchConfig, devices: Optional[Sequence[Any]] = None) -> types.SimpleNamespace:
+  """The jitted train step and forward of `cfg` with their shardings and abstract arguments (nothing allocated).
+
+  `train` is the real step (state donated), `infer` the forward on `infer_params` (params in the compute dtype);
+  lower them inside `axis_rules()`. The mesh spans `devices` (default: all). `run` times these functions,
+  `compiled_train_memory` and `vit_jax.lowering` compile or lower them.
+  """
   api = step_api()
-  mesh = api.make_mesh(parse_mesh(cfg.mesh))
+  mesh = api.make_mesh(parse_mesh(cfg.mesh), devices)
+  infer_batch = cfg.infer_batch or cfg.batch
+  _check_batch('--batch', cfg.batch, mesh)
+  _check_batch('--infer_batch', infer_batch, mesh)
   model = build_model(cfg)
   tx, _ = api.make_optimizer(dict(PRETRAIN_OPTIMIZER, mu_dtype=cfg.mu_dtype))
   input_shape = (cfg.batch, cfg.resolution, cfg.resolution, 3)
   init = functools.partial(api.create_train_state, model, tx, input_shape=input_shape)
   boxed = jax.eval_shape(functools.partial(init, unbox=False), jax.random.PRNGKey(0))
   state_sharding = api.param_shardings(boxed, mesh, cfg.rules)
+  batch_sharding = api.batch_sharding(mesh)
   state = jax.eval_shape(init, jax.random.PRNGKey(0))
-  batch = {'image': jax.ShapeDtypeStruct(input_shape, jnp.float32),
-           'label': jax.ShapeDtypeStruct((cfg.batch, cfg.num_classes), jnp.float32)}
+  compute = DTYPES[cfg.dtype]
   step = api.make_train_step(model, tx, api.softmax_xent)
-  jitted = jax.jit(step, in_shardings=(state_sharding, api.batch_sharding(mesh)),
-                   out_shardings=(state_sharding, None), donate_argnums=0)
-  with api.axis_rules(mesh, cfg.rules):
-    m = jitted.lower(state, batch).compile().memory_analysis()
+  forward = lambda p, x: model.apply({'params': p}, x, train=False)
+  return types.SimpleNamespace(
+      api=api, mesh=mesh, model=model, init=init, state_sharding=state_sharding, batch_sharding=batch_sharding,
+      infer_batch=infer_batch,
+      train=jax.jit(step, in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, None),
+                    donate_argnums=0),
+      infer=jax.jit(forward, in_shardings=(state_sharding.params, batch_sharding)),
+      cast=jax.jit(lambda p: jax.tree.map(lambda x: x.astype(compute), p), out_shardings=state_sharding.params),
+      state=state,
+      batch={'image': jax.ShapeDtypeStruct(input_shape, jnp.float32),
+             'label': jax.ShapeDtypeStruct((cfg.batch, cfg.num_classes), jnp.float32)},
+      infer_params=jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, compute), state.params),
+      images=jax.ShapeDtypeStruct((infer_batch, cfg.resolution, cfg.resolution, 3), jnp.float32),
+      axis_rules=lambda: api.axis_rules(mesh, cfg.rules))
+
+
+def compiled_train_memory(cfg: BenchConfig) -> Dict[str, float]:
+  """XLA's memory analysis of the compiled train step of `cfg` (per device), without running it."""
+  prog = programs(cfg)
+  with prog.axis_rules():
+    m = prog.train.lower(prog.state, prog.batch).compile().memory_analysis()
   return {'argument_bytes': float(m.argument_size_in_bytes), 'output_bytes': float(m.output_size_in_bytes),
           'temp_bytes': float(m.temp_size_in_bytes), 'alias_bytes': float(m.alias_size_in_bytes),
           'total_bytes': float(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
@@ -248,39 +273,25 @@ def _check_batch(name: str, batch: int, mesh: Any) -> None:
 
 def run(cfg: BenchConfig, peak_tflops: Optional[float] = None) -> Dict[str, Any]:
   """Benchmarks one configuration; returns a flat dict of results (see `COLUMNS`)."""
-  api = step_api()
-  mesh = api.make_mesh(parse_mesh(cfg.mesh))
-  _check_batch('--batch', cfg.batch, mesh)
-  infer_batch = cfg.infer_batch or cfg.batch
-  _check_batch('--infer_batch', infer_batch, mesh)
-  model = build_model(cfg)
+  prog = programs(cfg)
+  infer_batch = prog.infer_batch
   mc = model_config(cfg)
   res: Dict[str, Any] = {
       'model': cfg.model, 'res': cfg.resolution, 'batch': cfg.batch, 'infer_batch': infer_batch,
       'dtype': cfg.dtype, 'attn': cfg.attention_impl, 'attn_pad': cfg.attention_pad, 'remat': cfg.remat_policy,
       'scan': cfg.scan, 'mu_dtype': cfg.mu_dtype or 'float32', 'mesh': cfg.mesh, 'rules': cfg.rules,
-      'devices': len(jax.devices()), 'device_kind': jax.devices()[0].device_kind, 'step_source': api.source,
+      'devices': len(jax.devices()), 'device_kind': jax.devices()[0].device_kind, 'step_source': prog.api.source,
       'layers': mc['transformer']['num_layers'] if mc.get('transformer') else 0,
   }
-
-  tx, _ = api.make_optimizer(dict(PRETRAIN_OPTIMIZER, mu_dtype=cfg.mu_dtype))
-  input_shape = (cfg.batch, cfg.resolution, cfg.resolution, 3)
-  init = functools.partial(api.create_train_state, model, tx, input_shape=input_shape)
-  boxed = jax.eval_shape(functools.partial(init, unbox=False), jax.random.PRNGKey(0))
-  state_sharding = api.param_shardings(boxed, mesh, cfg.rules)
-  batch_sharding = api.batch_sharding(mesh)
-  state = jax.jit(init, out_shardings=state_sharding)(jax.random.PRNGKey(0))
+  state = jax.jit(prog.init, out_shardings=prog.state_sharding)(jax.random.PRNGKey(0))
   res['params_M'] = param_count(state.params) / 1e6
 
   if 'train' in cfg.modes:
-    batch = _synthetic_batch(cfg.batch, cfg.resolution, cfg.num_classes, batch_sharding)
-    # The mesh and rule contexts are entered around lowering (below), not inside the traced step.
-    step = api.make_train_step(model, tx, api.softmax_xent)
-    jitted = jax.jit(step, in_shardings=(state_sharding, batch_sharding),
-                     out_shardings=(state_sharding, None), donate_argnums=0)
+    batch = _synthetic_batch(cfg.batch, cfg.resolution, cfg.num_classes, prog.batch_sharding)
+    # The mesh and rule contexts are entered around lowering, not inside the traced step.
     start = time.perf_counter()
-    with api.axis_rules(mesh, cfg.rules):
-      compiled = jitted.lower(state, batch).compile()
+    with prog.axis_rules():
+      compiled = prog.train.lower(state, batch).compile()
     res['compile_s'] = time.perf_counter() - start
     res['train_mem_compiled_GB'] = _compiled_bytes(compiled) / 1e9
 
@@ -295,19 +306,13 @@ def run(cfg: BenchConfig, peak_tflops: Optional[float] = None) -> Dict[str, Any]
     res['train_img_s'] = cfg.batch / statistics.median(times)
     del batch
 
-  params = state.params
   if 'infer' in cfg.modes:
     # Inference weights in the compute dtype (as timm_baseline's `.to(torch.bfloat16)`), cast once, untimed.
-    cast = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(DTYPES[cfg.dtype]), p),
-                   out_shardings=state_sharding.params)
-    infer_params = cast(params)
-    images = _synthetic_batch(infer_batch, cfg.resolution, cfg.num_classes, batch_sharding)['image']
-
-    forward = lambda p, x: model.apply({'params': p}, x, train=False)
-    jitted = jax.jit(forward, in_shardings=(state_sharding.params, batch_sharding))
+    infer_params = prog.cast(state.params)
+    images = _synthetic_batch(infer_batch, cfg.resolution, cfg.num_classes, prog.batch_sharding)['image']
     start = time.perf_counter()
-    with api.axis_rules(mesh, cfg.rules):
-      compiled = jitted.lower(infer_params, images).compile()
+    with prog.axis_rules():
+      compiled = prog.infer.lower(infer_params, images).compile()
     res['infer_compile_s'] = time.perf_counter() - start
     times = time_calls(lambda: compiled(infer_params, images), steps=cfg.steps, reps=cfg.reps, warmup=cfg.warmup)
     res['infer_ms'] = 1e3 * statistics.median(times)

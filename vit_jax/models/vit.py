@@ -137,7 +137,8 @@ class MultiHeadDotProductAttention(nn.Module):
 
   `pad_to_multiple` > 1 pads queries, keys and values along the sequence to a multiple of it (a performance option
   for fused kernels with fixed tiles; 197 tokens -> 200/256), masks the padded keys and drops the padded outputs,
-  so the result is the same function.
+  so the result is the same function. The 'cudnn' path always pads to an even length (jax's cuDNN training rule
+  needs one).
   """
 
   num_heads: int
@@ -170,8 +171,13 @@ class MultiHeadDotProductAttention(nn.Module):
     need_weights = self.is_mutable_collection('intermediates')
     impl = self._resolve_impl(need_weights)
     q_len, kv_len = q.shape[1], k.shape[1]
-    if self.pad_to_multiple > 1:
-      q, k, v = (_pad_sequence(t, self.pad_to_multiple) for t in (q, k, v))
+    multiple = self.pad_to_multiple
+    if impl == 'cudnn':
+      # jax's cuDNN rule rejects odd lengths when differentiated ("Unsupported sequence length Q 197, KV 197":
+      # its training check treats the placeholder bias as a bias), so 197 tokens go in as 198, the last masked.
+      multiple = int(np.lcm(max(multiple, 1), 2))
+    if multiple > 1:
+      q, k, v = (_pad_sequence(t, multiple) for t in (q, k, v))
     padded = k.shape[1] != kv_len
     if impl == 'xla':
       mask = (jnp.arange(k.shape[1]) < kv_len) if padded else None

@@ -1,0 +1,107 @@
+"""The GPU programs of the train step and the forward, lowered for CUDA on CPU, and cuDNN vs XLA on a GPU."""
+import io
+import contextlib
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vit_jax import benchmarking
+from vit_jax import lowering
+from vit_jax import models
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'scripts'))
+import benchmark as benchmark_cli  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+LAYERS = 2
+# ViT-Ti/16 at 224 px: 197 tokens (odd, as in every published /16 model at 224) and head_dim 64; two layers.
+TI16 = benchmarking.BenchConfig(model='Ti/16', num_layers=LAYERS, batch=8, attention_impl='cudnn', num_classes=10)
+DENSE_PER_LAYER = 6  # q, k, v, out, mlp in, mlp out
+
+
+def _counts(mode: str, **changes) -> dict:
+  cfg = benchmarking.dataclasses.replace(TI16, **changes)
+  return lowering.summarize(lowering.lower(cfg, mode))
+
+
+def test_cudnn_train_step_lowers_for_gpu_with_197_tokens():
+  # jax's cuDNN rule rejects odd lengths under differentiation; the model pads 197 -> 198 so training works.
+  c = _counts('train')
+  assert (c['fmha_fwd'], c['fmha_bwd']) == (LAYERS, LAYERS)
+  # Every encoder matmul (forward, and both backward products) runs in bf16; only the float32 head does not.
+  assert c['dots_bf16_in'] == 3 * DENSE_PER_LAYER * LAYERS
+  assert c['dots_f32_in'] == 3 and c['dots'] == c['dots_bf16_in'] + c['dots_f32_in']
+  assert c['other_custom_calls'] == 0 and c['while_loops'] == 0
+
+
+def test_cudnn_forward_has_one_fused_call_per_layer_and_no_backward():
+  c = _counts('infer')
+  assert (c['fmha_fwd'], c['fmha_bwd']) == (LAYERS, 0)
+  assert (c['dots_bf16_in'], c['dots_f32_in']) == (DENSE_PER_LAYER * LAYERS, 1)
+
+
+def test_xla_attention_uses_matmuls_not_cudnn():
+  c = _counts('train', attention_impl='xla')
+  assert (c['fmha_fwd'], c['fmha_bwd']) == (0, 0)
+  # + q k^T and weights @ v per layer, forward and backward.
+  assert c['dots'] == 3 * (DENSE_PER_LAYER + 2) * LAYERS + 3
+
+
+@pytest.mark.parametrize('policy,fwd,bf16_dots', [
+    ('full', 2 * LAYERS, 3 * DENSE_PER_LAYER * LAYERS + (DENSE_PER_LAYER - 1) * LAYERS),  # all but MLP-out again
+    ('dots_no_batch', 2 * LAYERS, 3 * DENSE_PER_LAYER * LAYERS),  # Dense outputs kept; attention recomputed
+])
+def test_remat_policy_reaches_the_gpu_program(policy, fwd, bf16_dots):
+  c = _counts('train', remat_policy=policy)
+  assert (c['fmha_fwd'], c['fmha_bwd'], c['dots_bf16_in']) == (fwd, LAYERS, bf16_dots)
+
+
+def test_scan_lowers_one_layer_body():
+  c = _counts('train', scan=True)
+  assert (c['fmha_fwd'], c['fmha_bwd'], c['while_loops']) == (1, 1, 2)  # forward and backward loops
+
+
+def test_summarize_follows_calls():
+  inner = jax.jit(lambda x: x @ x)
+  text = jax.jit(lambda x: inner(inner(x))).trace(jnp.ones((4, 4), jnp.bfloat16)).lower(
+      lowering_platforms=('cuda',)).as_text()
+  assert text.count('dot_general') == 1  # one private function, called twice
+  assert lowering.summarize(text)['dots_bf16_in'] == 2
+
+
+def test_assume_gpu_restores_jax():
+  from jax._src.cudnn import fused_attention_stablehlo as fa  # pylint: disable=g-import-not-at-top
+  before = fa.check_cudnn_version
+  with lowering.assume_gpu(cudnn_version=90100):
+    assert fa.check_cudnn_version() == 90100
+    assert fa.check_compute_capability('9.0') and not fa.check_compute_capability('10.0')
+  assert fa.check_cudnn_version is before
+
+
+def test_cli_lower_only_prints_the_counts():
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    benchmark_cli.main(['--model', 'Ti/16', '--num_layers', '1', '--num_classes', '10', '--batch', '8',
+                        '--attention_impl', 'cudnn', '--modes', 'train', '--lower_only', 'cuda'])
+  table = [l for l in out.getvalue().splitlines() if l.startswith('| Ti/16')]
+  header = [l for l in out.getvalue().splitlines() if l.startswith('|  model') or l.startswith('| model')][0]
+  cells = dict(zip([h.strip() for h in header.split('|')], [c.strip() for c in table[0].split('|')]))
+  assert (cells['train fMHA fwd'], cells['train fMHA bwd'], cells['train dots bf16']) == ('1', '1', str(3 * DENSE_PER_LAYER))
+
+
+@pytest.mark.skipif(jax.default_backend() != 'gpu', reason='cuDNN attention runs on a GPU only')
+def test_cudnn_matches_xla_on_gpu():
+  x = jax.random.uniform(jax.random.PRNGKey(0), (4, 224, 224, 3), jnp.float32, -1., 1.)
+  kw = dict(num_classes=10, dtype=jnp.bfloat16, head_zeroinit=False,
+            transformer=dict(models.get_config('Ti/16')['transformer'], num_layers=LAYERS))
+  xla = models.get_model('Ti/16', attention_impl='xla', **kw)
+  cudnn = models.get_model('Ti/16', attention_impl='cudnn', **kw)
+  params = xla.init(jax.random.PRNGKey(1), x, train=False)['params']
+  loss = lambda m: lambda p: jnp.mean(m.apply({'params': p}, x, train=False)**2)
+  np.testing.assert_allclose(cudnn.apply({'params': params}, x, train=False),
+                             xla.apply({'params': params}, x, train=False), atol=3e-2, rtol=3e-2)
+  for a, b in zip(jax.tree.leaves(jax.grad(loss(cudnn))(params)), jax.tree.leaves(jax.grad(loss(xla))(params))):
+    np.testing.assert_allclose(a, b, atol=5e-2 * float(jnp.max(jnp.abs(b))) + 1e-6)

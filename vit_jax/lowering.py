@@ -1,0 +1,145 @@
+"""The GPU program of a benchmark point, built on any machine: lower for CUDA, count what the GPU would run.
+
+`jax.jit(...).trace(...).lower(lowering_platforms=('cuda',))` produces the StableHLO that a GPU would compile,
+on a CPU-only install. Without a GPU, jax's cuDNN attention rule cannot ask for the cuDNN version and compute
+capability, so `assume_gpu` supplies them (an H100 with cuDNN 9.10 by default); on a GPU nothing is patched.
+`summarize` counts, over the call graph, the ops that decide speed: cuDNN fused-attention calls (forward and
+backward), matmuls by operand dtype, transposes, convolutions.
+
+  python scripts/benchmark.py --model ViT-B_16 --batch 512 --lower_only cuda --sweep --sweep_attn cudnn,xla
+"""
+import collections
+import contextlib
+import re
+from typing import Any, Dict, Iterator, Optional
+
+import jax
+
+from vit_jax import benchmarking
+
+FMHA_FORWARD = '__cudnn$fmhaSoftmax'
+FMHA_BACKWARD = '__cudnn$fmhaSoftmaxBackward'
+
+
+@contextlib.contextmanager
+def assume_gpu(cudnn_version: int = 91000, compute_capability: str = '9.0') -> Iterator[None]:
+  """Lets jax's cuDNN attention rule trace without a GPU, as if on `compute_capability` with `cudnn_version`."""
+  if jax.default_backend() == 'gpu':  # the real versions are there
+    yield
+    return
+  from jax._src.cudnn import fused_attention_stablehlo as fa  # pylint: disable=g-import-not-at-top
+  names = ('check_cudnn_version', 'check_compute_capability', 'is_cuda_compute_capability_equal')
+  if not all(hasattr(fa, n) for n in names):
+    raise RuntimeError(f'jax {jax.__version__} changed its cuDNN attention checks ({", ".join(names)}); '
+                       'update vit_jax.lowering.assume_gpu to lower cuDNN attention without a GPU.')
+  saved = {n: getattr(fa, n) for n in names}
+  target = tuple(int(x) for x in compute_capability.split('.'))
+  fa.check_cudnn_version = lambda: cudnn_version
+  fa.check_compute_capability = lambda c: target >= tuple(int(x) for x in c.split('.'))
+  fa.is_cuda_compute_capability_equal = lambda c: target == tuple(int(x) for x in c.split('.'))
+  try:
+    yield
+  finally:
+    for n, f in saved.items():
+      setattr(fa, n, f)
+
+
+def lower(cfg: benchmarking.BenchConfig, mode: str, platform: str = 'cuda', num_devices: Optional[int] = 1) -> str:
+  """StableHLO text of the benchmark's train step (`mode='train'`) or forward (`'infer'`) lowered for `platform`.
+
+  The mesh spans the first `num_devices` local devices (None: all). On a mesh of more than one device jax wraps
+  cuDNN attention in a `CustomSPMDPartitioning` call that XLA expands later (`summarize` counts those apart).
+  """
+  if mode not in ('train', 'infer'):
+    raise ValueError(f"Unknown mode {mode!r}; use 'train' or 'infer'.")
+  devices = jax.devices() if num_devices is None else jax.devices()[:num_devices]
+  with assume_gpu():
+    prog = benchmarking.programs(cfg, devices)
+    fn, args = ((prog.train, (prog.state, prog.batch)) if mode == 'train' else
+                (prog.infer, (prog.infer_params, prog.images)))
+    with prog.axis_rules():
+      return fn.trace(*args).lower(lowering_platforms=(platform,)).as_text()
+
+
+_NAME = r'@("[^"]+"|[\w.$-]+)'  # symbol names are quoted when not identifiers (@"<lambda>")
+_FUNC = re.compile(rf'^\s*func\.func (?:public |private )?{_NAME}\(', re.M)
+_CALL = re.compile(rf'\bcall {_NAME}\(')
+_CUSTOM = re.compile(rf'stablehlo\.custom_call {_NAME}\(')
+_TENSOR = r'tensor<(?:\d+x)*(\w+)>'
+_DOT = re.compile(rf'stablehlo\.dot_general .*: \({_TENSOR}, {_TENSOR}\) -> {_TENSOR}')
+_OP = re.compile(r'= (stablehlo\.\w+)')
+
+
+def _function_counts(text: str) -> Dict[str, Dict[str, Any]]:
+  """Per function: its own op counts and the functions it calls (with multiplicity)."""
+  starts = [(m.start(), m.group(1)) for m in _FUNC.finditer(text)] + [(len(text), None)]
+  funcs = {}
+  for (begin, name), (end, _) in zip(starts, starts[1:]):
+    body = text[begin:end]
+    ops = collections.Counter()
+    for line in body.splitlines():
+      custom = _CUSTOM.search(line)
+      if custom:
+        ops['custom_call:' + custom.group(1)] += 1
+      dot = _DOT.search(line)
+      if dot:
+        lhs, rhs, out = dot.groups()
+        ops[f'dot:{lhs}x{rhs}->{out}'] += 1
+      op = _OP.search(line)
+      if op:
+        ops[op.group(1)] += 1
+    funcs[name] = {'ops': ops, 'calls': collections.Counter(_CALL.findall(body))}
+  return funcs
+
+
+def summarize(text: str) -> Dict[str, int]:
+  """Op counts of a lowered module, following calls from @main (a scan body is counted once, as written)."""
+  funcs = _function_counts(text)
+  memo: Dict[str, collections.Counter] = {}
+
+  def total(name: str) -> collections.Counter:
+    if name not in memo:
+      counts = collections.Counter(funcs[name]['ops'])
+      for callee, times in funcs[name]['calls'].items():
+        for k, v in total(callee).items():
+          counts[k] += v * times
+      memo[name] = counts
+    return memo[name]
+
+  counts = total('main')
+  dots = {k[4:]: v for k, v in counts.items() if k.startswith('dot:')}
+  customs = {k[12:]: v for k, v in counts.items() if k.startswith('custom_call:')}
+  return {
+      'fmha_fwd': customs.get(FMHA_FORWARD, 0),
+      'fmha_bwd': customs.get(FMHA_BACKWARD, 0),
+      'spmd_partitioned_calls': customs.get('CustomSPMDPartitioning', 0),
+      'other_custom_calls': sum(v for k, v in customs.items()
+                                if k not in (FMHA_FORWARD, FMHA_BACKWARD, 'CustomSPMDPartitioning')),
+      'dots': sum(dots.values()),
+      'dots_bf16_in': sum(v for k, v in dots.items() if k.startswith('bf16xbf16')),
+      'dots_f32_in': sum(v for k, v in dots.items() if k.startswith('f32xf32')),
+      'dots_by_type': dict(sorted(dots.items())),
+      'convolutions': counts.get('stablehlo.convolution', 0),
+      'transposes': counts.get('stablehlo.transpose', 0),
+      'while_loops': counts.get('stablehlo.while', 0),
+      'ops': sum(v for k, v in counts.items() if k.startswith('stablehlo.')),
+  }
+
+
+def lowering_row(cfg: benchmarking.BenchConfig, platform: str = 'cuda', num_devices: Optional[int] = 1
+                 ) -> Dict[str, Any]:
+  """A benchmark-table row of what `cfg` lowers to on `platform`, per mode in `cfg.modes` (no timing)."""
+  row: Dict[str, Any] = {'model': cfg.model, 'res': cfg.resolution, 'batch': cfg.batch, 'dtype': cfg.dtype,
+                         'attn': cfg.attention_impl, 'attn_pad': cfg.attention_pad, 'remat': cfg.remat_policy,
+                         'scan': cfg.scan, 'mu_dtype': cfg.mu_dtype or 'float32', 'mesh': cfg.mesh,
+                         'platform': platform, 'devices': num_devices or len(jax.devices())}
+  for mode in cfg.modes:
+    for key, value in summarize(lower(cfg, mode, platform, num_devices)).items():
+      row[f'{mode}_{key}'] = value
+  return row
+
+
+COLUMNS = tuple(
+    (f'{mode} {title}', f'{mode}_{key}', '{}') for mode in ('train', 'infer') for title, key in (
+        ('fMHA fwd', 'fmha_fwd'), ('fMHA bwd', 'fmha_bwd'), ('dots bf16', 'dots_bf16_in'),
+        ('dots f32', 'dots_f32_in'), ('transposes', 'transposes'), ('while', 'while_loops'), ('ops', 'ops')))
