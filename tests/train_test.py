@@ -30,8 +30,10 @@ def test_metrics_jsonl_has_the_documented_keys_and_monotone_steps(reference):
   train_records = [r for r in records if 'train/loss' in r]
   assert [r['step'] for r in train_records] == list(range(1, 13))
   for key in ('train/loss', 'train/lr', 'train/grad_norm', 'train/param_norm', 'progress/steps_per_sec',
-              'progress/images_per_sec', 'progress/images_per_sec_per_device', 'progress/eta_minutes'):
+              'progress/images_per_sec', 'progress/images_per_sec_per_device', 'progress/eta_minutes',
+              'progress/input_wait_fraction'):
     assert all(key in r for r in train_records[1:]), key
+  assert all(0 <= r['progress/input_wait_fraction'] <= 1 for r in train_records[1:])
   val = [r for r in records if 'val/top1' in r]
   assert [r['step'] for r in val] == [12]
   assert val[0]['val/top1'] == pytest.approx(final['val/top1'])

@@ -4,12 +4,13 @@
 without TensorFlow. clu (and TensorFlow, for TensorBoard) is imported lazily and optional: without it, only the
 JSON-lines file and the log are written. The model and the train step never import this module's dependencies.
 """
+import contextlib
 import json
 import logging
 import math
 import os
 import time
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional
 
 import jax
 
@@ -105,13 +106,20 @@ def step_flops(compiled: Any) -> Optional[float]:
 
 
 class Progress:
-  """steps/s, images/s (total and per device), MFU and ETA between reports; clu's ReportProgress if present."""
+  """steps/s, images/s (total and per device), MFU, ETA and input wait between reports; clu's ReportProgress too.
+
+  Rates count training time only: time spent inside `paused()` (evaluation, checkpoint saves) is left out of the
+  window, so a window with an eval reports the same images/s as one without. `input_wait_fraction` is the share
+  of the window the loop spent blocked in `waiting_for_input()` (the next batch not ready: a host-side stall).
+  """
 
   def __init__(self, *, total_steps: int, global_batch: int, start_step: int, flops_per_step: Optional[float],
-               peak: Optional[float], use_clu: bool = True):
+               peak: Optional[float], use_clu: bool = True, clock: Callable[[], float] = time.perf_counter):
     self._total, self._batch = total_steps, global_batch
     self._flops, self._peak = flops_per_step, peak
-    self._last_step, self._last_time = start_step, time.perf_counter()
+    self._clock = clock
+    self._last_step, self._last_time = start_step, clock()
+    self._paused = self._input_wait = 0.
     self._clu = None
     try:
       if not use_clu:  # clu's periodic_actions imports TensorFlow: seconds of start-up for a log line.
@@ -122,18 +130,38 @@ class Progress:
     except ImportError:
       pass
 
+  @contextlib.contextmanager
+  def paused(self) -> Iterator[None]:
+    """Time inside is not training time (the caller has synced with the device before entering)."""
+    start = self._clock()
+    try:
+      yield
+    finally:
+      self._paused += self._clock() - start
+
+  @contextlib.contextmanager
+  def waiting_for_input(self) -> Iterator[None]:
+    """Time inside is the loop blocked on the input pipeline."""
+    start = self._clock()
+    try:
+      yield
+    finally:
+      self._input_wait += self._clock() - start
+
   def report(self, step: int) -> Dict[str, float]:
     """Rates since the previous report (the caller has synced with the device at `step`)."""
-    now = time.perf_counter()
-    steps, secs = step - self._last_step, max(now - self._last_time, 1e-9)
-    self._last_step, self._last_time = step, now
+    now = self._clock()
+    steps, secs = step - self._last_step, max(now - self._last_time - self._paused, 1e-9)
+    wait = self._input_wait
+    self._last_step, self._last_time, self._paused, self._input_wait = step, now, 0., 0.
     if steps <= 0:
       return {}
     steps_per_sec = steps / secs
     images_per_sec = steps_per_sec * self._batch
     out = {'progress/steps_per_sec': steps_per_sec, 'progress/images_per_sec': images_per_sec,
            'progress/images_per_sec_per_device': images_per_sec / jax.device_count(),
-           'progress/eta_minutes': (self._total - step) / steps_per_sec / 60}
+           'progress/eta_minutes': (self._total - step) / steps_per_sec / 60,
+           'progress/input_wait_fraction': min(wait / secs, 1.)}
     if self._flops and self._peak:
       out['progress/mfu'] = self._flops * steps_per_sec / self._peak
     if self._clu is not None:

@@ -240,7 +240,8 @@ def train_and_evaluate(config: Any, workdir: str) -> Dict[str, float]:
     eval_metrics = evaluate.evaluate_all(eval_step, state, make_eval_batches)
   try:
     while step < config.total_steps:
-      batch = next(train_iter)
+      with progress.waiting_for_input():
+        batch = next(train_iter)
       with jax.transfer_guard_device_to_host('disallow'):
         state, metrics, first_bad = compiled_step(state, batch, first_bad)
       step += 1
@@ -253,12 +254,17 @@ def train_and_evaluate(config: Any, workdir: str) -> Dict[str, float]:
         check_finite()
         scalars = {f'train/{k}': v for k, v in jax.device_get(metrics).items()}
         writer.write_scalars(step, {**scalars, **progress.report(step)})
-      if step % config.checkpoint_every == 0 or last or preempted:
-        check_finite()
-        ckpt.save(step, state, train_iter.get_state(), force=True)
-      if step % config.eval_every == 0 or last:
-        eval_metrics = evaluate.evaluate_all(eval_step, state, make_eval_batches)
-        writer.write_scalars(step, eval_metrics)
+      saving = step % config.checkpoint_every == 0 or last or preempted
+      evaluating = step % config.eval_every == 0 or last
+      if saving or evaluating:
+        jax.block_until_ready(state)  # Training time ends here; what follows is left out of the rates.
+      with progress.paused():
+        if saving:
+          check_finite()
+          ckpt.save(step, state, train_iter.get_state(), force=True)
+        if evaluating:
+          eval_metrics = evaluate.evaluate_all(eval_step, state, make_eval_batches)
+          writer.write_scalars(step, eval_metrics)
       if step == config.debug_kill_at_step:  # Tests: a hard kill; the started saves are let finish first.
         ckpt.wait()
         writer.close()
