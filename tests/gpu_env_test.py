@@ -1,18 +1,15 @@
 """The benchmark and the training loop run with only the GPU machine's packages (no TF, TFDS, clu, grain, ...).
 
-The GPU image has jax, flax, optax, orbax-checkpoint, chex, numpy, absl, torch and timm. Each test runs a
-subprocess in which the other packages of requirements.txt cannot be imported, as there.
+The GPU image has jax, flax, optax, orbax-checkpoint, chex, numpy, absl, torch and timm, but none of `ABSENT`. Each
+test runs a subprocess in which those cannot be imported, as there; the loop needs ml_collections carried as a wheel.
 """
 import os
 import subprocess
 import sys
 
-import pytest
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Installed here, absent on the GPU machine (scipy and PyYAML are there: jax and flax require them).
-ABSENT = ('tensorflow', 'tensorflow_datasets', 'clu', 'grain', 'sklearn', 'cv2', 'simplejpeg',
-          'matplotlib', 'tensorboard', 'array_record')
+# Installed here, absent on the GPU machine (it has absl, PyYAML, scikit-learn, OpenCV, pytest, ...).
+ABSENT = ('tensorflow', 'tensorflow_datasets', 'clu', 'grain', 'array_record', 'simplejpeg')
 # The path finder no longer sees the absent packages: imports fail and importlib.util.find_spec says None, as there.
 _PRELUDE = '''
 import importlib.abc, importlib.machinery, importlib.util, runpy, sys
