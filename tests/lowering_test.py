@@ -89,7 +89,8 @@ def test_cli_lower_only_prints_the_counts():
   table = [l for l in out.getvalue().splitlines() if l.startswith('| Ti/16')]
   header = [l for l in out.getvalue().splitlines() if l.startswith('|  model') or l.startswith('| model')][0]
   cells = dict(zip([h.strip() for h in header.split('|')], [c.strip() for c in table[0].split('|')]))
-  assert (cells['train fMHA fwd'], cells['train fMHA bwd'], cells['train dots bf16']) == ('1', '1', str(3 * DENSE_PER_LAYER))
+  counts = (cells['train fMHA fwd'], cells['train fMHA bwd'], cells['train dots bf16'])
+  assert counts == ('1', '1', str(3 * DENSE_PER_LAYER))
 
 
 @pytest.mark.skipif(jax.default_backend() != 'gpu', reason='cuDNN attention runs on a GPU only')

@@ -125,7 +125,8 @@ def train_memory_model(cfg: BenchConfig) -> Dict[str, float]:
   State: float32 params, grads, Adam nu, and mu in `mu_dtype`. Activations kept for the backward pass, per layer
   and image, in the compute dtype: ~8 N D (LN inputs/outputs, q, k, v, attention output, residual) + 2 N M (MLP
   hidden before/after GELU) + H N^2 (softmax output; the 'xla' attention path) plus float32 logits H N^2 (fused
-  attention keeps only H N float32 statistics instead). With remat 'full' only the N D block input is kept per layer, plus one layer's activations while it is recomputed.
+  attention keeps only H N float32 statistics instead). With remat 'full' only the N D block input is kept per
+  layer, plus one layer's activations while it is recomputed.
   """
   mc = model_config(cfg)
   t = mc['transformer']
