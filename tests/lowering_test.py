@@ -48,6 +48,8 @@ def test_xla_attention_uses_matmuls_not_cudnn():
   assert (c['fmha_fwd'], c['fmha_bwd']) == (0, 0)
   # + q k^T and weights @ v per layer, forward and backward.
   assert c['dots'] == 3 * (DENSE_PER_LAYER + 2) * LAYERS + 3
+  # All with 16-bit inputs (q k^T writes float32 logits) but the float32 head's three.
+  assert c['dots_f32_in'] == 3 and c['dots_by_type']['bf16xbf16->f32'] == LAYERS
 
 
 @pytest.mark.parametrize('policy,fwd,bf16_dots', [

@@ -201,6 +201,21 @@ def test_remat_keeps_values_and_gradients(policy, scan):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
+def test_attention_logits_gradient_is_the_einsums_and_stays_16_bit():
+  kq, kk, kw = jax.random.split(jax.random.PRNGKey(0), 3)
+  q, k = jax.random.normal(kq, (2, 5, 3, 8)), jax.random.normal(kk, (2, 7, 3, 8))
+  w = jax.random.normal(kw, (2, 3, 5, 7))
+  einsum = lambda q, k: jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
+  loss = lambda f: lambda q, k: jnp.sum(jnp.sin(f(q, k)) * w)
+  ours, ref = jax.grad(loss(vit._attention_logits), (0, 1))(q, k), jax.grad(loss(einsum), (0, 1))(q, k)
+  for a, b in zip(ours, ref):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+  half = jax.grad(loss(vit._attention_logits), (0, 1))(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16))
+  for a, b in zip(half, ref):
+    assert a.dtype == jnp.bfloat16
+    np.testing.assert_allclose(a.astype(jnp.float32), b, rtol=0.05, atol=0.05 * float(jnp.max(jnp.abs(b))))
+
+
 def test_attention_weights_returned_on_request():
   x = _images()
   for scan in (False, True):

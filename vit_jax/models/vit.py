@@ -87,10 +87,34 @@ class MlpBlock(nn.Module):
     return nn.Dropout(rate=self.dropout_rate)(x, deterministic=self.deterministic)
 
 
+@jax.custom_vjp
+def _attention_logits(q: Array, k: Array) -> Array:
+  """q k^T as float32 (BHQK) from BQHD / BKHD inputs; the backward's two matmuls stay in the inputs' dtype.
+
+  Differentiating the einsum itself would meet the float32 cotangent with the 16-bit q and k and run both backward
+  matmuls in float32 (TF32 on GPUs, 2 of every 8 matmuls per layer); this casts the cotangent instead, as PyTorch
+  autocast does. For float32 inputs it is the plain einsum's gradient.
+  """
+  return jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
+
+
+def _attention_logits_fwd(q: Array, k: Array) -> Tuple[Array, Tuple[Array, Array]]:
+  return _attention_logits(q, k), (q, k)
+
+
+def _attention_logits_bwd(res: Tuple[Array, Array], g: Array) -> Tuple[Array, Array]:
+  q, k = res
+  g = g.astype(q.dtype)
+  return jnp.einsum('bhqk,bkhd->bqhd', g, k), jnp.einsum('bhqk,bqhd->bkhd', g, q)
+
+
+_attention_logits.defvjp(_attention_logits_fwd, _attention_logits_bwd)
+
+
 def _attention_weights(q: Array, k: Array, key_mask: Optional[Array] = None) -> Array:
   """softmax(q k^T / sqrt(head_dim)) with float32 statistics; q, k are BQHD / BKHD, weights BHQK."""
   q = q / jnp.sqrt(q.shape[-1]).astype(q.dtype)
-  logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
+  logits = _attention_logits(q, k)
   if key_mask is not None:  # exp(-inf) is exactly 0: masked keys change nothing.
     logits = jnp.where(key_mask, logits, -jnp.inf)
   return jax.nn.softmax(logits, axis=-1).astype(q.dtype)
