@@ -133,3 +133,38 @@ def test_memory_model_counts_the_params_of_vit_g_and_the_optimizer_state_bytes()
   none = benchmarking.train_memory_model(g64)
   full = benchmarking.train_memory_model(benchmarking.dataclasses.replace(g64, remat_policy='full'))
   assert 40e9 < none['total_bytes'] < 60e9 and full['total_bytes'] < 20e9
+
+
+_FAKE_TIMM = '''import json, sys
+mode, variant, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if mode == 'infer' and batch == 13:
+  sys.exit('CUDA out of memory')
+print('compiling...')
+print(json.dumps({"system": "timm fake", "mode": mode, "variant": variant, "batch": batch,
+                  "img_s": 1000.0 if mode == 'train' else 4000.0, "tflops": 100.0, "mfu": 0.126}))
+'''
+
+
+def test_timm_side_by_side_runs_the_script_per_mode_and_compares(tmp_path):
+  script = tmp_path / 'timm_baseline.py'
+  script.write_text(_FAKE_TIMM)
+  args = benchmark_cli.parse_args(['--model', 'ViT-B_16', '--batch', '64', '--infer_batch', '128', '--timm',
+                                   '--timm_script', str(script)])
+  timm = benchmark_cli.run_timm(args)
+  assert (timm['train']['variant'], timm['train']['batch'], timm['infer']['batch']) == ('B/16', 64, 128)
+  ours = {'train_img_s': 1500., 'train_mfu_%': 40., 'infer_img_s': 3000., 'infer_mfu_%': 30.}
+  table = benchmark_cli.compare_with_timm(ours, timm, peak_tflops=200.)
+  train_row, infer_row = table.splitlines()[2:]
+  # ours / timm, and timm's MFU against the same peak as ours: 100 TFLOP/s of 200.
+  assert train_row.split('|')[4].strip() == '1.50x' and train_row.split('|')[5].strip() == '50.0'
+  assert infer_row.split('|')[4].strip() == '0.75x'
+  failed = benchmark_cli.run_timm(benchmark_cli.parse_args(
+      ['--model', 'B/16', '--batch', '8', '--infer_batch', '13', '--timm', '--timm_script', str(script)]))
+  assert failed['infer'] == {'error': ['CUDA out of memory']} and failed['train']['img_s'] == 1000.0
+
+
+def test_timm_needs_the_script_and_a_timm_model():
+  with pytest.raises(FileNotFoundError, match='timm_script'):
+    benchmark_cli.run_timm(benchmark_cli.parse_args(['--model', 'B/16', '--timm']))
+  with pytest.raises(ValueError, match='compares only'):
+    benchmark_cli.run_timm(benchmark_cli.parse_args(['--model', 'testing', '--timm', '--timm_script', 'x.py']))

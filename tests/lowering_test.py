@@ -43,6 +43,12 @@ def test_cudnn_forward_has_one_fused_call_per_layer_and_no_backward():
   assert (c['dots_bf16_in'], c['dots_f32_in']) == (DENSE_PER_LAYER * LAYERS, 1)
 
 
+def test_auto_attention_picks_cudnn_on_a_gpu_for_bf16(monkeypatch):
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')  # what 'auto' asks; the devices stay CPUs
+  assert (_counts('train', attention_impl='auto')['fmha_fwd'],
+          _counts('train', attention_impl='auto', dtype='float32')['fmha_fwd']) == (LAYERS, 0)
+
+
 def test_xla_attention_uses_matmuls_not_cudnn():
   c = _counts('train', attention_impl='xla')
   assert (c['fmha_fwd'], c['fmha_bwd']) == (0, 0)
