@@ -114,3 +114,11 @@ def test_cudnn_matches_xla_on_gpu():
                              xla.apply({'params': params}, x, train=False), atol=3e-2, rtol=3e-2)
   for a, b in zip(jax.tree.leaves(jax.grad(loss(cudnn))(params)), jax.tree.leaves(jax.grad(loss(xla))(params))):
     np.testing.assert_allclose(a, b, atol=5e-2 * float(jnp.max(jnp.abs(b))) + 1e-6)
+
+
+def test_fsdp_mesh_lowers_with_cudnn_attention_partitioned():
+  # 8 devices, data=2 x fsdp=4: jax wraps each cuDNN call for XLA's SPMD partitioner to expand.
+  cfg = benchmarking.dataclasses.replace(TI16, mesh='data=2,fsdp=4', rules='fsdp')
+  c = lowering.summarize(lowering.lower(cfg, 'train', num_devices=None))
+  assert (c['spmd_partitioned_calls'], c['fmha_fwd'], c['dots_f32_in']) == (2 * LAYERS, 0, 3)
+  assert 'mhlo.num_partitions = 8' in lowering.lower(cfg, 'infer', num_devices=None)
