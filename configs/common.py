@@ -56,6 +56,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.loss = 'softmax_xent'          # 'softmax_xent' | 'sigmoid_xent' (multi-label, ImageNet-21k)
   c.ema_decay = 0.                 # > 0: keep an EMA of the params and evaluate it beside the raw params
 
+  # --- Few-shot linear evaluation of the pre-logits features during training (vit_jax.fewshot; big_vision's).
+  c.fewshot = ml_collections.ConfigDict(dict(
+      datasets=(),                 # ((dataset, train split, test split), ...): ('cifar100', 'train[:9000]', 'test')
+      every=0,                     # steps between evaluations (0: at the end of training only)
+      shots=(1, 5, 10, 25), num_draws=5, l2_reg=2.**10, knn_k=(10,), batch=256))
+
   # --- Devices (vit_jax.sharding): mesh axis sizes (-1 = the rest) and the logical-axis rule table.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.sharding_rules = 'dp'          # 'dp' | 'fsdp' | 'tp', or ((logical axis, mesh axes), ...)

@@ -88,6 +88,8 @@ def _main(*args):
      'Config error: Unknown config key config.model.hiden_size: did you mean config.model.hidden_size?'),
     ('--config.batch=abc', "Config error: Bad value for config.batch='abc': expects a int like 128;"),
     ('--config.batch=12', 'Config error: config.batch=12 is not divisible by the 8 devices'),
+    ("--config.fewshot.datasets=(('digits', 'train'),)",  # the README's flag form, one field short
+     "Config error: config.fewshot.datasets entry ('digits', 'train') is not a (dataset, train split, test split)"),
 ])
 def test_main_prints_one_line_and_exits_2_without_traceback(flag, expected):
   result = _main(flag)

@@ -12,6 +12,9 @@ import pytest
 import loop_testlib as lib
 from vit_jax import checkpoint
 from vit_jax import checkpointing
+from vit_jax import config_checks
+from vit_jax import fewshot
+from vit_jax import inference
 from vit_jax import train
 
 
@@ -128,3 +131,28 @@ def test_model_init_loads_a_published_npz(reference, tmp_path, capsys):
   _, tuned, _ = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), save_every=1,
                                            read_only=True).restore(None)
   jax.tree.map(np.testing.assert_array_equal, tuned['params'], state['params'])
+
+
+def test_fewshot_during_training_equals_the_evaluator_on_the_saved_params(tmp_path):
+  workdir = str(tmp_path)
+  config = lib.tiny_config(fewshot__datasets=(('digits', 'train', 'test'),), fewshot__every=6,
+                           fewshot__shots=(1, 5), fewshot__num_draws=2)
+  final = train.train_and_evaluate(config, workdir)
+  records = [r for r in lib.read_metrics(workdir) if 'fewshot/digits/5shot' in r]
+  assert [r['step'] for r in records] == [6, 12]
+  model, params, _ = inference.load_model(workdir)  # the step-12 checkpoint, read back from disk
+  reference = fewshot.FewShotEvaluator(model, 'digits', config_checks.fewshot_pp(config), shots=(1, 5),
+                                       num_draws=2, seed=config.seed).run(params)
+  assert set(reference) == {'fewshot/digits/1shot', 'fewshot/digits/5shot', 'knn/digits/k10'}
+  for key, value in reference.items():
+    assert records[-1][key] == pytest.approx(value, abs=1e-6) and final[key] == pytest.approx(value, abs=1e-6)
+  assert 0.1 < records[-1]['knn/digits/k10'] <= 1  # above chance on 10 classes, even after 12 tiny steps
+
+
+def test_fewshot_entry_that_is_not_a_triple_is_one_line():
+  config = lib.tiny_config(fewshot__datasets=(('digits', 'train'),))
+  with pytest.raises(config_checks.ConfigError, match=r"fewshot.datasets entry \('digits', 'train'\)"):
+    config_checks.validate(config)
+  config = lib.tiny_config(fewshot__datasets=(('no_such_dataset_xyz', 'train', 'test'),))
+  with pytest.raises(config_checks.ConfigError, match='no_such_dataset_xyz'):
+    config_checks.validate(config)

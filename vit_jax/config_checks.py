@@ -18,7 +18,8 @@ class ConfigError(ValueError):
 
 _POSITIVE_INTS = ('total_steps', 'batch', 'batch_eval', 'accum_steps', 'eval_every', 'progress_every',
                   'checkpoint_every', 'keep_checkpoints', 'preemption_sync_every')
-_NON_NEGATIVE_INTS = ('warmup_steps', 'keep_checkpoint_every', 'profile_steps', 'debug_kill_at_step', 'seed')
+_NON_NEGATIVE_INTS = ('warmup_steps', 'keep_checkpoint_every', 'profile_steps', 'debug_kill_at_step', 'seed',
+                      'fewshot.every')
 _ENUMS = {
     'decay_type': ('cosine', 'linear', 'rsqrt', 'constant'),
     'loss': ('softmax_xent', 'sigmoid_xent'),
@@ -144,6 +145,7 @@ def validate(config: Any, *, num_devices: Optional[int] = None, check_data: bool
     if path and not os.path.exists(path):
       raise ConfigError(f'config.{key}={path!r} does not exist; fix the path or unset it.')
   patch = _patch_grid_divisor(config)
+  fewshot = fewshot_datasets(config)
   if not check_data:
     return None
 
@@ -153,6 +155,14 @@ def validate(config: Any, *, num_devices: Optional[int] = None, check_data: bool
   except (ValueError, FileNotFoundError, ImportError) as e:
     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
     raise ConfigError(f'config.dataset={config.dataset!r} cannot be loaded: {msg}') from None
+  for dataset, train_split, test_split in fewshot:
+    pp = {**fewshot_pp(config), 'train': train_split, 'test': test_split}
+    try:
+      input_pipeline.get_dataset_info(dataset, pp, data_dir=config.tfds_data_dir)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+      msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+      raise ConfigError(f'config.fewshot.datasets entry {(dataset, train_split, test_split)!r} cannot be loaded: '
+                        f'{msg}') from None
   if info.image_size % patch:
     raise ConfigError(f'Image size {info.image_size} (config.pp.crop) is not divisible by the patch size '
                       f'{patch} of {config.model_name!r}; set config.pp.crop to a multiple of {patch} or '
@@ -173,3 +183,18 @@ def pp_dict(pp: Any) -> dict:
   """The `pp` section as a plain dict without unset (None) keys, as the input pipeline takes it."""
   items = pp.items() if hasattr(pp, 'items') else dict(pp).items()
   return {k: (v.to_dict() if hasattr(v, 'to_dict') else v) for k, v in items if v is not None}
+
+
+def fewshot_datasets(config: Any) -> tuple:
+  """`config.fewshot.datasets` as (dataset, train split, test split) string triples, or a ConfigError."""
+  entries = tuple(config.fewshot.datasets or ())
+  for entry in entries:
+    if not (isinstance(entry, (tuple, list)) and len(entry) == 3 and all(isinstance(x, str) for x in entry)):
+      raise ConfigError(f'config.fewshot.datasets entry {entry!r} is not a (dataset, train split, test split) '
+                        "triple of strings; write e.g. (('digits', 'train', 'test'),).")
+  return tuple(tuple(e) for e in entries)
+
+
+def fewshot_pp(config: Any) -> dict:
+  """The eval preprocessing of `config.pp` for another dataset: its sizes and value range, not its class counts."""
+  return {k: v for k, v in pp_dict(config.pp).items() if k not in ('num_classes', 'num_train', 'num_eval')}

@@ -29,6 +29,7 @@ from vit_jax import checkpoint
 from vit_jax import checkpointing
 from vit_jax import config_checks
 from vit_jax import evaluate
+from vit_jax import fewshot
 from vit_jax import input_pipeline
 from vit_jax import losses
 from vit_jax import metric_logging
@@ -165,6 +166,13 @@ def train_and_evaluate(config: Any, workdir: str) -> Dict[str, float]:
 
   # --- Model, optimizer, loss.
   model = build_model(config, info.num_classes)
+  fewshot_evaluators = [
+      fewshot.FewShotEvaluator(model, dataset, config_checks.fewshot_pp(config), train_split=train_split,
+                               test_split=test_split, batch_size=config.fewshot.batch, shots=config.fewshot.shots,
+                               num_draws=config.fewshot.num_draws, l2_reg=config.fewshot.l2_reg,
+                               knn_k=config.fewshot.knn_k, seed=config.seed, data_dir=config.tfds_data_dir,
+                               name=os.path.basename(dataset.rstrip('/')))
+      for dataset, train_split, test_split in config_checks.fewshot_datasets(config)]
   tx, schedule = optim.make_optimizer(optim_section(config))
   loss_fn = losses.get_loss_fn(config.loss)
 
@@ -256,7 +264,8 @@ def train_and_evaluate(config: Any, workdir: str) -> Dict[str, float]:
         writer.write_scalars(step, {**scalars, **progress.report(step)})
       saving = step % config.checkpoint_every == 0 or last or preempted
       evaluating = step % config.eval_every == 0 or last
-      if saving or evaluating:
+      fewshot_due = fewshot_evaluators and (last or (config.fewshot.every and step % config.fewshot.every == 0))
+      if saving or evaluating or fewshot_due:
         jax.block_until_ready(state)  # Training time ends here; what follows is left out of the rates.
       with progress.paused():
         if saving:
@@ -265,6 +274,11 @@ def train_and_evaluate(config: Any, workdir: str) -> Dict[str, float]:
         if evaluating:
           eval_metrics = evaluate.evaluate_all(eval_step, state, make_eval_batches)
           writer.write_scalars(step, eval_metrics)
+        if fewshot_due:
+          fewshot_metrics = {k: v for e in fewshot_evaluators for k, v in e.run(state.params).items()}
+          writer.write_scalars(step, fewshot_metrics)
+          if last:
+            eval_metrics = {**eval_metrics, **fewshot_metrics}
       if step == config.debug_kill_at_step:  # Tests: a hard kill; the started saves are let finish first.
         ckpt.wait()
         writer.close()
