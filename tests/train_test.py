@@ -156,3 +156,17 @@ def test_fewshot_entry_that_is_not_a_triple_is_one_line():
   config = lib.tiny_config(fewshot__datasets=(('no_such_dataset_xyz', 'train', 'test'),))
   with pytest.raises(config_checks.ConfigError, match='no_such_dataset_xyz'):
     config_checks.validate(config)
+
+
+def test_logged_loss_and_grad_norm_are_window_means(reference, tmp_path):
+  ref_dir, _ = reference  # logs every step
+  per_step = {r['step']: r for r in lib.read_metrics(ref_dir) if 'train/loss' in r}
+  workdir = str(tmp_path)
+  train.train_and_evaluate(lib.tiny_config(progress_every=5), workdir)
+  logged = {r['step']: r for r in lib.read_metrics(workdir) if 'train/loss' in r}
+  assert sorted(logged) == [5, 10, 12]
+  for step, window in ((5, range(1, 6)), (10, range(6, 11)), (12, range(11, 13))):
+    for key in ('train/loss', 'train/grad_norm'):
+      assert logged[step][key] == pytest.approx(np.mean([per_step[s][key] for s in window]), rel=1e-5)
+    for key in ('train/lr', 'train/param_norm'):  # the report step's own
+      assert logged[step][key] == pytest.approx(per_step[step][key], rel=1e-5)

@@ -12,6 +12,9 @@ Resume order (the first that applies wins):
   4. from scratch (`config.seed`).
 A resumed run is exact: the state, the RNG (folded with the step) and the data position are all restored, so the
 losses are those an uninterrupted run has.
+
+Logged train metrics: `train/loss` and `train/grad_norm` are means over the steps since the previous progress
+report (summed on the device, no per-step host sync); `train/lr` and `train/param_norm` are the report step's.
 """
 import functools
 import json
@@ -110,18 +113,30 @@ def _first_bad_step(first_bad: jax.Array, step: jax.Array, metrics: Dict[str, ja
   return jnp.where((first_bad < 0) & ~ok, step, first_bad)
 
 
-def _compile_step(step_fn, state_shardings, batch_sharding, replicated, abstract_state, abstract_batch,
-                  first_bad):
-  """AOT-compiles the donated step (state, batch, first_bad) -> (state, metrics, first_bad) for the mesh."""
+# Train metrics logged as their mean over the progress window (the others are the report step's own).
+AVERAGED_METRICS = ('loss', 'grad_norm')
 
-  def guarded_step(state, batch, first_bad):
+
+def _zero_sums(replicated: jax.sharding.Sharding) -> Dict[str, jax.Array]:
+  return {k: jax.device_put(np.float32(0.), replicated) for k in AVERAGED_METRICS}
+
+
+def _compile_step(step_fn, state_shardings, batch_sharding, replicated, abstract_state, abstract_batch,
+                  first_bad, sums):
+  """AOT-compiles the donated step (state, batch, first_bad, sums) -> (state, metrics, first_bad, sums).
+
+  `first_bad` marks the first non-finite step; `sums` adds up AVERAGED_METRICS on the device.
+  """
+
+  def guarded_step(state, batch, first_bad, sums):
     state, metrics = step_fn(state, batch)
-    return state, metrics, _first_bad_step(first_bad, state.step, metrics)
+    sums = {k: sums[k] + metrics[k].astype(jnp.float32) for k in sums}
+    return state, metrics, _first_bad_step(first_bad, state.step, metrics), sums
 
   return jax.jit(
-      guarded_step, in_shardings=(state_shardings, batch_sharding, replicated),
-      out_shardings=(state_shardings, replicated, replicated), donate_argnums=(0, 2),
-  ).lower(abstract_state, abstract_batch, first_bad).compile()
+      guarded_step, in_shardings=(state_shardings, batch_sharding, replicated, replicated),
+      out_shardings=(state_shardings, replicated, replicated, replicated), donate_argnums=(0, 2, 3),
+  ).lower(abstract_state, abstract_batch, first_bad, sums).compile()
 
 
 def _load_model_init(state: train_step.TrainState, config: Any,
@@ -191,10 +206,11 @@ def train_and_evaluate(config: Any, workdir: str) -> Dict[str, float]:
                                     sharding=batch_sharding),
       'label': jax.ShapeDtypeStruct((config.batch, info.num_classes), jnp.float32, sharding=batch_sharding)}
   first_bad = jax.device_put(np.int32(-1), replicated)
+  sums, window_steps = _zero_sums(replicated), 0
   compiled_step = _compile_step(
       train_step.make_train_step(model, tx, loss_fn, lr_schedule=schedule, accum_steps=config.accum_steps,
                                  ema_decay=config.ema_decay or None, mesh=mesh, rules=rules),
-      state_shardings, batch_sharding, replicated, abstract_state, abstract_batch, first_bad)
+      state_shardings, batch_sharding, replicated, abstract_state, abstract_batch, first_bad, sums)
   eval_step = jax.jit(train_step.make_eval_step(model, loss_fn, mesh=mesh, rules=rules),
                       out_shardings=replicated)
 
@@ -251,8 +267,9 @@ def train_and_evaluate(config: Any, workdir: str) -> Dict[str, float]:
       with progress.waiting_for_input():
         batch = next(train_iter)
       with jax.transfer_guard_device_to_host('disallow'):
-        state, metrics, first_bad = compiled_step(state, batch, first_bad)
+        state, metrics, first_bad, sums = compiled_step(state, batch, first_bad, sums)
       step += 1
+      window_steps += 1
       last = step == config.total_steps
       preempted = preemption.due(step)
       if profiler is not None:
@@ -261,6 +278,8 @@ def train_and_evaluate(config: Any, workdir: str) -> Dict[str, float]:
       if step % config.progress_every == 0 or last:
         check_finite()
         scalars = {f'train/{k}': v for k, v in jax.device_get(metrics).items()}
+        scalars.update({f'train/{k}': float(v) / window_steps for k, v in jax.device_get(sums).items()})
+        sums, window_steps = _zero_sums(replicated), 0
         writer.write_scalars(step, {**scalars, **progress.report(step)})
       saving = step % config.checkpoint_every == 0 or last or preempted
       evaluating = step % config.eval_every == 0 or last
