@@ -93,7 +93,7 @@ def _attention_logits(q: Array, k: Array) -> Array:
 
   Differentiating the einsum itself would meet the float32 cotangent with the 16-bit q and k and run both backward
   matmuls in float32 (TF32 on GPUs, 2 of every 8 matmuls per layer); this casts the cotangent instead, as PyTorch
-  autocast does. For float32 inputs it is the plain einsum's gradient.
+  autocast does. (Float32 inputs take the plain einsum, whose gradient this equals up to rounding order.)
   """
   return jnp.einsum('bqhd,bkhd->bhqk', q, k, preferred_element_type=jnp.float32)
 
@@ -114,7 +114,10 @@ _attention_logits.defvjp(_attention_logits_fwd, _attention_logits_bwd)
 def _attention_weights(q: Array, k: Array, key_mask: Optional[Array] = None) -> Array:
   """softmax(q k^T / sqrt(head_dim)) with float32 statistics; q, k are BQHD / BKHD, weights BHQK."""
   q = q / jnp.sqrt(q.shape[-1]).astype(q.dtype)
-  logits = _attention_logits(q, k)
+  if q.dtype == jnp.float32:  # nothing to cast: keep the einsum's own gradient
+    logits = jnp.einsum('bqhd,bkhd->bhqk', q, k)
+  else:
+    logits = _attention_logits(q, k)
   if key_mask is not None:  # exp(-inf) is exactly 0: masked keys change nothing.
     logits = jnp.where(key_mask, logits, -jnp.inf)
   return jax.nn.softmax(logits, axis=-1).astype(q.dtype)
