@@ -60,6 +60,21 @@ def test_folder_percent_slices_are_disjoint_random_subsets(folder):
   assert len({os.path.dirname(p) for p in b}) > 1  # Not one class cut off.
 
 
+def test_folder_listing_is_cached_until_a_class_folder_changes(folder, monkeypatch):
+  listed = []
+  real_listdir = os.listdir
+  monkeypatch.setattr(data_sources.os, 'listdir', lambda d: listed.append(d) or real_listdir(d))
+  first = data_sources.image_folder(str(folder), 'test').records
+  assert len(listed) == 4  # the split folder, then its 3 class folders
+  listed.clear()
+  assert data_sources.image_folder(str(folder), 'test[:50%]').records[0] == first[0]
+  assert listed == [os.path.join(str(folder), 'test')]  # class folders not listed again
+  os.remove(first[0]['path'])  # changes that class folder's modification time
+  os.utime(os.path.dirname(first[0]['path']), ns=(1, 1))
+  again = data_sources.image_folder(str(folder), 'test').records
+  assert len(again) == len(first) - 1 and first[0]['path'] not in {r['path'] for r in again}
+
+
 def test_folder_missing_split_is_one_clear_line(tmp_path):
   with pytest.raises(FileNotFoundError, match='does not exist'):
     ip.get_dataset_info(str(tmp_path), {})

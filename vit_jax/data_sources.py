@@ -181,9 +181,24 @@ def image_folder(root: str, split: str) -> Source:
   if not os.path.isdir(split_dir):
     raise FileNotFoundError(f'Image folder split {split_dir!r} does not exist: expected '
                             f'{root}/<split>/<class>/*.jpg (split {name!r}).')
-  classes = sorted(c for c in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, c)))
+  classes = tuple(sorted(c for c in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, c))))
   if not classes:
     raise FileNotFoundError(f'No class folders in {split_dir!r}: expected {split_dir}/<class>/*.jpg.')
+  # Class folders' modification times: a file added or removed changes its folder's, and the listing is redone.
+  stamps = tuple(os.stat(os.path.join(split_dir, c)).st_mtime_ns for c in classes)
+  files = list(_folder_listing(split_dir, classes, stamps))
+  _, start, stop = parse_split(split, {name: len(files)})
+  return Source(_Slice(_FileRecords(files), start, stop), num_classes=len(classes), image_size=None)
+
+
+@functools.lru_cache(maxsize=16)
+def _folder_listing(split_dir: str, classes: tuple, stamps: tuple) -> tuple:
+  """(path, label) of every image under split_dir/<class>/, in a fixed random order; cached per process.
+
+  The dataset info, the train iterator and evaluation each open a split, so without the cache a folder of
+  millions of images (ImageNet-21k) would be listed several times per process. `stamps` only keys the cache.
+  """
+  del stamps
   files = []
   for label, c in enumerate(classes):
     for f in sorted(os.listdir(os.path.join(split_dir, c))):
@@ -191,9 +206,7 @@ def image_folder(root: str, split: str) -> Source:
         files.append((os.path.join(split_dir, c, f), label))
   # A fixed permutation, so that slices such as 'train[:99%]' / 'train[99%:]' are random, disjoint subsets
   # rather than whole classes.
-  files = [files[i] for i in np.random.default_rng(0).permutation(len(files))]
-  _, start, stop = parse_split(split, {name: len(files)})
-  return Source(_Slice(_FileRecords(files), start, stop), num_classes=len(classes), image_size=None)
+  return tuple(files[i] for i in np.random.default_rng(0).permutation(len(files)))
 
 
 def _tfds_prepare_hint(builder, data_dir: str | None) -> str:
