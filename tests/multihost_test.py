@@ -17,10 +17,8 @@ from vit_jax import train
 
 # Constant lr: the losses of the first steps do not depend on total_steps, so a long preemptible run and a short
 # reference run can be compared step by step.
-# Mixup pairs examples within each process's share of the global batch, so with mixup the losses depend on the
-# process count; everything else must not, which is what this test checks.
-OVERRIDES = {'decay_type': 'constant', 'warmup_steps': 0, 'checkpoint_every': 100_000, 'preemption_sync_every': 2,
-             'pp.mixup': 0.}
+# The default's mixup (0.2) stays on: its pairs are the same for any process count (preprocess.mix_partner).
+OVERRIDES = {'decay_type': 'constant', 'warmup_steps': 0, 'checkpoint_every': 100_000, 'preemption_sync_every': 2}
 STEPS = 6
 
 
@@ -69,6 +67,6 @@ def test_two_processes_match_one_process_and_agree_on_the_preemption_step(tmp_pa
   diff = max(abs(expected[s] - got[s]) for s in range(1, STEPS + 1))
   print(f'multi-host: 2 processes x 4 devices vs 1 process x 8 devices, max |loss diff| over {STEPS} steps '
         f'= {diff:.3g}; both processes saved step {saved[0]} after SIGTERM to process 1')
-  # The same examples per global batch, summed in another order across processes: float32 rounding only.
+  # The same mixed examples per global batch, summed in another order across processes: float32 rounding only.
   np.testing.assert_allclose([got[s] for s in range(1, STEPS + 1)],
                              [expected[s] for s in range(1, STEPS + 1)], rtol=1e-5, atol=1e-6)

@@ -192,30 +192,47 @@ def _batch(n=8, size=6, k=4):
   return {'image': img, 'label': label}
 
 
-def test_mixup_is_a_convex_combination_with_the_neighbour():
+def _partner(x):
+  """Example i's partner, i - n/2 (mod n), indexed explicitly."""
+  return x[(np.arange(len(x)) - len(x) // 2) % len(x)]
+
+
+def test_mixup_is_a_convex_combination_with_the_partner():
   b = _batch()
   out = pp_ops.mixup(b, np.random.default_rng(1), alpha=0.4)
-  lam = (out['image'][0] - b['image'][-1]) / (b['image'][0] - b['image'][-1])
-  lam = float(np.median(lam))
+  other = _partner(b['image'])[0]
+  lam = float(np.median((out['image'][0] - other) / (b['image'][0] - other)))
   assert 0 <= lam <= 1
-  np.testing.assert_allclose(out['image'], lam * b['image'] + (1 - lam) * np.roll(b['image'], 1, 0),
-                             atol=1e-5)
-  np.testing.assert_allclose(out['label'], lam * b['label'] + (1 - lam) * np.roll(b['label'], 1, 0),
-                             atol=1e-5)
+  np.testing.assert_allclose(out['image'], lam * b['image'] + (1 - lam) * _partner(b['image']), atol=1e-5)
+  np.testing.assert_allclose(out['label'], lam * b['label'] + (1 - lam) * _partner(b['label']), atol=1e-5)
   np.testing.assert_allclose(out['label'].sum(1), 1, atol=1e-6)
 
 
 def test_cutmix_pastes_a_box_and_mixes_labels_by_its_area():
   b = _batch(size=32)
   out = pp_ops.cutmix(b, np.random.default_rng(2), alpha=1.0)
-  pasted = np.all(out['image'] == np.roll(b['image'], 1, 0), axis=-1)[0]
+  pasted = np.all(out['image'] == _partner(b['image']), axis=-1)[0]
   kept = np.all(out['image'] == b['image'], axis=-1)[0]
   assert np.all(pasted | kept) and pasted.any()
   ys, xs = np.nonzero(pasted)
   assert pasted[ys.min():ys.max() + 1, xs.min():xs.max() + 1].all()  # A rectangle.
   frac = pasted.mean()
-  np.testing.assert_allclose(out['label'], (1 - frac) * b['label'] + frac * np.roll(b['label'], 1, 0),
-                             atol=1e-6)
+  np.testing.assert_allclose(out['label'], (1 - frac) * b['label'] + frac * _partner(b['label']), atol=1e-6)
+
+
+@pytest.mark.parametrize('op', ['mixup', 'cutmix'])
+@pytest.mark.parametrize('processes', [2, 4])
+def test_mixing_is_the_same_for_any_process_count(op, processes):
+  # Process p of P holds global positions p, p + P, ... of a step's batch, mixed with the same rng on every
+  # process; put back in place, the shares must equal one process mixing the whole batch.
+  b = _batch(n=16, size=8)
+  one = getattr(pp_ops, op)(b, np.random.default_rng(5), 1.0)
+  for key in ('image', 'label'):
+    assembled = np.empty_like(one[key])
+    for p in range(processes):
+      share = getattr(pp_ops, op)({k: v[p::processes] for k, v in b.items()}, np.random.default_rng(5), 1.0)
+      assembled[p::processes] = share[key]
+    np.testing.assert_array_equal(assembled, one[key])
 
 
 def test_mix_batch_off_and_probability():

@@ -15,7 +15,8 @@ stream positions p, p + P, p + 2P, ... (it reads nothing else); corrupt images a
 process (warning naming the file, running count in `iterator.corrupt_images.count`; `strict=True`
 raises) and the next example takes the slot, so no other example is lost. Batches of
 global_batch // P are stacked as uint8, turned into float32 in one pass, then mixup/cutmix are applied
-with `np.random.default_rng([seed, step, 1])`.
+with `np.random.default_rng([seed, step, 1])`, pairing examples half a global batch apart
+(`preprocess.mix_partner`): the same pairs, hence the same losses, for any process count with an even share.
 Evaluation: process p takes examples p, p + P, ...; every process yields the same number of batches; the
 last are padded with zero images whose `mask` is 0 (a corrupt eval image is also masked out).
 

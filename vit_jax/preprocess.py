@@ -28,7 +28,8 @@ JPEG libjpeg warns about goes through PIL, which decodes it or names it as corru
                      'resize' (resize to crop x crop: vit_jax's eval; the digits' and synthetic default).
   flip               random horizontal flip for training (default True; digits False).
   randaug            RandAugment (num_layers, magnitude 0..10), e.g. (2, 10); default None = off.
-  mixup              mixup Beta(alpha, alpha) concentration; 0 (default) = off.
+  mixup              mixup Beta(alpha, alpha) concentration; 0 (default) = off. Each example is mixed with the one
+                     half a batch away (`mix_partner`), independent of the process count.
   cutmix             cutmix Beta(alpha, alpha) concentration; 0 (default) = off. With both on, each batch
                      uses one of the two, chosen with equal odds.
   mix_prob           probability that a batch is mixed at all (default 1.0).
@@ -313,18 +314,28 @@ def multi_hot(labels: Any, num_classes: int, smoothing: float = 0.) -> np.ndarra
 
 
 # ------------------------------------------------------------------------------------------- batch level
+def mix_partner(x: np.ndarray) -> np.ndarray:
+  """Each example's mixing partner: the one half a batch away (the batch rolled by half its length).
+
+  A process holds global stream positions p, p + P, ... of a step's global batch B, so rolling its share by half
+  pairs global positions k and k + B/2: the same pairs for any process count P whose share is even, and the
+  pairs are symmetric (each example's partner has it as partner).
+  """
+  return np.roll(x, len(x) // 2, axis=0)
+
+
 def mixup(batch: Record, rng: np.random.Generator, alpha: float) -> Record:
-  """Mixup: each example is lam * itself + (1 - lam) * its neighbour (batch rolled by one), lam ~ Beta."""
+  """Mixup: each example is lam * itself + (1 - lam) * its partner (`mix_partner`), lam ~ Beta."""
   lam = np.float32(rng.beta(alpha, alpha))
   out = dict(batch)
   for k in ('image', 'label'):
     x = batch[k]
-    out[k] = lam * x + (1 - lam) * np.roll(x, 1, axis=0)
+    out[k] = lam * x + (1 - lam) * mix_partner(x)
   return out
 
 
 def cutmix(batch: Record, rng: np.random.Generator, alpha: float) -> Record:
-  """CutMix: a box of area ~(1 - lam) is pasted from the neighbour; labels mix by the actual box area."""
+  """CutMix: a box of area ~(1 - lam) is pasted from the partner (`mix_partner`); labels mix by the box area."""
   img = batch['image']
   _, h, w, _ = img.shape
   lam = rng.beta(alpha, alpha)
@@ -334,9 +345,9 @@ def cutmix(batch: Record, rng: np.random.Generator, alpha: float) -> Record:
   x0, x1 = max(cx - cw // 2, 0), min(cx + cw - cw // 2, w)
   out = dict(batch)
   out['image'] = img.copy()
-  out['image'][:, y0:y1, x0:x1] = np.roll(img, 1, axis=0)[:, y0:y1, x0:x1]
+  out['image'][:, y0:y1, x0:x1] = mix_partner(img)[:, y0:y1, x0:x1]
   kept = np.float32(1 - (y1 - y0) * (x1 - x0) / (h * w))
-  out['label'] = kept * batch['label'] + (1 - kept) * np.roll(batch['label'], 1, axis=0)
+  out['label'] = kept * batch['label'] + (1 - kept) * mix_partner(batch['label'])
   return out
 
 
