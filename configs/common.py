@@ -84,7 +84,9 @@ def get_config() -> ml_collections.ConfigDict:
 def pretrain_i21k(model_name: str) -> ml_collections.ConfigDict:
   """The ViT paper's ImageNet-21k pre-training recipe for `model_name` (Dosovitskiy et al. 2021, table 3)."""
   c = get_config()
-  c.dataset = 'imagenet21k'        # TFDS builder prepared under config.tfds_data_dir
+  c.dataset = 'imagenet21k'        # no public TFDS builder: pass the image folder <root>/train/<wnid>/*.JPEG
+  c.pp.train = 'train[:99%]'       # the release has one split: hold out a fixed random 1% for validation
+  c.pp.test = 'train[99%:]'
   c.pp.crop = 224
   c.pp.train_crop = 'inception'
   c.pp.flip = True

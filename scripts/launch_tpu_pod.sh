@@ -2,7 +2,7 @@
 # Launches vit_jax training on every worker of a Cloud TPU pod slice (one process per host).
 #
 #   scripts/launch_tpu_pod.sh [--dry-run] --tpu NAME --zone ZONE [--project PROJECT] [--repo URL] [--dir DIR] \
-#       -- --config=configs/vit_b16_i21k.py --workdir=gs://BUCKET/run --config.tfds_data_dir=gs://BUCKET/tfds
+#       -- --config=configs/vit_b16_i21k.py --workdir=gs://BUCKET/run --config.dataset=/mnt/imagenet21k
 #
 # Step 1 clones (or updates) the repository and installs it on all workers; step 2 starts
 # `python -m vit_jax.main --distributed ...` on all workers at once (jax.distributed finds the pod's hosts

@@ -66,3 +66,15 @@ def test_every_finetune_dataset_validates(arg):
 def test_unknown_finetune_dataset_is_one_line():
   with pytest.raises(ValueError, match='Unknown fine-tuning dataset'):
     lib.load_config('finetune', 'mnist')
+
+
+@pytest.mark.parametrize('name', [p for p in PRESETS if p.endswith('_i21k')])
+def test_i21k_preset_reads_the_extracted_release_and_holds_out_one_percent(name, tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  for i, wnid in enumerate(('n00004475', 'n00005787', 'n00006024', 'n00006484')):
+    os.makedirs(tmp_path / 'train' / wnid)
+    for j in range(50):
+      Image.new('RGB', (12, 10), (i * 60, j, 0)).save(tmp_path / 'train' / wnid / f'{wnid}_{j}.JPEG')
+  config = lib.apply(lib.load_config(name), {'dataset': str(tmp_path), 'pp.crop': 112})
+  info = config_checks.validate(config, num_devices=8)
+  assert (info.num_classes, info.num_train, info.num_eval) == (4, 198, 2)
