@@ -10,7 +10,7 @@ import logging
 import math
 import os
 import time
-from typing import Any, Callable, Dict, Iterator, Mapping, Optional
+from typing import Any, Callable, ContextManager, Dict, Iterator, Mapping, Optional
 
 import jax
 
@@ -119,7 +119,7 @@ class Progress:
     self._flops, self._peak = flops_per_step, peak
     self._clock = clock
     self._last_step, self._last_time = start_step, clock()
-    self._paused = self._input_wait = 0.
+    self._spent = {'paused': 0., 'input_wait': 0.}
     self._clu = None
     try:
       if not use_clu:  # clu's periodic_actions imports TensorFlow: seconds of start-up for a log line.
@@ -131,29 +131,28 @@ class Progress:
       pass
 
   @contextlib.contextmanager
-  def paused(self) -> Iterator[None]:
-    """Time inside is not training time (the caller has synced with the device before entering)."""
+  def _timed(self, what: str) -> Iterator[None]:
     start = self._clock()
     try:
       yield
     finally:
-      self._paused += self._clock() - start
+      self._spent[what] += self._clock() - start
 
-  @contextlib.contextmanager
-  def waiting_for_input(self) -> Iterator[None]:
+  def paused(self) -> ContextManager[None]:
+    """Time inside is not training time (the caller has synced with the device before entering)."""
+    return self._timed('paused')
+
+  def waiting_for_input(self) -> ContextManager[None]:
     """Time inside is the loop blocked on the input pipeline."""
-    start = self._clock()
-    try:
-      yield
-    finally:
-      self._input_wait += self._clock() - start
+    return self._timed('input_wait')
 
   def report(self, step: int) -> Dict[str, float]:
     """Rates since the previous report (the caller has synced with the device at `step`)."""
     now = self._clock()
-    steps, secs = step - self._last_step, max(now - self._last_time - self._paused, 1e-9)
-    wait = self._input_wait
-    self._last_step, self._last_time, self._paused, self._input_wait = step, now, 0., 0.
+    steps, secs = step - self._last_step, max(now - self._last_time - self._spent['paused'], 1e-9)
+    wait = self._spent['input_wait']
+    self._last_step, self._last_time = step, now
+    self._spent = dict.fromkeys(self._spent, 0.)
     if steps <= 0:
       return {}
     steps_per_sec = steps / secs

@@ -286,18 +286,18 @@ def train_and_evaluate(config: Any, workdir: str) -> Dict[str, float]:
       fewshot_due = fewshot_evaluators and (last or (config.fewshot.every and step % config.fewshot.every == 0))
       if saving or evaluating or fewshot_due:
         jax.block_until_ready(state)  # Training time ends here; what follows is left out of the rates.
-      with progress.paused():
-        if saving:
-          check_finite()
-          ckpt.save(step, state, train_iter.get_state(), force=True)
-        if evaluating:
-          eval_metrics = evaluate.evaluate_all(eval_step, state, make_eval_batches)
-          writer.write_scalars(step, eval_metrics)
-        if fewshot_due:
-          fewshot_metrics = {k: v for e in fewshot_evaluators for k, v in e.run(state.params).items()}
-          writer.write_scalars(step, fewshot_metrics)
-          if last:
-            eval_metrics = {**eval_metrics, **fewshot_metrics}
+        with progress.paused():
+          if saving:
+            check_finite()
+            ckpt.save(step, state, train_iter.get_state(), force=True)
+          if evaluating:
+            eval_metrics = evaluate.evaluate_all(eval_step, state, make_eval_batches)
+            writer.write_scalars(step, eval_metrics)
+          if fewshot_due:
+            fewshot_metrics = {k: v for e in fewshot_evaluators for k, v in e.run(state.params).items()}
+            writer.write_scalars(step, fewshot_metrics)
+            if last:
+              eval_metrics = {**eval_metrics, **fewshot_metrics}
       if step == config.debug_kill_at_step:  # Tests: a hard kill; the started saves are let finish first.
         ckpt.wait()
         writer.close()
