@@ -24,7 +24,7 @@ DENSE_PER_LAYER = 6  # q, k, v, out, mlp in, mlp out
 
 def _counts(mode: str, **changes) -> dict:
   cfg = benchmarking.dataclasses.replace(TI16, **changes)
-  return lowering.summarize(lowering.lower(cfg, mode))
+  return lowering.summarize(lowering.lower(cfg, (mode,))[mode])
 
 
 def test_cudnn_train_step_lowers_for_gpu_with_197_tokens():
@@ -121,6 +121,7 @@ def test_cudnn_matches_xla_on_gpu():
 def test_fsdp_mesh_lowers_with_cudnn_attention_partitioned():
   # 8 devices, data=2 x fsdp=4: jax wraps each cuDNN call for XLA's SPMD partitioner to expand.
   cfg = benchmarking.dataclasses.replace(TI16, mesh='data=2,fsdp=4', rules='fsdp')
-  c = lowering.summarize(lowering.lower(cfg, 'train', num_devices=None))
+  texts = lowering.lower(cfg, ('train', 'infer'), num_devices=None)
+  c = lowering.summarize(texts['train'])
   assert (c['spmd_partitioned_calls'], c['fmha_fwd'], c['dots_f32_in']) == (2 * LAYERS, 0, 3)
-  assert 'mhlo.num_partitions = 8' in lowering.lower(cfg, 'infer', num_devices=None)
+  assert 'mhlo.num_partitions = 8' in texts['infer']

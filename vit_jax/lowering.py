@@ -11,7 +11,7 @@ backward), matmuls by operand dtype, transposes, convolutions.
 import collections
 import contextlib
 import re
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Sequence
 
 import jax
 
@@ -44,21 +44,22 @@ def assume_gpu(cudnn_version: int = 91000, compute_capability: str = '9.0') -> I
       setattr(fa, n, f)
 
 
-def lower(cfg: benchmarking.BenchConfig, mode: str, platform: str = 'cuda', num_devices: Optional[int] = 1) -> str:
-  """StableHLO text of the benchmark's train step (`mode='train'`) or forward (`'infer'`) lowered for `platform`.
+def lower(cfg: benchmarking.BenchConfig, modes: Sequence[str] = ('train',), platform: str = 'cuda',
+          num_devices: Optional[int] = 1) -> Dict[str, str]:
+  """{mode: StableHLO text} of the benchmark's train step ('train') and forward ('infer') lowered for `platform`.
 
   The mesh spans the first `num_devices` local devices (None: all). On a mesh of more than one device jax wraps
   cuDNN attention in a `CustomSPMDPartitioning` call that XLA expands later (`summarize` counts those apart).
   """
-  if mode not in ('train', 'infer'):
-    raise ValueError(f"Unknown mode {mode!r}; use 'train' or 'infer'.")
+  unknown = set(modes) - {'train', 'infer'}
+  if unknown:
+    raise ValueError(f"Unknown modes {sorted(unknown)}; use 'train' and/or 'infer'.")
   devices = jax.devices() if num_devices is None else jax.devices()[:num_devices]
   with assume_gpu():
     prog = benchmarking.programs(cfg, devices)
-    fn, args = ((prog.train, (prog.state, prog.batch)) if mode == 'train' else
-                (prog.infer, (prog.infer_params, prog.images)))
+    calls = {'train': (prog.train, (prog.state, prog.batch)), 'infer': (prog.infer, (prog.infer_params, prog.images))}
     with prog.axis_rules():
-      return fn.trace(*args).lower(lowering_platforms=(platform,)).as_text()
+      return {m: calls[m][0].trace(*calls[m][1]).lower(lowering_platforms=(platform,)).as_text() for m in modes}
 
 
 _NAME = r'@("[^"]+"|[\w.$-]+)'  # symbol names are quoted when not identifiers (@"<lambda>")
@@ -133,8 +134,8 @@ def lowering_row(cfg: benchmarking.BenchConfig, platform: str = 'cuda', num_devi
                          'attn': cfg.attention_impl, 'attn_pad': cfg.attention_pad, 'remat': cfg.remat_policy,
                          'scan': cfg.scan, 'mu_dtype': cfg.mu_dtype or 'float32', 'mesh': cfg.mesh,
                          'platform': platform, 'devices': num_devices or len(jax.devices())}
-  for mode in cfg.modes:
-    for key, value in summarize(lower(cfg, mode, platform, num_devices)).items():
+  for mode, text in lower(cfg, cfg.modes, platform, num_devices).items():
+    for key, value in summarize(text).items():
       row[f'{mode}_{key}'] = value
   return row
 
