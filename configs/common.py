@@ -15,7 +15,7 @@ def get_config() -> ml_collections.ConfigDict:
   """Every key, with defaults that train the embedded 'digits' set; presets start from this."""
   c = ml_collections.ConfigDict()
 
-  # --- Data (vit_jax.input_pipeline). `pp` keys are documented in vit_jax/preprocess.py; None = the dataset's
+  # --- Data (vit_jax.data.pipeline). `pp` keys are documented in vit_jax/data/preprocess.py; None = the dataset's
   # default.
   c.dataset = 'digits'             # TFDS name | directory of class folders | 'digits' | 'synthetic'
   c.tfds_data_dir = _ph(str)
@@ -40,7 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
       dtype='float32', attention_impl='xla', scan=False, remat_policy='none'))
   c.model_init = _ph(str)          # published .npz to start from (fine-tuning); see the resume order in train.py
 
-  # --- Optimisation (vit_jax.optim): schedule keys at the top level as in vit_jax, the rest in `optim`.
+  # --- Optimisation (vit_jax.training.optim): schedule keys at the top level as in vit_jax, the rest in `optim`.
   c.total_steps = 10_000
   c.base_lr = 1e-3
   c.warmup_steps = 500
@@ -62,7 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
       every=0,                     # steps between evaluations (0: at the end of training only)
       shots=(1, 5, 10, 25), num_draws=5, l2_reg=2.**10, knn_k=(10,), batch=256))
 
-  # --- Devices (vit_jax.sharding): mesh axis sizes (-1 = the rest) and the logical-axis rule table.
+  # --- Devices (vit_jax.training.sharding): mesh axis sizes (-1 = the rest) and the logical-axis rule table.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   c.sharding_rules = 'dp'          # 'dp' | 'fsdp' | 'tp', or ((logical axis, mesh axes), ...)
 

@@ -5,7 +5,7 @@ Both decode the same generated JPEGs (~500x375, ImageNet-like), take an Inceptio
 measurement runs in a fresh child process pinned (sched_setaffinity) to as many CPU cores as it has
 workers. "Per core" is measured as images per CPU-second the process consumed (all its threads), which
 stays meaningful on a shared machine; wall-clock images/s per pinned core is printed too:
-  ours:    vit_jax.input_pipeline.make_train_iterator over an image folder (grain, `workers` reader threads;
+  ours:    vit_jax.data.pipeline.make_train_iterator over an image folder (grain, `workers` reader threads;
            with simplejpeg + OpenCV installed: libjpeg-turbo decode, at 1/2-1/8 DCT scale when the box is
            2x the output or more, then bilinear resize on uint8).
   tf.data: from_tensor_slices(paths).map(read+decode_jpeg+crop+resize+flip+normalise,
@@ -50,7 +50,7 @@ def make_jpegs(directory: str, num: int, size: tuple[int, int] = (500, 375), see
 
 def measure_ours(root: str, workers: int, num_images: int) -> dict[str, float]:
   """Images/s of make_train_iterator (decode + inception crop 224 + flip + [-1, 1]) over `root`."""
-  from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from vit_jax.data import pipeline as input_pipeline  # pylint: disable=g-import-not-at-top
   pp = {'crop': CROP, 'train_crop': 'inception', 'flip': True, 'threads': workers}
   it = input_pipeline.make_train_iterator(root, pp, global_batch=BATCH, seed=0, process_index=0,
                                           process_count=1)

@@ -7,7 +7,7 @@
   JAX_PLATFORMS=cpu python scripts/benchmark.py --model testing --resolution 32 --batch 8   # smoke test
   python scripts/benchmark.py --model ViT-B_16 --batch 512 --lower_only cuda --sweep --sweep_modes train,infer
 
-Measuring logic lives in `vit_jax/benchmarking.py`; PERF_NOTES.md says how to read the numbers.
+Measuring logic lives in `vit_jax/perf/benchmarking.py`; PERF_NOTES.md says how to read the numbers.
 """
 import argparse
 import functools
@@ -64,7 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--lower_only', default=None, metavar='PLATFORM',
                  help="no timing: lower each point for PLATFORM ('cuda', 'rocm', 'tpu') on this machine and count "
                       'what that program runs (cuDNN attention calls, matmul dtypes, transposes); see '
-                      'vit_jax/lowering.py')
+                      'vit_jax/perf/lowering.py')
   p.add_argument('--lower_devices', type=int, default=1,
                  help='devices of the --lower_only mesh (default 1, one GPU; 0: all local devices)')
   return p.parse_args(argv)
@@ -123,7 +123,7 @@ def main(argv=None) -> None:
     raise ValueError('--lower_only times nothing; drop --timm (or --lower_only).')
   timm = run_timm(args) if args.timm else None
 
-  from vit_jax import benchmarking  # pylint: disable=g-import-not-at-top  (after XLA_FLAGS)
+  from vit_jax.perf import benchmarking  # pylint: disable=g-import-not-at-top  (after XLA_FLAGS)
   import jax  # pylint: disable=g-import-not-at-top
 
   base = benchmarking.BenchConfig(
@@ -147,7 +147,7 @@ def main(argv=None) -> None:
     configs = [base]
 
   if args.lower_only:
-    from vit_jax import lowering  # pylint: disable=g-import-not-at-top
+    from vit_jax.perf import lowering  # pylint: disable=g-import-not-at-top
     measure = functools.partial(lowering.lowering_row, platform=args.lower_only,
                                 num_devices=args.lower_devices or None)
     extra = lowering.COLUMNS

@@ -1,4 +1,4 @@
-"""Checks the train-memory model of `vit_jax.benchmarking.train_memory_model` against XLA's memory analysis.
+"""Checks the train-memory model of `vit_jax.perf.benchmarking.train_memory_model` against XLA's memory analysis.
 
   JAX_PLATFORMS=cpu python scripts/memory_check.py --model ViT-g_14 --depths 1,2 --batches 4,8 --remat none,full
 
@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from vit_jax import benchmarking  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vit_jax.perf import benchmarking  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def grad_temp_bytes(cfg: benchmarking.BenchConfig) -> float:

@@ -5,9 +5,9 @@ import os
 import pytest
 
 import loop_testlib as lib
-from vit_jax import config_checks
-from vit_jax import train
 from vit_jax.models import registry
+from vit_jax.training import config_checks
+from vit_jax.training import loop
 
 PRESETS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(lib.REPO, 'configs', '*.py'))
                  if os.path.basename(p) not in ('__init__.py', 'common.py'))
@@ -49,7 +49,7 @@ def _shrink(config):
 def test_preset_runs_two_steps_with_a_tiny_model(name, arg, tmp_path):
   config = lib.load_config(name, arg)
   workdir = str(tmp_path)
-  metrics = train.train_and_evaluate(_shrink(config), workdir)
+  metrics = loop.train_and_evaluate(_shrink(config), workdir)
   assert metrics['step'] == 2
   losses = lib.train_losses(workdir)
   assert sorted(losses) == [1, 2] and all(v == v for v in losses.values())  # finite, not NaN

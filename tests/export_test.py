@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from vit_jax import export
-from vit_jax import inference
-from vit_jax import input_pipeline
 from vit_jax import predict
 from vit_jax import visualize
+from vit_jax.data import pipeline as input_pipeline
+from vit_jax.tools import inference
 import tiny_checkpoint
 
 

@@ -6,7 +6,7 @@ import ml_collections
 import pytest
 
 import loop_testlib as lib
-from vit_jax import config_checks
+from vit_jax.training import config_checks
 
 
 def _error(**overrides) -> str:

@@ -12,8 +12,8 @@ import time
 import numpy as np
 
 import loop_testlib as lib
-from vit_jax import checkpointing
-from vit_jax import train
+from vit_jax.training import checkpointing
+from vit_jax.training import loop
 
 # Constant lr: the losses of the first steps do not depend on total_steps, so a long preemptible run and a short
 # reference run can be compared step by step.
@@ -30,7 +30,7 @@ def _free_port() -> int:
 
 def test_two_processes_match_one_process_and_agree_on_the_preemption_step(tmp_path):
   ref_dir = str(tmp_path / 'one_process')
-  train.train_and_evaluate(lib.tiny_config(total_steps=STEPS, **OVERRIDES), ref_dir)
+  loop.train_and_evaluate(lib.tiny_config(total_steps=STEPS, **OVERRIDES), ref_dir)
   expected = lib.train_losses(ref_dir)
 
   workdir = str(tmp_path / 'two_processes')

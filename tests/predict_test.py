@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vit_jax import inference
 from vit_jax import predict
+from vit_jax.tools import inference
 import tiny_checkpoint
 
 

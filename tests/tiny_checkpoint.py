@@ -54,11 +54,11 @@ def write_image(path: str, width: int = 40, height: int = 30, seed: int = 0) -> 
 def trained_workdir(base: str) -> str:
   """A workdir of the embedded default config trained for 4 steps (checkpoints at 2 and 4), under `base`."""
   from configs import default  # pylint: disable=g-import-not-at-top
-  from vit_jax import train  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import loop  # pylint: disable=g-import-not-at-top
   config = default.get_config()
   config.total_steps, config.warmup_steps, config.batch = 4, 1, 32
   config.progress_every, config.checkpoint_every, config.eval_every = 1, 2, 2
   config.tensorboard = False
   workdir = os.path.join(base, 'tools_workdir')
-  train.train_and_evaluate(config, workdir)
+  loop.train_and_evaluate(config, workdir)
   return workdir

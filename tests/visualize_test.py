@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vit_jax import inference
 from vit_jax import visualize
+from vit_jax.tools import inference
 import tiny_checkpoint
 
 

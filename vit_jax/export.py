@@ -10,7 +10,7 @@ import os
 from typing import Sequence
 
 from vit_jax import checkpoint
-from vit_jax import inference
+from vit_jax.tools import inference
 
 
 def export(workdir: str, out: str) -> str:

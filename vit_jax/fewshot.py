@@ -1,160 +1,16 @@
-"""Representation quality of a ViT: few-shot linear evaluation (closed-form ridge regression) and kNN on the
-pre-logits features, as in the ViT paper and big_vision's fewshot evaluator.
+"""Few-shot linear and kNN evaluation of a checkpoint (the ViT paper's, on pre-logits features).
 
   python -m vit_jax.fewshot --model ViT-B_16 --checkpoint CKPT --dataset digits --shots 1 5 10 25 --knn_k 10
 
-Few-shot: for each shot count and each of `num_draws` random draws, `shots` training examples per class; features
-whitened with the draw's mean and std, a constant bias feature appended, targets in {-1, 1}, and the ridge
-solution (X^T X + l2 I)^-1 X^T Y (or its dual when there are fewer examples than features) classifies the whole
-test split; the metric is the mean test accuracy over draws. kNN: cosine similarity to every training example,
-majority vote of the k nearest.
-
-During training: `FewShotEvaluator(model, 'digits', pp).run(params)` returns the same metrics as a dict.
+The evaluation itself is `vit_jax.evaluation.fewshot` (the training loop runs the same).
 """
 import argparse
-import logging
-from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple
+from typing import Sequence
 
-import jax
-import numpy as np
-
-from vit_jax import inference
-
-BIAS_FEATURE = 100.  # Large, so the bias is hardly regularised (as in big_vision).
-DEFAULT_SHOTS = (1, 5, 10, 25)
+from vit_jax.evaluation.fewshot import DEFAULT_SHOTS, FewShotEvaluator
+from vit_jax.tools import inference
 
 
-# ------------------------------------------------------------------------------------------------ few-shot
-def _ridge_weights(x: np.ndarray, t: np.ndarray, l2_reg: float) -> np.ndarray:
-  """argmin_w |x w - t|^2 + l2_reg |w|^2, by the primal (N >= D) or dual (N < D) normal equations."""
-  n, d = x.shape
-  if n >= d:
-    return np.linalg.solve(x.T @ x + l2_reg * np.eye(d), x.T @ t)
-  return x.T @ np.linalg.solve(x @ x.T + l2_reg * np.eye(n), t)
-
-
-def ridge_fewshot_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-                           num_classes: int, l2_reg: float = 2.**10) -> float:
-  """Test accuracy of the closed-form ridge-regression classifier fitted on (train_x, train_y)."""
-  train_x, test_x = np.asarray(train_x, np.float64), np.asarray(test_x, np.float64)
-  mean, std = train_x.mean(axis=0), train_x.std(axis=0) + 1e-5
-  whiten = lambda x: np.pad((x - mean) / std, ((0, 0), (0, 1)), constant_values=BIAS_FEATURE)
-  targets = 2. * np.eye(num_classes)[np.asarray(train_y)] - 1.
-  w = _ridge_weights(whiten(train_x), targets, l2_reg)
-  return float(np.mean(np.argmax(whiten(test_x) @ w, axis=-1) == np.asarray(test_y)))
-
-
-def sample_shots(labels: np.ndarray, shots: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
-  """Indices of `shots` distinct examples of every class, or a ValueError naming a class that has fewer."""
-  picks = []
-  for c in range(num_classes):
-    members = np.flatnonzero(labels == c)
-    if len(members) < shots:
-      raise ValueError(f'Class {c} has {len(members)} training examples, fewer than {shots} shots.')
-    picks.append(rng.choice(members, shots, replace=False))
-  return np.concatenate(picks)
-
-
-def knn_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-                 num_classes: int, k: int = 10, chunk: int = 1024) -> float:
-  """Test accuracy of a k-nearest-neighbour majority vote under cosine similarity (ties: the more similar)."""
-  unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-  train_x, test_x = unit(np.asarray(train_x, np.float32)), unit(np.asarray(test_x, np.float32))
-  train_y = np.asarray(train_y)
-  k = min(k, len(train_y))
-  correct = 0
-  for start in range(0, len(test_x), chunk):
-    sim = test_x[start:start + chunk] @ train_x.T
-    nearest = np.argpartition(-sim, k - 1, axis=-1)[:, :k]
-    near_sim = np.take_along_axis(sim, nearest, axis=-1)
-    votes = np.zeros((len(sim), num_classes))
-    rows = np.arange(len(sim))[:, None]
-    np.add.at(votes, (rows, train_y[nearest]), 1. + 1e-3 * near_sim)  # Similarity only breaks ties.
-    correct += int(np.sum(np.argmax(votes, axis=-1) == np.asarray(test_y)[start:start + chunk]))
-  return correct / len(test_x)
-
-
-def evaluate_features(train: Tuple[np.ndarray, np.ndarray], test: Tuple[np.ndarray, np.ndarray],
-                      num_classes: int, *, shots: Sequence[int] = DEFAULT_SHOTS, num_draws: int = 5,
-                      l2_reg: float = 2.**10, knn_k: Sequence[int] = (10,), seed: int = 0,
-                      name: str = '') -> Dict[str, float]:
-  """{'fewshot/[name/]{n}shot': mean accuracy over draws, ..., 'knn/[name/]k{k}': accuracy} from features.
-
-  Shot counts that some class cannot fill are left out (with a log line), so small datasets still report.
-  The draws are a function of (seed, shots).
-  """
-  (train_x, train_y), (test_x, test_y) = train, test
-  train_y, test_y = np.asarray(train_y), np.asarray(test_y)
-  tag = f'{name}/' if name else ''
-  metrics = {}
-  for n in shots:
-    rng = np.random.default_rng([seed, n])  # The draws of n shots do not depend on the other shot counts.
-    try:
-      draws = [sample_shots(train_y, n, num_classes, rng) for _ in range(num_draws)]
-    except ValueError as e:
-      logging.warning('Skipping %d-shot evaluation: %s', n, e)
-      continue
-    accs = [ridge_fewshot_accuracy(train_x[i], train_y[i], test_x, test_y, num_classes, l2_reg) for i in draws]
-    metrics[f'fewshot/{tag}{n}shot'] = float(np.mean(accs))
-  for k in knn_k:
-    metrics[f'knn/{tag}k{k}'] = knn_accuracy(train_x, train_y, test_x, test_y, num_classes, k)
-  return metrics
-
-
-# ------------------------------------------------------------------------------------------------ features
-def _eval_batches(dataset: str, pp: Mapping[str, Any], split: str, batch_size: int,
-                  data_dir: Optional[str]) -> Iterator[Dict[str, np.ndarray]]:
-  """Every example of `split` once, eval-preprocessed, in padded batches with a `mask`."""
-  from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  return input_pipeline.make_eval_iterator(dataset, {**pp, 'test': split}, global_batch=batch_size,
-                                           data_dir=data_dir)
-
-
-class FewShotEvaluator:
-  """Few-shot ridge and kNN evaluation of a model's pre-logits features on one dataset.
-
-  `model`: the (classifier) VisionTransformer being trained; its features come from the same module with
-  `num_classes=0`, applied to the same params. `pp`: the data pipeline's preprocessing section; `pp['crop']` must
-  be the model's resolution. Training examples come from `train_split` (default `pp['train']`), test examples
-  from `test_split` (default `pp['test']`), both with eval preprocessing.
-  """
-
-  def __init__(self, model, dataset: str, pp: Mapping[str, Any], *, train_split: Optional[str] = None,
-               test_split: Optional[str] = None, batch_size: int = 256, shots: Sequence[int] = DEFAULT_SHOTS,
-               num_draws: int = 5, l2_reg: float = 2.**10, knn_k: Sequence[int] = (10,), seed: int = 0,
-               data_dir: Optional[str] = None, name: Optional[str] = None):
-    self.features_model = model.clone(num_classes=0)
-    self.dataset, self.pp, self.data_dir = dataset, dict(pp), data_dir
-    self.train_split = train_split or self.pp.get('train', 'train')
-    self.test_split = test_split or self.pp.get('test', 'test')
-    self.batch_size = batch_size
-    self.options = dict(shots=tuple(shots), num_draws=num_draws, l2_reg=l2_reg, knn_k=tuple(knn_k), seed=seed,
-                        name=dataset if name is None else name)
-    self._apply = jax.jit(lambda p, x: self.features_model.apply({'params': p}, x, train=False))
-
-  def features(self, params: Any, split: str) -> Tuple[np.ndarray, np.ndarray, int]:
-    """(features, integer labels, number of classes) of every example of `split`, on every process."""
-    feats, labels, masks = [], [], []
-    for batch in _eval_batches(self.dataset, self.pp, split, self.batch_size, self.data_dir):
-      feats.append(np.asarray(self._apply(params, batch['image'])))
-      labels.append(np.argmax(np.asarray(batch['label']), axis=-1))
-      masks.append(np.asarray(batch['mask']) > 0)
-    num_classes = batch['label'].shape[-1]
-    feats, labels, masks = np.concatenate(feats), np.concatenate(labels), np.concatenate(masks)
-    if jax.process_count() > 1:  # Each process read its own shard of the split, all of the same padded length.
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      feats, labels, masks = (np.asarray(multihost_utils.process_allgather(x, tiled=True))
-                              for x in (feats, labels, masks))
-    return feats[masks], labels[masks], num_classes
-
-  def run(self, params: Any) -> Dict[str, float]:
-    """The few-shot and kNN metrics of `params` (see `evaluate_features`)."""
-    train_x, train_y, num_classes = self.features(params, self.train_split)
-    test_x, test_y, _ = self.features(params, self.test_split)
-    return evaluate_features((train_x, train_y), (test_x, test_y), num_classes, **self.options)
-
-
-# ------------------------------------------------------------------------------------------------ CLI
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog='python -m vit_jax.fewshot', description=__doc__.split('\n')[0])
   parser.add_argument('--model', help='registered name, e.g. ViT-B_16 (optional for a workdir that records it)')

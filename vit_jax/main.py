@@ -3,7 +3,7 @@
 Parses flags (the config is locked: unknown keys are errors), starts `jax.distributed` when running multi-process
 (auto-detected on Cloud TPU pods and under SLURM, or given explicitly with --coordinator_address,
 --num_processes, --process_id), keeps TensorFlow off the accelerators, and hands off to
-`train.train_and_evaluate`. User mistakes end in one line on stderr and exit status 2, without a traceback.
+`loop.train_and_evaluate`. User mistakes end in one line on stderr and exit status 2, without a traceback.
 """
 import os
 import sys
@@ -43,7 +43,7 @@ def _parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    from vit_jax import config_checks  # pylint: disable=g-import-not-at-top
+    from vit_jax.training import config_checks  # pylint: disable=g-import-not-at-top
     config = None
     config_arg = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
     if config_arg:
@@ -104,16 +104,16 @@ def main(argv) -> None:
   _quiet_orbax()
 
   import jax  # pylint: disable=g-import-not-at-top
-  from vit_jax import config_checks  # pylint: disable=g-import-not-at-top
-  from vit_jax import train  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import config_checks  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import loop  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_transfer_guard', 'allow')  # The loop disallows device->host inside the step.
   logging.info('JAX %s, process %d of %d, %d devices.', jax.__version__, jax.process_index(),
                jax.process_count(), jax.device_count())
   try:
-    metrics = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    metrics = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except config_checks.ConfigError as e:
     _fail(f'Config error: {e}')
-  except train.TrainingDiverged as e:
+  except loop.TrainingDiverged as e:
     _fail(str(e), EXIT_DIVERGED)
   if 'val/top1' in metrics and jax.process_index() == 0:
     print(f'Final test accuracy: {metrics["val/top1"]:.4f} (top-5 {metrics["val/top5"]:.4f}, loss '

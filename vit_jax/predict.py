@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence, Tuple
 import jax
 import numpy as np
 
-from vit_jax import inference
+from vit_jax.tools import inference
 
 _BUILTIN_LABELS = ('imagenet2012', 'imagenet21k')
 

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import jax
 import numpy as np
 
-from vit_jax import inference
+from vit_jax.tools import inference
 
 DPI = 100
 
@@ -115,7 +115,7 @@ def plot_attention(image: np.ndarray, maps: Sequence[np.ndarray], titles: Sequen
 
 def dataset_images(dataset: str, size: int, num: int, split: str = 'test') -> Tuple[np.ndarray, List[str]]:
   """The first `num` eval-preprocessed images of a dataset split, with names '<dataset>_<split>_<i>'."""
-  from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from vit_jax.data import pipeline as input_pipeline  # pylint: disable=g-import-not-at-top
   batch_size = -(-num // jax.device_count()) * jax.device_count()  # The pipeline splits batches over devices.
   batch = next(iter(input_pipeline.make_eval_iterator(dataset, {'crop': size, 'test': split},
                                                       global_batch=batch_size)))

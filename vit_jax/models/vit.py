@@ -6,7 +6,7 @@ Parameter names use Linen numbering (`encoderblock_{i}/LayerNorm_0`, `MultiHeadD
 `LayerNorm_1`, `MlpBlock_0`); `vit_jax.checkpoint` maps the published pre-Linen names onto them.
 
 Weights carry logical axis names ('embed', 'mlp', 'heads', 'kv', 'classes', 'layers') so that the mapping of
-parameters onto a device mesh is a table of rules (see `vit_jax.sharding`), not code.
+parameters onto a device mesh is a table of rules (see `vit_jax.training.sharding`), not code.
 """
 import functools
 import re

@@ -20,11 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit_jax import losses
 from vit_jax import models
-from vit_jax import optim
-from vit_jax import sharding
-from vit_jax import train_step
+from vit_jax.training import losses
+from vit_jax.training import optim
+from vit_jax.training import sharding
+from vit_jax.training import train_step
 
 # The optimizer of the pretraining presets (AdamW b1 .9, b2 .999, global-norm clip 1, decoupled weight decay on
 # kernels, warmup + cosine). The schedule's numbers change no cost; they are here so the step is the real one.
@@ -61,9 +61,9 @@ class BenchConfig:
 
 
 def step_api() -> types.SimpleNamespace:
-  """The pieces of the real training core that the benchmark times (vit_jax.train_step, optim, sharding)."""
+  """The pieces of the real training core that the benchmark times (vit_jax.training.train_step, optim, sharding)."""
   return types.SimpleNamespace(
-      source='vit_jax.train_step', create_train_state=train_step.create_train_state,
+      source='vit_jax.training.train_step', create_train_state=train_step.create_train_state,
       make_train_step=train_step.make_train_step, make_optimizer=optim.make_optimizer,
       make_mesh=sharding.make_mesh, param_shardings=sharding.param_shardings,
       batch_sharding=sharding.batch_sharding, axis_rules=sharding.axis_rules, softmax_xent=losses.softmax_xent)
@@ -163,7 +163,7 @@ def programs(cfg: BenchConfig, devices: Optional[Sequence[Any]] = None) -> types
 
   `train` is the real step (state donated), `infer` the forward on `infer_params` (params in the compute dtype);
   lower them inside `axis_rules()`. The mesh spans `devices` (default: all). `run` times these functions,
-  `compiled_train_memory` and `vit_jax.lowering` compile or lower them.
+  `compiled_train_memory` and `vit_jax.perf.lowering` compile or lower them.
   """
   api = step_api()
   mesh = api.make_mesh(parse_mesh(cfg.mesh), devices)

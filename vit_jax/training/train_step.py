@@ -1,6 +1,6 @@
 """The pure training core: train state, one jit-able train step (with gradient accumulation and EMA), eval step.
 
-No I/O and no host syncs: the loop jits these with `NamedSharding`s (see `vit_jax.sharding` and
+No I/O and no host syncs: the loop jits these with `NamedSharding`s (see `vit_jax.training.sharding` and
 `train_state_shardings`) and donates the state. Activations are laid out by XLA's propagation from the param and
 batch shardings unless `mesh`/`rules` are given (the current ViT cannot take them yet: `sharding.axis_rules`).
 A step's randomness (dropout, stochastic depth) is `fold_in(fold_in(state.rng, state.step), micro)`, so a run is
@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vit_jax import losses
-from vit_jax import sharding as sharding_lib
+from vit_jax.training import losses
+from vit_jax.training import sharding as sharding_lib
 
 Array = jax.Array
 Batch = Dict[str, Array]

@@ -8,12 +8,12 @@ import numpy as np
 import optax
 import pytest
 
-from vit_jax import losses
 from vit_jax import models
-from vit_jax import optim
-from vit_jax import sharding
-from vit_jax import train_step
 from vit_jax.models import vit
+from vit_jax.training import losses
+from vit_jax.training import optim
+from vit_jax.training import sharding
+from vit_jax.training import train_step
 
 NUM_CLASSES = 10
 INPUT = (1, 32, 32, 3)

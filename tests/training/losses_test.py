@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax import losses
+from vit_jax.training import losses
 
 LOGITS = np.array([[2., 1., 0.1, -1.], [0.5, 0.5, 3., 0.]], np.float32)
 

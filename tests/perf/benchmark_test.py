@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_jax import benchmarking
 from vit_jax import models
+from vit_jax.perf import benchmarking
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'scripts'))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'scripts'))
 import benchmark as benchmark_cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # A plain 2-layer ViT at 32 px (17 tokens, width 192): big enough that matmuls dominate the FLOPs.

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from vit_jax import checkpointing
+from vit_jax.training import checkpointing
 
 
 def _state(value: float, mesh):

@@ -20,9 +20,9 @@ with `np.random.default_rng([seed, step, 1])`, pairing examples half a global ba
 Evaluation: process p takes examples p, p + P, ...; every process yields the same number of batches; the
 last are padded with zero images whose `mask` is 0 (a corrupt eval image is also masked out).
 
-Datasets: see `vit_jax.data_sources` (TFDS names, image folders, 'digits') and 'synthetic' (random
+Datasets: see `vit_jax.data.sources` (TFDS names, image folders, 'digits') and 'synthetic' (random
 images from (seed, step); imports neither TensorFlow nor grain). The `pp` keys are documented in
-`vit_jax.preprocess`.
+`vit_jax.data.preprocess`.
 
 Checkpointing the data position: save `it.get_state()` (a JSON-able dict; for the mesh prefetcher it is
 the state *after the last batch handed out*, not after the prefetched ones) and after re-creating the
@@ -40,8 +40,8 @@ from typing import Any, Iterator, Mapping
 import jax
 import numpy as np
 
-from vit_jax import data_sources
-from vit_jax import preprocess
+from vit_jax.data import preprocess
+from vit_jax.data import sources as data_sources
 
 PP_KEYS = frozenset({
     'train', 'test', 'crop', 'train_crop', 'area_range', 'aspect_range', 'resize', 'eval_crop', 'flip',
@@ -67,7 +67,7 @@ def _resolve_pp(pp: Mapping[str, Any] | None, defaults: Mapping[str, Any]) -> di
   unknown = sorted(set(pp) - PP_KEYS)
   if unknown:
     raise ValueError(f'Unknown pp key(s) {unknown}: the keys are {sorted(PP_KEYS)} '
-                     '(documented in vit_jax/preprocess.py).')
+                     '(documented in vit_jax/data/preprocess.py).')
   out = {'train': 'train', 'test': 'test', **defaults}
   out.update({k: v for k, v in pp.items() if v is not None})
   return out

@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterator, Optional, Sequence
 
 import jax
 
-from vit_jax import benchmarking
+from vit_jax.perf import benchmarking
 
 FMHA_FORWARD = '__cudnn$fmhaSoftmax'
 FMHA_BACKWARD = '__cudnn$fmhaSoftmaxBackward'
@@ -31,7 +31,7 @@ def assume_gpu(cudnn_version: int = 91000, compute_capability: str = '9.0') -> I
   names = ('check_cudnn_version', 'check_compute_capability', 'is_cuda_compute_capability_equal')
   if not all(hasattr(fa, n) for n in names):
     raise RuntimeError(f'jax {jax.__version__} changed its cuDNN attention checks ({", ".join(names)}); '
-                       'update vit_jax.lowering.assume_gpu to lower cuDNN attention without a GPU.')
+                       'update vit_jax.perf.lowering.assume_gpu to lower cuDNN attention without a GPU.')
   saved = {n: getattr(fa, n) for n in names}
   target = tuple(int(x) for x in compute_capability.split('.'))
   fa.check_cudnn_version = lambda: cudnn_version

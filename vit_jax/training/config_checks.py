@@ -11,6 +11,9 @@ from typing import Any, Iterable, Optional
 
 import jax
 
+from vit_jax.models import build
+from vit_jax.models import registry
+
 
 class ConfigError(ValueError):
   """A user mistake in the config; the message is one line naming the key and the fix."""
@@ -90,14 +93,13 @@ def _check_int(config: Any, key: str, minimum: int) -> None:
 
 def _patch_grid_divisor(config: Any) -> Optional[int]:
   """How many pixels each token covers along one side, or None when the model is unknown."""
-  from vit_jax.models import registry  # pylint: disable=g-import-not-at-top
   try:
     model_cfg = registry.get_config(config.model_name)
   except ValueError as e:
     raise ConfigError(f'config.model_name={config.model_name!r}: {e}') from None
   patch = config.model.patch_size or model_cfg['patches']['size'][0]
   resnet = model_cfg.get('resnet')
-  stages = resnet_override(config.model)
+  stages = build.resnet_override(config.model)
   if stages is None and resnet is not None:
     stages = resnet['num_layers']
   if stages is not None:  # The ResNet root downsamples 4x, then 2x per stage after the first.
@@ -149,7 +151,7 @@ def validate(config: Any, *, num_devices: Optional[int] = None, check_data: bool
   if not check_data:
     return None
 
-  from vit_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from vit_jax.data import pipeline as input_pipeline  # pylint: disable=g-import-not-at-top
   try:
     info = input_pipeline.get_dataset_info(config.dataset, pp_dict(config.pp), data_dir=config.tfds_data_dir)
   except (ValueError, FileNotFoundError, ImportError) as e:
@@ -168,15 +170,6 @@ def validate(config: Any, *, num_devices: Optional[int] = None, check_data: bool
                       f'{patch} of {config.model_name!r}; set config.pp.crop to a multiple of {patch} or '
                       'config.model.patch_size to a divisor of it.')
   return info
-
-
-def resnet_override(model: Any) -> Optional[tuple]:
-  """`model.resnet_num_layers` as a tuple, or None when unset (`--config.model.resnet_num_layers=None` parses
-  as `(None,)`)."""
-  stages = model.resnet_num_layers
-  if stages is None or all(s is None for s in stages):
-    return None
-  return tuple(int(s) for s in stages)
 
 
 def pp_dict(pp: Any) -> dict:

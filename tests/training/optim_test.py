@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from vit_jax import models
-from vit_jax import optim
+from vit_jax.training import optim
 
 BASE = {'base_lr': 1., 'total_steps': 100, 'warmup_steps': 10}
 

@@ -1,7 +1,7 @@
 """Progress rates: training time only (evaluation and saves left out), and the input-pipeline wait."""
 import pytest
 
-from vit_jax import metric_logging
+from vit_jax.training import metric_logging
 
 
 def test_progress_leaves_out_paused_time_and_reports_input_wait():

@@ -1,11 +1,11 @@
-"""Tests for vit_jax.preprocess: every op checked on its output."""
+"""Tests for vit_jax.data.preprocess: every op checked on its output."""
 import io
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from vit_jax import preprocess as pp_ops
+from vit_jax.data import preprocess as pp_ops
 
 
 def _gradient(w=64, h=48):

@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from vit_jax import fewshot
-from vit_jax import inference
+from vit_jax import fewshot as fewshot_cli
+from vit_jax.evaluation import fewshot
+from vit_jax.tools import inference
 import tiny_checkpoint
 
 
@@ -58,7 +59,7 @@ def test_evaluator_and_cli_on_digits(tmp_path, capsys):
   metrics = evaluator.run(params)
   assert set(metrics) == {'fewshot/digits/1shot', 'fewshot/digits/10shot', 'knn/digits/k5'}
   assert metrics['fewshot/digits/10shot'] > 0.3 and metrics['knn/digits/k5'] > 0.3  # Chance is 0.1.
-  assert inference.run_cli(fewshot.main, ['--model', tiny_checkpoint.MODEL, '--checkpoint', path, '--dataset',
+  assert inference.run_cli(fewshot_cli.main, ['--model', tiny_checkpoint.MODEL, '--checkpoint', path, '--dataset',
                                           'digits', '--shots', '10', '--draws', '2', '--knn_k', '5',
                                           '--batch_size', '256']) == 0
   printed = dict(line.split() for line in capsys.readouterr().out.strip().split('\n'))

@@ -29,20 +29,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax import checkpoint
-from vit_jax import checkpointing
-from vit_jax import config_checks
-from vit_jax import evaluate
-from vit_jax import fewshot
-from vit_jax import input_pipeline
-from vit_jax import losses
-from vit_jax import metric_logging
-from vit_jax import optim
-from vit_jax import sharding
-from vit_jax import train_step
-from vit_jax.models import registry
+from vit_jax.data import pipeline as input_pipeline
+from vit_jax.evaluation import classification as evaluate
+from vit_jax.evaluation import fewshot
+from vit_jax.models import build
 from vit_jax.models import vit
+from vit_jax.training import checkpointing
+from vit_jax.training import config_checks
+from vit_jax.training import losses
+from vit_jax.training import metric_logging
+from vit_jax.training import optim
+from vit_jax.training import sharding
+from vit_jax.training import train_step
 
-# Keys of `config` that vit_jax.optim reads at the top level (vit_jax's names); the rest live in `config.optim`.
+# Keys of `config` that vit_jax.training.optim reads at the top level (vit_jax's names); the rest live in `config.optim`.
 _TOP_LEVEL_OPTIM_KEYS = ('base_lr', 'total_steps', 'warmup_steps', 'decay_type', 'grad_norm_clip')
 
 
@@ -50,32 +50,8 @@ class TrainingDiverged(RuntimeError):
   """Loss or gradient norm became NaN/inf; the message names the step and the last good checkpoint."""
 
 
-def build_model(config: Any, num_classes: int) -> vit.VisionTransformer:
-  """`config.model_name` from the model table with the `config.model` overrides applied."""
-  m = config.model
-  cfg = registry.get_config(config.model_name)
-  if m.patch_size:
-    cfg['patches'] = {'size': (m.patch_size, m.patch_size)}
-  if m.hidden_size:
-    cfg['hidden_size'] = m.hidden_size
-  for key in ('num_layers', 'num_heads', 'mlp_dim', 'dropout_rate', 'attention_dropout_rate'):
-    if m[key] is not None:
-      cfg['transformer'][key] = m[key]
-  if m.classifier:
-    cfg['classifier'] = m.classifier
-  if m.representation_size is not None:
-    cfg['representation_size'] = m.representation_size or None
-  stages = config_checks.resnet_override(m)
-  if stages is not None:
-    cfg['resnet'] = {**cfg.get('resnet', {'width_factor': 1}), 'num_layers': stages}
-  return vit.VisionTransformer(
-      num_classes=num_classes, **cfg, posemb=m.posemb, head_bias_init=m.head_bias_init,
-      head_zeroinit=m.head_zeroinit, stochastic_depth=m.stochastic_depth, dtype=jnp.dtype(m.dtype),
-      attention_impl=m.attention_impl, scan=m.scan, remat_policy=m.remat_policy)
-
-
 def optim_section(config: Any) -> Dict[str, Any]:
-  """The keys vit_jax.optim reads: `config.optim` plus the schedule keys kept at the top level."""
+  """The keys vit_jax.training.optim reads: `config.optim` plus the schedule keys kept at the top level."""
   section = config.optim.to_dict()
   section.update({k: config[k] for k in _TOP_LEVEL_OPTIM_KEYS})
   return section
@@ -180,7 +156,7 @@ def train_and_evaluate(config: Any, workdir: str) -> Dict[str, float]:
         config.dataset, pp, global_batch=config.batch_eval, data_dir=config.tfds_data_dir), batch_sharding)
 
   # --- Model, optimizer, loss.
-  model = build_model(config, info.num_classes)
+  model = build.build_model(config.model_name, config.model, info.num_classes)
   fewshot_evaluators = [
       fewshot.FewShotEvaluator(model, dataset, config_checks.fewshot_pp(config), train_split=train_split,
                                test_split=test_split, batch_size=config.fewshot.batch, shots=config.fewshot.shots,

@@ -1,4 +1,4 @@
-"""Tests for vit_jax.data_sources through the pipeline: image folders (with a corrupt file) and TFDS."""
+"""Tests for vit_jax.data.sources through the pipeline: image folders (with a corrupt file) and TFDS."""
 import logging
 import os
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vit_jax import data_sources
-from vit_jax import input_pipeline as ip
-from vit_jax import preprocess
+from vit_jax.data import pipeline as ip
+from vit_jax.data import preprocess
+from vit_jax.data import sources as data_sources
 
 
 def _write_folder(root, split, per_class, corrupt=None, size=(40, 30)):

@@ -16,7 +16,7 @@ import numpy as np
 
 from vit_jax import checkpoint
 from vit_jax import models
-from vit_jax import preprocess
+from vit_jax.data import preprocess
 from vit_jax.models import registry
 
 Params = Dict[str, Any]
@@ -30,7 +30,7 @@ def _load_workdir_params(workdir: str) -> Params:
   training run is needed; the newest step that reads wins, like the loop's own resume.
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from vit_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
   directory = os.path.abspath(checkpointing.checkpoint_dir(workdir))
   steps = sorted((int(d) for d in os.listdir(directory) if d.isdigit()), reverse=True)
   if not steps:
@@ -56,14 +56,9 @@ def workdir_model(workdir: str, num_classes: int) -> models.VisionTransformer:
   path = os.path.join(workdir, 'config.json')
   if not os.path.isfile(path):
     raise ValueError(f'{workdir} has no config.json naming its model; pass --model.')
-  try:
-    import ml_collections  # pylint: disable=g-import-not-at-top
-    from vit_jax import train  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ValueError(f'Rebuilding the model of {workdir} needs {e.name}; install it or pass --model.') from None
   with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  model = train.build_model(config, num_classes)
+    config = json.load(f)
+  model = models.build.build_model(config['model_name'], config['model'], num_classes)
   # Inference needs neither the training run's scan (params are loaded looped) nor a GPU-only kernel.
   impl = 'xla' if model.attention_impl == 'cudnn' and jax.default_backend() != 'gpu' else model.attention_impl
   return model.clone(scan=False, remat_policy='none', attention_impl=impl)

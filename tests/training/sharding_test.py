@@ -7,9 +7,9 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from vit_jax import models
-from vit_jax import optim
-from vit_jax import sharding
-from vit_jax import train_step
+from vit_jax.training import optim
+from vit_jax.training import sharding
+from vit_jax.training import train_step
 
 BLOCK = 'Transformer/encoderblock_0/'
 

@@ -1,4 +1,4 @@
-"""Tests for vit_jax.input_pipeline: sources, sharding across processes, exact resume, eval counting."""
+"""Tests for vit_jax.data.pipeline: sources, sharding across processes, exact resume, eval counting."""
 import json
 import os
 import sys
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vit_jax import data_sources
-from vit_jax import input_pipeline as ip
+from vit_jax.data import pipeline as ip
+from vit_jax.data import sources as data_sources
 
 PP = {'crop': 16}
 
@@ -52,7 +52,7 @@ def test_digits_train_matches_sklearn_pixels():
 
 
 def test_synthetic_does_not_import_tensorflow_or_grain():
-  code = ('import sys; from vit_jax import input_pipeline as ip; '
+  code = ('import sys; from vit_jax.data import pipeline as ip; '
           'it = ip.make_train_iterator("synthetic", {"crop": 8, "num_classes": 5}, global_batch=8); '
           'b = next(it); assert b["image"].shape == (8, 8, 8, 3) and b["label"].shape == (8, 5); '
           'e = list(ip.make_eval_iterator("synthetic", {"crop": 8, "num_classes": 5, "num_eval": 10}, '

@@ -11,18 +11,18 @@ import pytest
 
 import loop_testlib as lib
 from vit_jax import checkpoint
-from vit_jax import checkpointing
-from vit_jax import config_checks
-from vit_jax import fewshot
-from vit_jax import inference
-from vit_jax import train
+from vit_jax.evaluation import fewshot
+from vit_jax.tools import inference
+from vit_jax.training import checkpointing
+from vit_jax.training import config_checks
+from vit_jax.training import loop
 
 
 @pytest.fixture(scope='module')
 def reference(tmp_path_factory):
   """An uninterrupted in-process run of the tiny config, profiling 2 steps: (workdir, final metrics)."""
   workdir = str(tmp_path_factory.mktemp('reference'))
-  return workdir, train.train_and_evaluate(lib.tiny_config(profile_steps=2), workdir)
+  return workdir, loop.train_and_evaluate(lib.tiny_config(profile_steps=2), workdir)
 
 
 def test_metrics_jsonl_has_the_documented_keys_and_monotone_steps(reference):
@@ -52,7 +52,7 @@ def test_profile_steps_writes_a_trace(reference):
 
 def test_a_finished_run_restarted_only_evaluates(reference, tmp_path):
   workdir, final = reference
-  again = train.train_and_evaluate(lib.tiny_config(), workdir)
+  again = loop.train_and_evaluate(lib.tiny_config(), workdir)
   assert again['step'] == 12 and again['val/top1'] == pytest.approx(final['val/top1'])
   assert sorted(lib.train_losses(workdir)) == list(range(1, 13))
 
@@ -104,8 +104,8 @@ def test_sigterm_saves_exits_zero_and_the_run_resumes(tmp_path):
 def test_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
   workdir = str(tmp_path / 'nan')
   cfg = lib.tiny_config(base_lr=1e30, checkpoint_every=1)
-  with pytest.raises(train.TrainingDiverged, match=r'NaN/inf at step \d+') as info:
-    train.train_and_evaluate(cfg, workdir)
+  with pytest.raises(loop.TrainingDiverged, match=r'NaN/inf at step \d+') as info:
+    loop.train_and_evaluate(cfg, workdir)
   bad = int(re.search(r'at step (\d+)', str(info.value)).group(1))
   assert 1 <= bad <= 4
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), save_every=1, read_only=True)
@@ -125,7 +125,7 @@ def test_model_init_loads_a_published_npz(reference, tmp_path, capsys):
   checkpoint.save_npz(state['params'], npz)
   workdir = str(tmp_path / 'finetune')
   # lr 0: the params after one step are exactly the loaded ones.
-  train.train_and_evaluate(lib.tiny_config(model_init=npz, base_lr=0., warmup_steps=0, decay_type='constant',
+  loop.train_and_evaluate(lib.tiny_config(model_init=npz, base_lr=0., warmup_steps=0, decay_type='constant',
                                            total_steps=1), workdir)
   assert f'Initialised the params from {npz}.' in capsys.readouterr().out
   _, tuned, _ = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), save_every=1,
@@ -137,7 +137,7 @@ def test_fewshot_during_training_equals_the_evaluator_on_the_saved_params(tmp_pa
   workdir = str(tmp_path)
   config = lib.tiny_config(fewshot__datasets=(('digits', 'train', 'test'),), fewshot__every=6,
                            fewshot__shots=(1, 5), fewshot__num_draws=2)
-  final = train.train_and_evaluate(config, workdir)
+  final = loop.train_and_evaluate(config, workdir)
   records = [r for r in lib.read_metrics(workdir) if 'fewshot/digits/5shot' in r]
   assert [r['step'] for r in records] == [6, 12]
   model, params, _ = inference.load_model(workdir)  # the step-12 checkpoint, read back from disk
@@ -162,7 +162,7 @@ def test_logged_loss_and_grad_norm_are_window_means(reference, tmp_path):
   ref_dir, _ = reference  # logs every step
   per_step = {r['step']: r for r in lib.read_metrics(ref_dir) if 'train/loss' in r}
   workdir = str(tmp_path)
-  train.train_and_evaluate(lib.tiny_config(progress_every=5), workdir)
+  loop.train_and_evaluate(lib.tiny_config(progress_every=5), workdir)
   logged = {r['step']: r for r in lib.read_metrics(workdir) if 'train/loss' in r}
   assert sorted(logged) == [5, 10, 12]
   for step, window in ((5, range(1, 6)), (10, range(6, 11)), (12, range(11, 13))):

@@ -1,0 +1,1 @@
+"""Evaluators: classification over a padded, masked split; few-shot linear and kNN on pre-logits features."""

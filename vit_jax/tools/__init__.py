@@ -1,0 +1,1 @@
+"""What the research tools (predict, visualize, fewshot, export) share: loading a checkpoint and its model."""

@@ -1,0 +1,2 @@
+"""Training: the loop, the pure train/eval step, optimizer, losses, sharding, Orbax checkpoints, metrics, config
+validation."""
