@@ -77,7 +77,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.profile_steps = 0              # > 0: capture a profiler trace of this many steps, after the first eval
   c.peak_flops = _ph(float)        # per-device peak FLOP/s for the MFU estimate (None: a table by device)
   c.preemption_sync_every = 10     # multi-host: steps between the all-processes check for SIGTERM
-  c.debug_kill_at_step = 0         # tests only: SIGKILL this process after that step (0: never)
   return c
 
 

@@ -2,8 +2,10 @@
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from typing import Any, Dict, List, Optional, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,6 +66,30 @@ def run_main(workdir: str, overrides: Dict[str, Any], timeout: float = 240, **kw
   """Runs `python -m vit_jax.main` to completion; returns the CompletedProcess (text output)."""
   return subprocess.run(main_command(workdir, overrides, **kwargs), cwd=REPO, env=env(), capture_output=True,
                         text=True, timeout=timeout, check=False)
+
+
+def run_main_killed(workdir: str, overrides: Dict[str, Any], after_checkpoint: int, timeout: float = 240,
+                    **kwargs: Any) -> subprocess.CompletedProcess:
+  """Starts `python -m vit_jax.main` and SIGKILLs it from outside, as a preemption without notice does, as soon
+  as a finished checkpoint of step >= `after_checkpoint` is on disk (Orbax renames a step's temporary directory
+  to `<step>` when it is complete). Fails if the run ends before that."""
+  proc = subprocess.Popen(main_command(workdir, overrides, **kwargs), cwd=REPO, env=env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  directory = os.path.join(workdir, 'checkpoints')
+  deadline = time.time() + timeout
+  try:
+    while proc.poll() is None and time.time() < deadline:
+      steps = [int(d) for d in os.listdir(directory) if d.isdigit()] if os.path.isdir(directory) else []
+      if steps and max(steps) >= after_checkpoint:
+        proc.send_signal(signal.SIGKILL)
+        break
+      time.sleep(0.005)
+    out, err = proc.communicate(timeout=60)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == -signal.SIGKILL, f'the run ended (status {proc.returncode}) before it was killed: {err[-2000:]}'
+  return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def read_metrics(workdir: str) -> List[Dict[str, Any]]:

@@ -16,13 +16,14 @@ losses are those an uninterrupted run has.
 Logged train metrics: `train/loss` and `train/grad_norm` are means over the steps since the previous progress
 report (summed on the device, no per-step host sync); `train/lr` and `train/param_norm` are the report step's.
 """
+import dataclasses
 import functools
 import json
 import logging
 import os
 import signal
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -129,15 +130,81 @@ def _load_model_init(state: train_step.TrainState, config: Any,
   return state.replace(params=params, ema_params=ema)
 
 
+@dataclasses.dataclass
+class _Programs:
+  """What `_compile` builds: the sharded init, the donated train step, the eval step and their shapes."""
+  init: Callable[[jax.Array], train_step.TrainState]
+  train_step: Any  # AOT-compiled (state, batch, first_bad, sums) -> (state, metrics, first_bad, sums)
+  eval_step: Callable[..., Dict[str, jax.Array]]
+  abstract_state: Any
+  rng: jax.Array
+
+
+def _write_config(config: Any, workdir: str) -> None:
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+
+def _compile(config: Any, info: Any, model: vit.VisionTransformer, tx: Any, schedule: Any, loss_fn: Any,
+             mesh: jax.sharding.Mesh, rules: Any, batch_sharding: jax.sharding.Sharding,
+             replicated: jax.sharding.Sharding) -> _Programs:
+  """Shapes, then shardings from the rules, then the sharded init (no param ever materialises unsharded) and
+  the donated train step with the NaN marker and the window sums folded in."""
+  rng = jax.random.PRNGKey(config.seed)
+  init = functools.partial(train_step.create_train_state, model, tx,
+                           input_shape=(1, info.image_size, info.image_size, 3), ema=config.ema_decay > 0)
+  state_shardings = sharding.param_shardings(jax.eval_shape(functools.partial(init, unbox=False), rng),
+                                             mesh, rules)
+  abstract_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                jax.eval_shape(init, rng), state_shardings)
+  abstract_batch = {
+      'image': jax.ShapeDtypeStruct((config.batch, info.image_size, info.image_size, 3), jnp.float32,
+                                    sharding=batch_sharding),
+      'label': jax.ShapeDtypeStruct((config.batch, info.num_classes), jnp.float32, sharding=batch_sharding)}
+  compiled_step = _compile_step(
+      train_step.make_train_step(model, tx, loss_fn, lr_schedule=schedule, accum_steps=config.accum_steps,
+                                 ema_decay=config.ema_decay or None, mesh=mesh, rules=rules),
+      state_shardings, batch_sharding, replicated, abstract_state, abstract_batch,
+      jax.device_put(np.int32(-1), replicated), _zero_sums(replicated))
+  eval_step = jax.jit(train_step.make_eval_step(model, loss_fn, mesh=mesh, rules=rules),
+                      out_shardings=replicated)
+  return _Programs(init=jax.jit(init, out_shardings=state_shardings), train_step=compiled_step,
+                   eval_step=eval_step, abstract_state=abstract_state, rng=rng)
+
+
+def _restore_or_init(config: Any, workdir: str, ckpt: checkpointing.Checkpointer, programs: _Programs,
+                     train_iter: Any, model: vit.VisionTransformer) -> train_step.TrainState:
+  """The resume order of the module docstring: own checkpoint -> config.resume -> config.model_init -> scratch.
+
+  Restores the input pipeline's position with the state.
+  """
+  restored = ckpt.restore(programs.abstract_state)
+  source = workdir
+  if restored is None and config.resume:
+    source = checkpointing.checkpoint_dir(config.resume)
+    restored = checkpointing.Checkpointer(source, save_every=1, read_only=True).restore(programs.abstract_state)
+    if restored is None:
+      raise config_checks.ConfigError(f'config.resume={config.resume!r} holds no checkpoint; fix the path.')
+  if restored is None:
+    state = programs.init(programs.rng)
+    return _load_model_init(state, config, model) if config.model_init else state
+  start_step, state, data_state = restored
+  train_iter.set_state(data_state)
+  step = int(jax.device_get(state.step))
+  if step != start_step:
+    raise RuntimeError(f'Checkpoint step {start_step} holds a state of step {step}.')
+  print(f'Resumed from step {start_step} of {source}.', flush=True)
+  return state
+
+
 def train_and_evaluate(config: Any, workdir: str) -> Dict[str, float]:
   """Trains and evaluates per `config`, checkpointing into `workdir`; returns the final eval metrics."""
   # --- Config: fail on user mistakes before anything compiles.
   info = config_checks.validate(config)
   start_time = time.time()
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+  _write_config(config, workdir)
 
   # --- Mesh and the logical-axis rules that map params and activations onto it.
   mesh = sharding.make_mesh(dict(config.mesh))
@@ -155,7 +222,7 @@ def train_and_evaluate(config: Any, workdir: str) -> Dict[str, float]:
     return input_pipeline.prefetch_to_mesh(input_pipeline.make_eval_iterator(
         config.dataset, pp, global_batch=config.batch_eval, data_dir=config.tfds_data_dir), batch_sharding)
 
-  # --- Model, optimizer, loss.
+  # --- Model, optimizer, loss, few-shot evaluators.
   model = build.build_model(config.model_name, config.model, info.num_classes)
   fewshot_evaluators = [
       fewshot.FewShotEvaluator(model, dataset, config_checks.fewshot_pp(config), train_split=train_split,
@@ -167,64 +234,48 @@ def train_and_evaluate(config: Any, workdir: str) -> Dict[str, float]:
   tx, schedule = optim.make_optimizer(optim_section(config))
   loss_fn = losses.get_loss_fn(config.loss)
 
-  # --- Shapes, then shardings from the rules, then the sharded init (no param ever materialises unsharded).
-  rng = jax.random.PRNGKey(config.seed)
-  init = functools.partial(train_step.create_train_state, model, tx,
-                           input_shape=(1, info.image_size, info.image_size, 3), ema=config.ema_decay > 0)
-  state_shardings = sharding.param_shardings(jax.eval_shape(functools.partial(init, unbox=False), rng),
-                                             mesh, rules)
-  abstract_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                                jax.eval_shape(init, rng), state_shardings)
-
-  # --- The donated train step (with the NaN marker folded in) and the eval step.
-  abstract_batch = {
-      'image': jax.ShapeDtypeStruct((config.batch, info.image_size, info.image_size, 3), jnp.float32,
-                                    sharding=batch_sharding),
-      'label': jax.ShapeDtypeStruct((config.batch, info.num_classes), jnp.float32, sharding=batch_sharding)}
-  first_bad = jax.device_put(np.int32(-1), replicated)
-  sums, window_steps = _zero_sums(replicated), 0
-  compiled_step = _compile_step(
-      train_step.make_train_step(model, tx, loss_fn, lr_schedule=schedule, accum_steps=config.accum_steps,
-                                 ema_decay=config.ema_decay or None, mesh=mesh, rules=rules),
-      state_shardings, batch_sharding, replicated, abstract_state, abstract_batch, first_bad, sums)
-  eval_step = jax.jit(train_step.make_eval_step(model, loss_fn, mesh=mesh, rules=rules),
-                      out_shardings=replicated)
+  # --- Sharded init and the compiled steps.
+  programs = _compile(config, info, model, tx, schedule, loss_fn, mesh, rules, batch_sharding, replicated)
 
   # --- Resume: own checkpoint -> config.resume -> config.model_init -> scratch (see the module docstring).
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), save_every=config.checkpoint_every,
                                     keep=config.keep_checkpoints, keep_every=config.keep_checkpoint_every)
-  restored = ckpt.restore(abstract_state)
-  source = workdir
-  if restored is None and config.resume:
-    source = checkpointing.checkpoint_dir(config.resume)
-    restored = checkpointing.Checkpointer(source, save_every=1, read_only=True).restore(abstract_state)
-    if restored is None:
-      raise config_checks.ConfigError(f'config.resume={config.resume!r} holds no checkpoint; fix the path.')
-  if restored is not None:
-    start_step, state, data_state = restored
-    train_iter.set_state(data_state)
-    print(f'Resumed from step {start_step} of {source}.', flush=True)
-  else:
-    state = jax.jit(init, out_shardings=state_shardings)(rng)
-    if config.model_init:
-      state = _load_model_init(state, config, model)
-    start_step = 0
-  step = int(jax.device_get(state.step))
-  if step != start_step:
-    raise RuntimeError(f'Checkpoint step {start_step} holds a state of step {step}.')
+  state = _restore_or_init(config, workdir, ckpt, programs, train_iter, model)
+  logging.info('Training %s on %s from step %d: %d devices, mesh %s.', config.model_name, config.dataset,
+               int(jax.device_get(state.step)), jax.device_count(), dict(mesh.shape))
 
-  # --- Metrics, progress, profiler, preemption.
+  # --- The loop (with its periodic work), then the final metrics.
+  try:
+    eval_metrics, step = _train(config, workdir, state, programs, ckpt, train_iter, make_eval_batches,
+                                fewshot_evaluators, replicated)
+  finally:
+    ckpt.close()
+    train_iter.close()
+  eval_metrics = {**eval_metrics, 'step': step, 'seconds': time.time() - start_time}
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
+      json.dump(eval_metrics, f)
+  return eval_metrics
+
+
+def _train(config: Any, workdir: str, state: train_step.TrainState, programs: _Programs,
+           ckpt: checkpointing.Checkpointer, train_iter: Any, make_eval_batches: Callable[[], Any],
+           fewshot_evaluators: List[fewshot.FewShotEvaluator],
+           replicated: jax.sharding.Sharding) -> Tuple[Dict[str, float], int]:
+  """Steps from the state's step to `config.total_steps`: progress reports, checkpoints, evals, few-shot,
+  preemption and the NaN guard. Returns (the last eval metrics, the last step)."""
+  step = int(jax.device_get(state.step))
   metric_logging.truncate_jsonl(os.path.join(workdir, 'metrics.jsonl'), step)
   writer = metric_logging.MetricWriter(workdir, tensorboard=config.tensorboard)
   progress = metric_logging.Progress(
       total_steps=config.total_steps, global_batch=config.batch, start_step=step,
-      flops_per_step=metric_logging.step_flops(compiled_step),
+      flops_per_step=metric_logging.step_flops(programs.train_step),
       peak=metric_logging.peak_flops(jax.devices()[0].device_kind, config.peak_flops),
       use_clu=config.tensorboard)
   profiler = metric_logging.Profiler(workdir, step + 5, config.profile_steps) if config.profile_steps else None
   preemption = Preemption(config.preemption_sync_every)
-  logging.info('Training %s on %s from step %d: %d devices, mesh %s.', config.model_name, config.dataset, step,
-               jax.device_count(), dict(mesh.shape))
+  first_bad = jax.device_put(np.int32(-1), replicated)
+  sums, window_steps = _zero_sums(replicated), 0
 
   def check_finite() -> None:
     bad = int(jax.device_get(first_bad))
@@ -235,49 +286,51 @@ def train_and_evaluate(config: Any, workdir: str) -> Dict[str, float]:
       raise TrainingDiverged(f'Loss or gradient norm is NaN/inf at step {bad}; stopped. Last good checkpoint: '
                              f'{where}. Lower config.base_lr or raise config.warmup_steps.')
 
+  def periodic_work(last: bool, preempted: bool) -> Dict[str, float]:
+    """Checkpoint, evaluation and few-shot when due; returns the new eval metrics (empty when none ran)."""
+    saving = step % config.checkpoint_every == 0 or last or preempted
+    evaluating = step % config.eval_every == 0 or last
+    fewshot_due = fewshot_evaluators and (last or (config.fewshot.every and step % config.fewshot.every == 0))
+    if not (saving or evaluating or fewshot_due):
+      return {}
+    jax.block_until_ready(state)  # Training time ends here; what follows is left out of the rates.
+    metrics: Dict[str, float] = {}
+    with progress.paused():
+      if saving:
+        check_finite()
+        ckpt.save(step, state, train_iter.get_state(), force=True)
+      if evaluating:
+        metrics = evaluate.evaluate_all(programs.eval_step, state, make_eval_batches)
+        writer.write_scalars(step, metrics)
+      if fewshot_due:
+        fewshot_metrics = {k: v for e in fewshot_evaluators for k, v in e.run(state.params).items()}
+        writer.write_scalars(step, fewshot_metrics)
+        if last:
+          metrics = {**metrics, **fewshot_metrics}
+    return metrics
+
   eval_metrics: Dict[str, float] = {}
   if step >= config.total_steps:  # A finished run started again: report its result.
-    eval_metrics = evaluate.evaluate_all(eval_step, state, make_eval_batches)
+    eval_metrics = evaluate.evaluate_all(programs.eval_step, state, make_eval_batches)
   try:
     while step < config.total_steps:
       with progress.waiting_for_input():
         batch = next(train_iter)
       with jax.transfer_guard_device_to_host('disallow'):
-        state, metrics, first_bad, sums = compiled_step(state, batch, first_bad, sums)
+        state, metrics, first_bad, sums = programs.train_step(state, batch, first_bad, sums)
       step += 1
       window_steps += 1
       last = step == config.total_steps
       preempted = preemption.due(step)
       if profiler is not None:
         profiler(step)
-
       if step % config.progress_every == 0 or last:
         check_finite()
         scalars = {f'train/{k}': v for k, v in jax.device_get(metrics).items()}
         scalars.update({f'train/{k}': float(v) / window_steps for k, v in jax.device_get(sums).items()})
         sums, window_steps = _zero_sums(replicated), 0
         writer.write_scalars(step, {**scalars, **progress.report(step)})
-      saving = step % config.checkpoint_every == 0 or last or preempted
-      evaluating = step % config.eval_every == 0 or last
-      fewshot_due = fewshot_evaluators and (last or (config.fewshot.every and step % config.fewshot.every == 0))
-      if saving or evaluating or fewshot_due:
-        jax.block_until_ready(state)  # Training time ends here; what follows is left out of the rates.
-        with progress.paused():
-          if saving:
-            check_finite()
-            ckpt.save(step, state, train_iter.get_state(), force=True)
-          if evaluating:
-            eval_metrics = evaluate.evaluate_all(eval_step, state, make_eval_batches)
-            writer.write_scalars(step, eval_metrics)
-          if fewshot_due:
-            fewshot_metrics = {k: v for e in fewshot_evaluators for k, v in e.run(state.params).items()}
-            writer.write_scalars(step, fewshot_metrics)
-            if last:
-              eval_metrics = {**eval_metrics, **fewshot_metrics}
-      if step == config.debug_kill_at_step:  # Tests: a hard kill; the started saves are let finish first.
-        ckpt.wait()
-        writer.close()
-        os.kill(os.getpid(), signal.SIGKILL)
+      eval_metrics = periodic_work(last, preempted) or eval_metrics
       if preempted:
         print(f'Preempted (SIGTERM): saved step {step}; exiting.', flush=True)
         break
@@ -285,11 +338,5 @@ def train_and_evaluate(config: Any, workdir: str) -> Dict[str, float]:
     preemption.close()
     if profiler is not None:
       profiler.close()
-    ckpt.close()
     writer.close()
-    train_iter.close()
-  eval_metrics = {**eval_metrics, 'step': step, 'seconds': time.time() - start_time}
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
-      json.dump(eval_metrics, f)
-  return eval_metrics
+  return eval_metrics, step
