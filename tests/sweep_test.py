@@ -235,3 +235,15 @@ def test_tpu_dry_run_prints_one_pod_job_per_point(tmp_path, capsys):
       f"--config.optim.weight_decay={wd!r} '"
       for name, (lr, wd) in zip(NAMES, GRID)]
   assert not os.path.exists(workdir)
+
+
+def test_local_dry_run_prints_each_points_main_command(tmp_path, capsys):
+  workdir = str(tmp_path / 'sweep')
+  assert sweep_cli.main(['--config=configs/default.py', f'--workdir={workdir}', '--num_devices=8',
+                         '--sweep', 'config.seed=0,1', '--config.total_steps=100', '--dry-run']) == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert lines == [
+      f'python -m vit_jax.main --config=configs/default.py --workdir={workdir}/{name},seed={seed} '
+      f'--config.total_steps=100 --config.base_lr={lr!r} --config.optim.weight_decay={wd!r} --config.seed={seed}'
+      for name, (lr, wd) in zip(NAMES, GRID) for seed in (0, 1)]
+  assert not os.path.exists(workdir)
