@@ -7,8 +7,11 @@ Expected:  >= 97% test accuracy on the 297 held-out digits of the fixed stratifi
            98.65% (seed 1), 98.99% (seed 2). The last line printed is 'Final test accuracy: ...'.
 What it took: a plain ViT overfits 1,500 images at ~85%; the convolutional stem gives ~96-97%; mixup (0.2) and
            decoupled weight decay (0.05) over 1,000 steps lift it to ~98% with less variance across seeds.
+Sweep:     python -m vit_jax.sweep --config=configs/default.py --workdir=/tmp/vit_default_sweep   (get_sweep: 2 lr x
+           2 weight decay, about 8 minutes on 2 CPU cores), then python -m vit_jax.sweep report /tmp/vit_default_sweep.
 """
 from configs import common
+from vit_jax.tools import sweep
 
 
 def get_config():
@@ -50,3 +53,8 @@ def get_config():
   c.progress_every = 50
   c.checkpoint_every = 250
   return c
+
+
+def get_sweep():
+  """Learning rate x decoupled weight decay around the chosen values (1e-3, 0.05)."""
+  return sweep.product(base_lr=[1e-3, 3e-3], optim__weight_decay=[0.01, 0.05])

@@ -11,8 +11,11 @@ Expected:  top-1 (vit_jax README, ViT-B/16 from ImageNet-21k at 384 px): cifar10
            oxford_iiit_pet ~94.3%, oxford_flowers102 ~99.4%, imagenet2012 ~84.0%.
 Recipe:    SGD momentum 0.9, batch 512, lr 0.03 (0.06 for imagenet2012), grad clip 1.0, 500 warmup steps then
            cosine, no weight decay; the head is re-initialised and the position embeddings resampled to 24x24.
+Sweep:     python -m vit_jax.sweep --config=configs/finetune.py:cifar10 --workdir=/tmp/ft_sweep \
+               --config.model_init=ViT-B_16.npz   (get_sweep: lr x weight decay, 8 runs; report: ... report DIR)
 """
 from configs import common
+from vit_jax.tools import sweep
 
 # dataset -> (total_steps, train split, base_lr): vit_jax's `with_dataset` table.
 DATASETS = {
@@ -54,3 +57,9 @@ def get_config(dataset: str = 'cifar10'):
   c.progress_every = 50
   c.checkpoint_every = 1_000
   return c
+
+
+def get_sweep(dataset: str = 'cifar10'):
+  """The learning rates vit_jax's paper sweeps for fine-tuning ({0.003, 0.01, 0.03, 0.06}) x weight decay {0, 1e-4}."""
+  del dataset  # The same grid for every dataset.
+  return sweep.product(base_lr=[0.003, 0.01, 0.03, 0.06], optim__weight_decay=[0., 1e-4])

@@ -2,15 +2,17 @@
 # Submits vit_jax training to a multi-node GPU SLURM cluster: one process per node, all its GPUs each.
 #
 #   scripts/launch_slurm.sh [--dry-run] [--nodes 2] [--gpus-per-node 8] [--partition P] [--time 24:00:00] \
-#       [--job-name vit] -- --config=configs/vit_b16_i1k_augreg.py --workdir=/shared/runs/vit_b16
+#       [--job-name vit] [--array-file FILE] -- --config=configs/vit_b16_i1k_augreg.py --workdir=/shared/runs/vit_b16
 #
 # Writes a batch script and runs `sbatch` on it. Inside the job, `srun` starts `python -m vit_jax.main
 # --distributed ...` on every node; jax.distributed.initialize() reads the SLURM environment to find the
 # coordinator (the first node), the process count and this process's index. The workdir must be on a
 # file system all nodes share. --dry-run prints the batch script and the sbatch command instead.
+# --array-file: a job array (what `python -m vit_jax.sweep --runner slurm` submits), task i runs with the flags
+# after -- followed by line i of FILE (shell-quoted flags, e.g. --workdir=/shared/sweep/a --config.base_lr=0.001).
 set -euo pipefail
 
-dry_run=0; nodes=2; gpus=8; partition=""; time_limit="24:00:00"; job_name="vit_jax"
+dry_run=0; nodes=2; gpus=8; partition=""; time_limit="24:00:00"; job_name="vit_jax"; array_file=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dry-run) dry_run=1; shift ;;
@@ -19,6 +21,7 @@ while [[ $# -gt 0 ]]; do
     --partition) partition="$2"; shift 2 ;;
     --time) time_limit="$2"; shift 2 ;;
     --job-name) job_name="$2"; shift 2 ;;
+    --array-file) array_file="$2"; shift 2 ;;
     --) shift; break ;;
     *) echo "Unknown option $1: see the usage at the top of $0." >&2; exit 2 ;;
   esac
@@ -29,6 +32,20 @@ if [[ $# -eq 0 ]]; then
 fi
 
 repo_dir="$(cd "$(dirname "$0")/.." && pwd)"
+train="srun python -m vit_jax.main --distributed $(printf '%q ' "$@")"
+array=""
+if [[ -n "$array_file" ]]; then
+  tasks=0; cases=""
+  while IFS= read -r line; do
+    if [[ -n "$line" ]]; then cases+="  $tasks) $train$line ;;
+"; tasks=$((tasks + 1)); fi
+  done < "$array_file"
+  if [[ $tasks -eq 0 ]]; then echo "--array-file $array_file has no lines." >&2; exit 2; fi
+  array="#SBATCH --array=0-$((tasks - 1))
+"
+  train="case \"\$SLURM_ARRAY_TASK_ID\" in
+${cases}esac"
+fi
 script="#!/usr/bin/env bash
 #SBATCH --job-name=$job_name
 #SBATCH --nodes=$nodes
@@ -38,9 +55,9 @@ script="#!/usr/bin/env bash
 #SBATCH --time=$time_limit
 #SBATCH --signal=TERM@120
 ${partition:+#SBATCH --partition=$partition
-}set -euo pipefail
+}${array}set -euo pipefail
 cd $repo_dir
-srun python -m vit_jax.main --distributed $(printf '%q ' "$@")
+$train
 "
 # --signal=TERM@120: SLURM sends SIGTERM two minutes before the time limit; the loop saves and exits 0.
 

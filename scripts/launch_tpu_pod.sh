@@ -2,18 +2,21 @@
 # Launches vit_jax training on every worker of a Cloud TPU pod slice (one process per host).
 #
 #   scripts/launch_tpu_pod.sh [--dry-run] --tpu NAME --zone ZONE [--project PROJECT] [--repo URL] [--dir DIR] \
-#       -- --config=configs/vit_b16_i21k.py --workdir=gs://BUCKET/run --config.dataset=/mnt/imagenet21k
+#       [--no-setup] -- --config=configs/vit_b16_i21k.py --workdir=gs://BUCKET/run --config.dataset=/mnt/imagenet21k
 #
 # Step 1 clones (or updates) the repository and installs it on all workers; step 2 starts
 # `python -m vit_jax.main --distributed ...` on all workers at once (jax.distributed finds the pod's hosts
-# itself). The workdir must be on GCS: every host writes its shards of the checkpoints there.
+# itself); --no-setup skips step 1 (a sweep's later points). The workdir must be on GCS: every host writes its
+# shards of the checkpoints there.
 # --dry-run prints the gcloud commands instead of running them.
 set -euo pipefail
 
-dry_run=0; tpu=""; zone=""; project=""; repo="https://github.com/google-research/vision_transformer"; dir="vit_jax"
+dry_run=0; setup=1; tpu=""; zone=""; project=""; dir="vit_jax"
+repo="https://github.com/google-research/vision_transformer"
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dry-run) dry_run=1; shift ;;
+    --no-setup) setup=0; shift ;;
     --tpu) tpu="$2"; shift 2 ;;
     --zone) zone="$2"; shift 2 ;;
     --project) project="$2"; shift 2 ;;
@@ -34,7 +37,7 @@ fi
 gcloud_ssh=(gcloud compute tpus tpu-vm ssh "$tpu" "--zone=$zone" --worker=all)
 if [[ -n "$project" ]]; then gcloud_ssh+=("--project=$project"); fi
 
-setup="if [ -d $dir ]; then git -C $dir pull --ff-only; else git clone $repo $dir; fi && \
+setup_cmd="if [ -d $dir ]; then git -C $dir pull --ff-only; else git clone $repo $dir; fi && \
 pip install -q -r $dir/requirements.txt \"jax[tpu]\""
 train="cd $dir && python -m vit_jax.main --distributed $(printf '%q ' "$@")"
 
@@ -45,5 +48,5 @@ run() {  # run COMMAND: on all workers, or printed with --dry-run
     "${gcloud_ssh[@]}" "--command=$1"
   fi
 }
-run "$setup"
+if [[ $setup -eq 1 ]]; then run "$setup_cmd"; fi
 run "$train"

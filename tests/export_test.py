@@ -80,3 +80,17 @@ def test_all_figures_of_a_workdir(workdir, tmp_path, capsys):
   for name in names:
     img = np.asarray(visualize._pyplot().imread(os.path.join(out, name)))
     assert img.std() > 0, name
+
+
+def test_attention_distance_of_a_hybrid_gap_workdir(workdir, tmp_path, capsys):
+  # The README's distance command, on the 4-step run of the default: a GAP hybrid (1x1 patches on a stride-4 stem).
+  out = str(tmp_path / 'figs')
+  assert inference.run_cli(visualize.main, ['distance', '--checkpoint', workdir, '--dataset', 'digits',
+                                            '--num_images', '64', '--out', out]) == 0
+  assert capsys.readouterr().out.split()[-1] == os.path.join(out, 'attention_distance.json')
+  with open(os.path.join(out, 'attention_distance.json')) as f:
+    result = json.load(f)
+  assert (result['layers'], result['heads'], result['token_pixels'], result['grid']) == (2, 4, 4, [4, 4])
+  assert result['prefix_tokens_excluded'] == 0 and result['num_images'] == 64
+  d = np.array(result['mean_distance_pixels'])
+  assert d.shape == (2, 4) and np.all((d >= 0) & (d <= 4 * 3 * np.sqrt(2)))

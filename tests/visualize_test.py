@@ -1,5 +1,6 @@
 """Tests for vit_jax.visualize: the numbers behind each figure, and that each PNG is made, sized and not blank."""
 import json
+import math
 import os
 
 import numpy as np
@@ -124,3 +125,86 @@ def test_curves_read_the_right_values_and_draw(tmp_path, capsys):
   assert inference.run_cli(visualize.main, ['curves', '--workdir', str(tmp_path), '--out', out]) == 0
   _png(capsys.readouterr().out.strip(), visualize.curves_figsize(3))
   assert inference.run_cli(visualize.main, ['curves', '--workdir', str(tmp_path / 'nope'), '--out', out]) == 2
+
+
+# ------------------------------------------------------------------------------------------------ distance
+def _grid_mean_pairwise_distance(g: int) -> float:
+  """E|p - q| for p, q independent and uniform over a g x g grid (unit spacing): the double sum over offsets,
+  each offset (dx, dy) occurring (g - |dx|)(g - |dy|) times among the g^4 ordered pairs."""
+  total = sum((g - abs(dx)) * (g - abs(dy)) * math.hypot(dx, dy)
+              for dx in range(-(g - 1), g) for dy in range(-(g - 1), g))
+  return total / g**4
+
+
+def test_mean_pairwise_distance_closed_form_sanity():
+  assert _grid_mean_pairwise_distance(1) == 0
+  assert _grid_mean_pairwise_distance(2) == pytest.approx((4 * 1 * 2 + 4 * math.sqrt(2)) / 16)
+
+
+def test_attention_to_self_only_is_zero_and_prefix_tokens_do_not_count():
+  g, prefix = 3, 1
+  tokens = prefix + g * g
+  attn = np.zeros((2, 3, 4, tokens, tokens))  # layers, images, heads
+  attn[..., 0] = 0.5  # Half of every row on the class token: dropped, then the row renormalised.
+  idx = np.arange(prefix, tokens)
+  attn[..., idx, idx] = 0.5
+  attn[..., 0, :] = 1 / tokens  # The class token's own row: not a query that counts.
+  np.testing.assert_array_equal(visualize.mean_attention_distance(attn, (g, g), 16, prefix), np.zeros((2, 4)))
+
+
+@pytest.mark.parametrize('g,patch', [(4, 16), (7, 32), (14, 16)])
+def test_uniform_attention_gives_the_grid_mean_pairwise_distance(g, patch):
+  attn = np.full((1, 2, 3, g * g, g * g), 1 / (g * g))
+  d = visualize.mean_attention_distance(attn, (g, g), patch)
+  np.testing.assert_allclose(d, np.full((1, 3), patch * _grid_mean_pairwise_distance(g)), rtol=1e-6)
+
+
+def _one_patch_right(g: int) -> np.ndarray:
+  """Each patch attends to its right neighbour (the last column: its left one): one patch away, always."""
+  a = np.zeros((g * g, g * g))
+  for i in range(g):
+    for j in range(g):
+      a[i * g + j, i * g + (j + 1 if j + 1 < g else j - 1)] = 1.
+  return a
+
+
+def test_one_patch_to_the_right_is_the_patch_size_and_for_a_hybrid_patch_times_stride():
+  g = 5
+  attn = np.zeros((1, 1, 2, g * g, g * g))
+  attn[0, 0, 0] = np.eye(g * g)       # head 1: self
+  attn[0, 0, 1] = _one_patch_right(g)  # head 2: one patch to the right
+  vit_b16 = inference.build_model('ViT-B_16', num_classes=0)
+  np.testing.assert_array_equal(
+      visualize.mean_attention_distance(attn, (g, g), visualize.token_pixels(vit_b16)), [[0., 16.]])
+  # R50+ViT-B/16: 1x1 patches on the ResNet stem, whose root strides 4 and whose 2nd and 3rd stages 2 each.
+  hybrid = inference.build_model('R50+ViT-B_16', num_classes=0)
+  assert tuple(hybrid.patches['size']) == (1, 1) and tuple(hybrid.resnet['num_layers']) == (3, 4, 9)
+  np.testing.assert_array_equal(
+      visualize.mean_attention_distance(attn, (g, g), visualize.token_pixels(hybrid)), [[0., 1 * 4 * 2 * 2]])
+
+
+def test_a_models_uniform_attention_gives_the_closed_form():
+  """Through the real model: zero queries make every row uniform over all 17 tokens, class token included;
+  without it, renormalised, uniform over the 4x4 patches of 4 pixels."""
+  model, params = tiny_checkpoint.random_params()
+  images = np.random.default_rng(0).uniform(-1, 1, (3, 16, 16, 3)).astype(np.float32)
+  d = visualize.attention_distances(model, _uniform_attention(params), images, batch=2)
+  np.testing.assert_allclose(d, np.full((1, 2), 4 * _grid_mean_pairwise_distance(4)), rtol=1e-5)
+
+
+def test_distance_cli_writes_layers_by_heads_json_and_a_png(ckpt, tmp_path, capsys):
+  path, model, params = ckpt
+  out = str(tmp_path / 'figs')
+  images = [tiny_checkpoint.write_image(str(tmp_path / f'{n}.png'), seed=i) for i, n in enumerate('abc')]
+  assert inference.run_cli(visualize.main, ['distance', '--model', tiny_checkpoint.MODEL, '--checkpoint', path,
+                                            '--image', *images, '--out', out]) == 0
+  assert capsys.readouterr().out.split() == [os.path.join(out, 'attention_distance.png'),
+                                             os.path.join(out, 'attention_distance.json')]
+  with open(os.path.join(out, 'attention_distance.json')) as f:
+    result = json.load(f)
+  d = np.array(result['mean_distance_pixels'])
+  assert d.shape == (result['layers'], result['heads']) == (1, 2)  # mu/4: one layer, two heads
+  assert result['token_pixels'] == 4 and result['grid'] == [4, 4] and result['num_images'] == 3
+  # Between attending to self only (0) and to the farthest patch (the grid's diagonal, 3 * sqrt(2) patches).
+  assert np.all((d > 0) & (d < 4 * 3 * math.sqrt(2)))
+  _png(os.path.join(out, 'attention_distance.png'), (4.5, 4.0))

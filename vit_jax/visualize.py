@@ -2,6 +2,7 @@
 
   python -m vit_jax.visualize attention --model ViT-B_16 --checkpoint CKPT --image a.jpg --out DIR [--per_layer]
   python -m vit_jax.visualize attention --checkpoint WORKDIR --dataset digits --num_images 4 --out DIR
+  python -m vit_jax.visualize distance  --checkpoint WORKDIR --dataset digits --num_images 64 --out DIR
   python -m vit_jax.visualize posemb    --model ViT-B_16 --checkpoint CKPT --out DIR
   python -m vit_jax.visualize filters   --model ViT-B_16 --checkpoint CKPT --out DIR
   python -m vit_jax.visualize curves    --workdir WORKDIR --out DIR
@@ -10,6 +11,9 @@
 attention: attention rollout (Abnar & Zuidema, 2020) from the class token, or averaged over all tokens for GAP/MAP
   models, overlaid on each preprocessed input image (files, or a dataset's first test images); with --per_layer,
   the rollout up to every layer.
+distance: the paper's Figure 7 (right): for every layer and head, the attention-weighted mean distance in input
+  pixels between query and key patches (patch-to-patch attention only; see `mean_attention_distance`), averaged
+  over the images; attention_distance.png and attention_distance.json (layers x heads).
 posemb: cosine similarity of each patch position's embedding with every other's, an h x w grid of h x w maps.
 filters: the first 28 principal components of the patch-embedding filters, as RGB patches.
 curves: loss, accuracy (top-k) and learning rate against step, from the workdir's metrics.jsonl (--panels all:
@@ -46,8 +50,8 @@ def _save(fig, path: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ attention
-def attention_maps(model, params, images: np.ndarray) -> np.ndarray:
-  """Per layer, the encoder's attention weights averaged over heads: (layers, batch, tokens, tokens)."""
+def attention_weights(model, params, images: np.ndarray) -> np.ndarray:
+  """The encoder's attention weights, per layer and head: (layers, batch, heads, tokens, tokens)."""
   _, state = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False, mutable=['intermediates']))(
       params, images)
   blocks = state['intermediates']['Transformer']
@@ -57,7 +61,12 @@ def attention_maps(model, params, images: np.ndarray) -> np.ndarray:
   else:
     names = sorted(blocks, key=lambda k: int(k.rsplit('_', 1)[1]))
     per_layer = [blocks[k]['MultiHeadDotProductAttention_0']['attention_weights'][0] for k in names]
-  return np.stack([np.asarray(w, np.float32).mean(axis=1) for w in per_layer])
+  return np.stack([np.asarray(w, np.float32) for w in per_layer])
+
+
+def attention_maps(model, params, images: np.ndarray) -> np.ndarray:
+  """Per layer, the encoder's attention weights averaged over heads: (layers, batch, tokens, tokens)."""
+  return attention_weights(model, params, images).mean(axis=2)
 
 
 def rollout(attn: np.ndarray) -> np.ndarray:
@@ -136,6 +145,67 @@ def attention_figures(model, params, images: np.ndarray, names: Sequence[str], o
   titles = [f'rollout to layer {l + 1}' for l in layers] if per_layer else [f'rollout ({what})']
   return [plot_attention(images[i], [maps[l][i] for l in layers], titles,
                          os.path.join(out_dir, f'attention_{name}.png')) for i, name in enumerate(names)]
+
+
+# ------------------------------------------------------------------------------------------------ distance
+def mean_attention_distance(attn: np.ndarray, grid: Tuple[int, int], token_pixels: int, prefix: int = 0
+                            ) -> np.ndarray:
+  """The ViT paper's mean attention distance in input pixels, per layer and head: (layers, heads).
+
+  attn: (layers, batch, heads, tokens, tokens) attention weights, the `prefix` tokens (class token) first, then
+  the h x w patch grid row by row. Only patch-to-patch attention counts, as in the paper's figure: prefix tokens
+  are dropped as queries and as keys, and each query's weights over the patch keys are renormalised to sum to 1.
+  A token covers `token_pixels` input pixels along each side (patch size x the hybrid stem's stride); the
+  distance between two tokens is the Euclidean distance between their grid cells times that. For each query,
+  the attention-weighted mean distance to the keys; then the mean over queries and images.
+  """
+  a = np.asarray(attn, np.float64)[..., prefix:, prefix:]
+  if a.shape[-1] != grid[0] * grid[1]:
+    raise ValueError(f'{a.shape[-1]} patch tokens do not make a {grid[0]}x{grid[1]} grid.')
+  a = a / np.maximum(a.sum(axis=-1, keepdims=True), 1e-30)
+  rows, cols = np.divmod(np.arange(grid[0] * grid[1]), grid[1])
+  dist = np.hypot(rows[:, None] - rows[None, :], cols[:, None] - cols[None, :]) * token_pixels  # (query, key)
+  per_query = np.einsum('lbhqk,qk->lbhq', a, dist)
+  return per_query.mean(axis=(1, 3)).astype(np.float32)
+
+
+def token_pixels(model) -> int:
+  """Input pixels per token side: the patch size times the hybrid ResNet stem's stride (1 without a stem)."""
+  return inference._total_stride(model)  # pylint: disable=protected-access
+
+
+def attention_distances(model, params, images: np.ndarray, batch: int = 32) -> np.ndarray:
+  """`mean_attention_distance` of the model's attention over `images`, computed `batch` images at a time."""
+  grid = inference.grid_shape(model, images.shape[1])
+  prefix = inference.num_prefix_tokens(model)
+  total, count = None, 0
+  for start in range(0, len(images), batch):
+    chunk = images[start:start + batch]
+    d = mean_attention_distance(attention_weights(model, params, chunk), grid, token_pixels(model), prefix)
+    total = d * len(chunk) if total is None else total + d * len(chunk)
+    count += len(chunk)
+  return total / count
+
+
+def plot_distance(distances: np.ndarray, path: str, image_size: int, title: str = '') -> str:
+  """The paper's Figure 7 (right): one dot per head at each layer, mean attention distance in pixels."""
+  plt = _pyplot()
+  layers, heads = distances.shape
+  fig, ax = plt.subplots(figsize=(4.5, 4.0))
+  colors = plt.get_cmap('tab20')(np.arange(heads) % 20)
+  for h in range(heads):
+    ax.scatter(np.arange(1, layers + 1), distances[:, h], s=14, color=colors[h], label=f'head {h + 1}')
+  ax.set_xlabel('Network depth (layer)')
+  ax.set_ylabel('Mean attention distance (pixels)')
+  ax.set_xlim(0.5, layers + 0.5)
+  ax.set_xticks(range(1, layers + 1, max(1, layers // 12)))
+  ax.set_ylim(0, max(float(distances.max()) * 1.1, image_size / 2))
+  ax.grid(alpha=0.3)
+  if heads <= 16:
+    ax.legend(fontsize=6, ncol=2, loc='lower right')
+  ax.set_title(title or 'Mean attention distance', fontsize=9)
+  fig.tight_layout()
+  return _save(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------ posemb
@@ -305,19 +375,20 @@ _CURVES_HELP = "panels: 'loss', 'accuracy', 'learning rate', or a metric family 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog='python -m vit_jax.visualize', description=__doc__.split('\n')[0])
   sub = parser.add_subparsers(dest='figure', required=True)
-  for name in ('attention', 'posemb', 'filters', 'all'):
+  for name in ('attention', 'distance', 'posemb', 'filters', 'all'):
     p = sub.add_parser(name, help='every figure of a training workdir' if name == 'all' else None)
     p.add_argument('--model', help='registered name, e.g. ViT-B_16 (optional for a workdir that records it)')
     p.add_argument('--checkpoint', required=True,
                    help='training workdir' if name == 'all' else 'published .npz or training workdir')
     p.add_argument('--out', required=True, help='output directory')
-    if name in ('attention', 'all'):
+    if name in ('attention', 'distance', 'all'):
       source = p.add_mutually_exclusive_group(required=True)
       source.add_argument('--image', nargs='+', help='image files')
       source.add_argument('--dataset', help="or the first --num_images test images of a dataset, e.g. 'digits'")
       p.add_argument('--num_images', type=int, default=4)
       p.add_argument('--image_size', type=int, help='model resolution (default: from the checkpoint)')
-      p.add_argument('--per_layer', action='store_true', help='also the rollout up to each layer')
+      if name != 'distance':
+        p.add_argument('--per_layer', action='store_true', help='also the rollout up to each layer')
     if name in ('filters', 'all'):
       p.add_argument('--num', type=int, default=28, help='principal components to show')
   p = sub.add_parser('curves')
@@ -341,6 +412,27 @@ def _attention(args, model, params, size) -> List[str]:
   else:
     images, names = dataset_images(args.dataset, size, args.num_images)
   return attention_figures(model, params, images, names, args.out, args.per_layer)
+
+
+def _images(args, size) -> np.ndarray:
+  if args.image:
+    return np.stack([inference.load_image(p, size) for p in args.image])
+  return dataset_images(args.dataset, size, args.num_images)[0]
+
+
+def _distance(args, model, params, size) -> List[str]:
+  images = _images(args, size)
+  distances = attention_distances(model, params, images)
+  path = os.path.join(args.out, 'attention_distance.json')
+  os.makedirs(args.out, exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump({'model': model.model_name, 'checkpoint': args.checkpoint, 'image_size': size,
+               'token_pixels': token_pixels(model), 'grid': list(inference.grid_shape(model, size)),
+               'num_images': len(images), 'prefix_tokens_excluded': inference.num_prefix_tokens(model),
+               'layers': int(distances.shape[0]), 'heads': int(distances.shape[1]),
+               'mean_distance_pixels': distances.tolist()}, f, indent=1)
+  title = f'{model.model_name}, {len(images)} images at {size} px'
+  return [plot_distance(distances, os.path.join(args.out, 'attention_distance.png'), size, title), path]
 
 
 def _posemb(args, model, params, size) -> List[str]:
@@ -371,7 +463,7 @@ def main(argv: Sequence[str]) -> int:
   else:
     model, params, size = inference.load_model(args.checkpoint, args.model,
                                                size=getattr(args, 'image_size', None))
-    makers = {'attention': [_attention], 'posemb': [_posemb], 'filters': [_filters],
+    makers = {'attention': [_attention], 'distance': [_distance], 'posemb': [_posemb], 'filters': [_filters],
               'all': [_attention, _posemb, _filters]}[args.figure]
     paths = [path for make in makers for path in make(args, model, params, size)]
     if args.figure == 'all':
