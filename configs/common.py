@@ -22,9 +22,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.pp = ml_collections.ConfigDict(dict(
       train='train', test='test', crop=_ph(int), train_crop=_ph(str), area_range=_ph(tuple),
       aspect_range=_ph(tuple), resize=_ph(int), eval_crop=_ph(str), flip=_ph(bool), randaug=_ph(tuple),
-      mixup=_ph(float), cutmix=_ph(float), mix_prob=_ph(float), label_smoothing=_ph(float),
-      value_range=_ph(tuple), num_classes=_ph(int), num_train=_ph(int), num_eval=_ph(int), workers=_ph(int),
-      threads=_ph(int)))
+      randaug_variant=_ph(str), mixup=_ph(float), cutmix=_ph(float), mix_prob=_ph(float),
+      label_smoothing=_ph(float), value_range=_ph(tuple), num_classes=_ph(int), num_train=_ph(int),
+      num_eval=_ph(int), workers=_ph(int), threads=_ph(int)))
   c.batch = 512                    # global batch (all devices, all processes)
   c.batch_eval = 512
   c.seed = 0

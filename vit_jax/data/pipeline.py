@@ -45,8 +45,8 @@ from vit_jax.data import sources as data_sources
 
 PP_KEYS = frozenset({
     'train', 'test', 'crop', 'train_crop', 'area_range', 'aspect_range', 'resize', 'eval_crop', 'flip',
-    'randaug', 'mixup', 'cutmix', 'mix_prob', 'label_smoothing', 'value_range', 'num_classes',
-    'num_train', 'num_eval', 'workers', 'threads'})
+    'randaug', 'randaug_variant', 'mixup', 'cutmix', 'mix_prob', 'label_smoothing', 'value_range',
+    'num_classes', 'num_train', 'num_eval', 'workers', 'threads'})
 _IMAGENET_TRAIN, _IMAGENET_EVAL = 1_281_167, 50_000
 Batch = dict[str, np.ndarray]
 
