@@ -12,7 +12,7 @@ Expected:  top-1 (vit_jax README, ViT-B/16 from ImageNet-21k at 384 px): cifar10
 Recipe:    SGD momentum 0.9, batch 512, lr 0.03 (0.06 for imagenet2012), grad clip 1.0, 500 warmup steps then
            cosine, no weight decay; the head is re-initialised and the position embeddings resampled to 24x24.
 """
-from configs import common
+from vit_jax.configs import common
 
 # dataset -> (total_steps, train split, base_lr): vit_jax's `with_dataset` table.
 DATASETS = {

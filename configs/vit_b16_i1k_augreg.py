@@ -16,7 +16,7 @@ Departures: dropout 0.1 and stochastic depth 0.1 are the AugReg checkpoints' ('.
            vit_i1k.py sets neither. The AugReg ImageNet-1k B/16 checkpoint that timm ships ('augreg_in1k') used
            'strong2' (RandAugment (2, 20), mixup 0.8) rather than this config's default medium2. bf16 compute.
 """
-from configs import common
+from vit_jax.configs import common
 
 IMAGENET_TRAIN_99 = 1_268_355  # TFDS imagenet2012 'train[:99%]' of 1,281,167
 

@@ -19,7 +19,7 @@ Departures: the loss (sigmoid cross-entropy, head bias init -10) is big_vision's
            first moment; 1% held out. total_steps is 90 epochs of the paper's fall11 release (14,197,122 images):
            on winter21 (about 13.15M images) set --config.total_steps=<90 * train images // 4096> for 90 epochs.
 """
-from configs import common
+from vit_jax.configs import common
 
 
 def get_config():

@@ -22,7 +22,7 @@ Departures: the loss (sigmoid cross-entropy, head bias init -10) is big_vision's
            preset applies the L ImageNet-21k row unchanged (lr 1e-3 is unpublished at this size: lower it to 3e-4
            if the loss spikes). FSDP, scan and remat are memory levers, not recipe.
 """
-from configs import common
+from vit_jax.configs import common
 
 
 def get_config():

@@ -19,7 +19,7 @@ Departures: the loss (sigmoid cross-entropy, head bias init -10) is big_vision's
            on winter21 (about 13.15M images) set --config.total_steps=<90 * train images // 4096> for 90 epochs.
            Table 3 gives '30/90' epochs for L on ImageNet-21k; this preset takes 90.
 """
-from configs import common
+from vit_jax.configs import common
 
 
 def get_config():

@@ -21,7 +21,7 @@ Departures: the loss (sigmoid cross-entropy, head bias init -10) is big_vision's
            S/16 is not in the ViT paper: this is its ViT-B ImageNet-21k row applied to S/16. AugReg's S/16 checkpoint
            was trained differently (300 epochs, cosine decay, RandAugment (2, 0), weight decay 0.03, dropout 0).
 """
-from configs import common
+from vit_jax.configs import common
 
 
 def get_config():

@@ -11,7 +11,7 @@ from vit_jax.training import config_checks
 from vit_jax.training import loop
 
 PRESETS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(lib.REPO, 'configs', '*.py'))
-                 if os.path.basename(p) not in ('__init__.py', 'common.py'))
+                 if os.path.basename(p) != '__init__.py')
 FINETUNE_ARGS = ('cifar10', 'cifar100', 'oxford_iiit_pet', 'oxford_flowers102', 'imagenet2012')
 # The fine-tuning datasets differ only in split names, step counts and lr: one of them runs, all are validated.
 CASES = [(p, None) for p in PRESETS if p != 'finetune'] + [('finetune', 'cifar10')]
