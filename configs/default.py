@@ -10,7 +10,7 @@ What it took: a plain ViT overfits 1,500 images at ~85%; the convolutional stem 
 Sweep:     python -m vit_jax.sweep --config=configs/default.py --workdir=/tmp/vit_default_sweep   (get_sweep: 2 lr x
            2 weight decay, about 8 minutes on 2 CPU cores), then python -m vit_jax.sweep report /tmp/vit_default_sweep.
 """
-from configs import common
+from vit_jax.configs import common
 from vit_jax.tools import sweep
 
 

@@ -14,7 +14,7 @@ Recipe:    SGD momentum 0.9, batch 512, lr 0.03 (0.06 for imagenet2012), grad cl
 Sweep:     python -m vit_jax.sweep --config=configs/finetune.py:cifar10 --workdir=/tmp/ft_sweep \
                --config.model_init=ViT-B_16.npz   (get_sweep: lr x weight decay, 8 runs; report: ... report DIR)
 """
-from configs import common
+from vit_jax.configs import common
 from vit_jax.tools import sweep
 
 # dataset -> (total_steps, train split, base_lr): vit_jax's `with_dataset` table.

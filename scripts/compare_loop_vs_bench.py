@@ -9,7 +9,7 @@ remat: the loop for `--steps` steps with progress reports every `--progress_ever
 'progress/images_per_sec'; the first report, which includes compilation, is dropped, the median of the rest
 kept), the benchmark's median train-step images/s. Prints both and loop / benchmark (the issue asks >= 0.95), and
 the loop's median share of time blocked on the input pipeline ('progress/input_wait_fraction').
-Needs the loop (branch `loop`: vit_jax/main.py, configs/common.py) and, like main, ml_collections + absl.
+Needs the loop (vit_jax/main.py, vit_jax/configs/common.py) and, like main, ml_collections + absl.
 """
 import argparse
 import json

@@ -1,7 +1,8 @@
-"""Every preset: a docstring with command/hardware/time/expected, valid keys, and two real steps when shrunk."""
+"""Every preset: its recipe pinned to the papers, a docstring with command/hardware/time/expected, and a tiny run."""
 import glob
 import os
 
+import numpy as np
 import pytest
 
 import loop_testlib as lib
@@ -10,7 +11,7 @@ from vit_jax.training import config_checks
 from vit_jax.training import loop
 
 PRESETS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(lib.REPO, 'configs', '*.py'))
-                 if os.path.basename(p) not in ('__init__.py', 'common.py'))
+                 if os.path.basename(p) != '__init__.py')
 FINETUNE_ARGS = ('cifar10', 'cifar100', 'oxford_iiit_pet', 'oxford_flowers102', 'imagenet2012')
 # The fine-tuning datasets differ only in split names, step counts and lr: one of them runs, all are validated.
 CASES = [(p, None) for p in PRESETS if p != 'finetune'] + [('finetune', 'cifar10')]
@@ -30,30 +31,129 @@ def test_docstring_gives_command_hardware_time_and_expected_metric(name):
     assert field in doc, (name, field)
 
 
+# Each preset's recipe, written from its source (not read back from our code). Shared by the four ImageNet-21k rows:
+# the ViT paper (Dosovitskiy et al. 2021), table 3 and appendix B.1: Adam b1 0.9 b2 0.999, batch 4096, 10k warmup
+# steps, "For ImageNet we found it beneficial to additionally apply gradient clipping at global norm 1" (ambiguous
+# whether this covers ImageNet-21k; the presets clip), 224 px, rows 'ViT-B/{16,32} ImageNet-21k' and
+# 'ViT-L/{16,32} ImageNet-21k': lr 1e-3, linear decay, weight decay 0.03, dropout 0.1, 90 epochs (L: '30/90', 90
+# taken) of fall11 ImageNet-21k (14,197,122 images); the pre-training head has one hidden (pre-logits) layer
+# (section 3.1), as wide as the model in the released checkpoints. The loss (sigmoid, not in the paper) is
+# big_vision configs/vit_i21k.py's (loss='sigmoid_xent').
+_I21K = dict(base_lr=1e-3, weight_decay=0.03, batch=4096, total_steps=90 * 14_197_122 // 4096, warmup_steps=10_000,
+             decay_type='linear', dropout=0.1, attention_dropout=0., stochastic_depth=0., randaug=None, mixup=0.,
+             label_smoothing=0., crop=224, optimizer='adam', b1=0.9, b2=0.999, grad_norm_clip=1.0,
+             loss='sigmoid_xent')
+RECIPES = {
+    'vit_b16_i21k': dict(_I21K, representation_size=768),    # table 3, ViT-B ImageNet-21k row
+    'vit_l16_i21k': dict(_I21K, representation_size=1024),   # table 3, ViT-L ImageNet-21k row (90 of '30/90')
+    # No source: the paper trains H/14 on JFT only and has no S/16. The presets apply the L and B ImageNet-21k rows
+    # unchanged and their docstrings say so; these rows pin exactly that.
+    'vit_h14_i21k': dict(_I21K, representation_size=1280),
+    'vit_s16_i21k': dict(_I21K, representation_size=384),
+    # big_vision configs/vit_i1k.py, B/16 -> aug 'medium2': randaug(2,15), mixup p=0.5 (the Beta concentration),
+    # batch 4096, 300 epochs of train[:99%] (1,268,355 images), lr 1e-3, wd 1e-4 in big_vision's convention (not
+    # scaled by the base lr) = 0.1 in ours (scaled by lr(step), optax.adamw's), 10k warmup, cosine, grad clip 1,
+    # scale_by_adam (defaults 0.9/0.999), rep_size=True (pre-logits 768), pool 'tok', softmax_xent, 224 px.
+    # Dropout and stochastic depth 0.1: the AugReg ImageNet-1k checkpoints' names ('..._do_0.1-sd_0.1'); the
+    # big_vision config sets neither (ambiguous; the docstring says so).
+    'vit_b16_i1k_augreg': dict(
+        base_lr=1e-3, weight_decay=0.1, batch=4096, total_steps=300 * 1_268_355 // 4096, warmup_steps=10_000,
+        decay_type='cosine', dropout=0.1, attention_dropout=0., stochastic_depth=0.1, randaug=(2, 15),
+        randaug_variant='tf', mixup=0.5, label_smoothing=0., representation_size=768, crop=224, optimizer='adam',
+        b1=0.9, b2=0.999, grad_norm_clip=1.0, loss='softmax_xent'),
+    # google-research/vision_transformer vit_jax/configs/common.py (+ DATASET_PRESETS['cifar10']) and its
+    # models.py ViT-B_16: batch 512, base_lr 0.03, warmup 500, cosine, grad clip 1, 10k steps, crop 384, SGD with
+    # momentum 0.9 and no weight decay (train.py), dropout 0, no pre-logits (representation_size None).
+    'finetune:cifar10': dict(
+        base_lr=0.03, weight_decay=0., batch=512, total_steps=10_000, warmup_steps=500, decay_type='cosine',
+        dropout=0., attention_dropout=0., stochastic_depth=0., randaug=None, mixup=0., label_smoothing=0.,
+        representation_size=None, crop=384, optimizer='sgd', momentum=0.9, grad_norm_clip=1.0,
+        loss='softmax_xent'),
+}
+# 'default' (digits) is this repository's own recipe, with no paper behind it: its docstring gives its numbers.
+
+
+def _recipe(config, keys):
+  """The recipe numbers of a loaded preset, with the model registry's defaults filled in where it leaves them."""
+  model = registry.get_config(config.model_name)
+  transformer = model['transformer']
+  pick = lambda v, default: default if v is None else v
+  rep = pick(config.model.representation_size, model.get('representation_size'))
+  values = {
+      'base_lr': config.base_lr, 'weight_decay': config.optim.weight_decay, 'batch': config.batch,
+      'total_steps': config.total_steps, 'warmup_steps': config.warmup_steps, 'decay_type': config.decay_type,
+      'dropout': pick(config.model.dropout_rate, transformer['dropout_rate']),
+      'attention_dropout': pick(config.model.attention_dropout_rate, transformer['attention_dropout_rate']),
+      'stochastic_depth': config.model.stochastic_depth,
+      'randaug': None if config.pp.randaug is None else tuple(config.pp.randaug),
+      'randaug_variant': pick(config.pp.randaug_variant, 'tf'), 'mixup': pick(config.pp.mixup, 0.),
+      'label_smoothing': pick(config.pp.label_smoothing, 0.), 'representation_size': rep or None,
+      'crop': config.pp.crop, 'optimizer': config.optim.optimizer, 'b1': config.optim.b1, 'b2': config.optim.b2,
+      'momentum': config.optim.momentum, 'grad_norm_clip': config.grad_norm_clip, 'loss': config.loss}
+  return {k: values[k] for k in keys}
+
+
+def test_every_preset_but_default_has_a_recipe_row():
+  assert set(RECIPES) == {p for p in PRESETS if p not in ('default', 'finetune')} | {'finetune:cifar10'}
+
+
+@pytest.mark.parametrize('key', sorted(RECIPES))
+def test_preset_recipe_matches_its_source(key):
+  name, _, arg = key.partition(':')
+  want = RECIPES[key]
+  got = _recipe(lib.load_config(name, arg or None), want)
+  assert got == want, {k: (got[k], v) for k, v in want.items() if got[k] != v}
+
+
+@pytest.mark.parametrize('name', sorted(p for p in PRESETS if p != 'default'))
+def test_docstring_states_the_recipe_and_its_departures(name):
+  with open(os.path.join(lib.REPO, 'configs', f'{name}.py')) as f:
+    doc = f.read().split('"""')[1]
+  assert 'Recipe:' in doc and ('Departures:' in doc or name == 'finetune'), name
+  if name.endswith('_i21k'):  # The dropout that used to come silently from the registry is stated.
+    assert 'dropout 0.1' in doc
+
+
 def _shrink(config):
-  """The preset with a tiny model on synthetic data: its recipe (optimizer, loss, sharding, ...) kept."""
+  """The preset with a tiny model on the embedded digits: its recipe (optimizer, loss, augmentation, ...) kept."""
   overrides = {
-      'dataset': 'synthetic', 'pp.crop': 16, 'pp.num_classes': 10, 'pp.num_train': 64, 'pp.num_eval': 8,
-      'model.hidden_size': 16, 'model.num_layers': 2, 'model.num_heads': 2, 'model.mlp_dim': 32,
-      'model.patch_size': 8, 'batch': 8, 'batch_eval': 8, 'total_steps': 2, 'warmup_steps': 1,
-      'accum_steps': 1, 'model_init': None, 'tensorboard': False, 'eval_every': 2, 'checkpoint_every': 2,
+      'dataset': 'digits', 'pp.train': 'train', 'pp.test': 'test', 'pp.crop': 8, 'pp.resize': 10,
+      'model.hidden_size': 16, 'model.num_layers': 1, 'model.num_heads': 2, 'model.mlp_dim': 32,
+      'model.patch_size': 4, 'batch': 16, 'batch_eval': 304, 'total_steps': 24, 'warmup_steps': 2,
+      'accum_steps': 1, 'model_init': None, 'tensorboard': False, 'eval_every': 24, 'checkpoint_every': 24,
       'progress_every': 1}
-  if 'resnet' in registry.get_config(config.model_name):  # the hybrid root downsamples 4x: 16 px -> 4x4
-    overrides['model.patch_size'] = 2
+  if 'resnet' in registry.get_config(config.model_name):  # the hybrid root downsamples 4x: 8 px -> 2x2
+    overrides['model.patch_size'] = 1
   if config.model.representation_size:
     overrides['model.representation_size'] = 8
+  if config.optim.optimizer != 'sgd':  # Adam's lr 1e-3 barely moves a 16-wide model in 24 steps; SGD keeps 0.03.
+    overrides['base_lr'] = 1e-2
   return lib.apply(config, overrides)
 
 
+# Measured: after 96 steps (even at lr 3e-2 or without RandAugment) the tiny AugReg run stays at log 10 on the
+# held-out digits (2.302 at 8 px: mixup 0.5, dropout and stochastic depth 0.1 on a 1-layer, 16-wide model), so its
+# run checks the exact initial loss only; its recipe is pinned by RECIPES and RandAugment by preprocess_test.py.
+NO_LEARNING_CHECK = {'vit_b16_i1k_augreg'}
+
+
 @pytest.mark.parametrize('name,arg', CASES)
-def test_preset_runs_two_steps_with_a_tiny_model(name, arg, tmp_path):
+def test_preset_tiny_run_starts_at_the_known_loss_and_learns(name, arg, tmp_path):
   config = lib.load_config(name, arg)
   workdir = str(tmp_path)
   metrics = loop.train_and_evaluate(_shrink(config), workdir)
-  assert metrics['step'] == 2
+  assert metrics['step'] == 24
   losses = lib.train_losses(workdir)
-  assert sorted(losses) == [1, 2] and all(v == v for v in losses.values())  # finite, not NaN
-  assert 0. <= metrics['val/top1'] <= 1.
+  assert sorted(losses) == list(range(1, 25))
+  # A zero head gives every class logit its bias b (0 for softmax): the first loss is log 10 for softmax, and
+  # softplus(-b) + 9 softplus(b) for the summed sigmoid loss, whatever mixup did to the (sum-1) targets.
+  b = config.model.head_bias_init
+  softplus = lambda x: float(np.logaddexp(0., x))
+  initial = np.log(10.) if config.loss == 'softmax_xent' else softplus(-b) + 9 * softplus(b)
+  assert losses[1] == pytest.approx(initial, rel=1e-5)
+  # 24 steps of the recipe (its optimizer, loss, augmentation and schedule) bring the held-out loss below it.
+  if name not in NO_LEARNING_CHECK:
+    assert metrics['val/loss'] < initial - 0.01, (metrics['val/loss'], initial)
 
 
 @pytest.mark.parametrize('arg', FINETUNE_ARGS)

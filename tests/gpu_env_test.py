@@ -45,7 +45,8 @@ def test_benchmark_runs_without_ml_collections_tf_or_clu(tmp_path):
 
 def test_main_trains_on_synthetic_data_with_only_ml_collections_added(tmp_path):
   workdir = str(tmp_path / 'run')
-  out = _run(['vit_jax.main', f'--config={os.path.join(REPO, "configs", "common.py")}', f'--workdir={workdir}',
+  common = os.path.join(REPO, 'vit_jax', 'configs', 'common.py')
+  out = _run(['vit_jax.main', f'--config={common}', f'--workdir={workdir}',
               '--config.dataset=synthetic', '--config.pp.crop=32', '--config.pp.num_classes=10',
               '--config.pp.num_eval=16', '--config.model_name=testing', '--config.batch=8', '--config.batch_eval=8',
               '--config.total_steps=3', '--config.warmup_steps=1', '--config.progress_every=1',

@@ -1,5 +1,7 @@
 """Entry point: `python -m vit_jax.main --config=configs/default.py[:arg] --workdir=DIR [--config.key=value ...]`.
 
+Installed (`pip install .`), the same command is `vit-jax-train`.
+
 Parses flags (the config is locked: unknown keys are errors), starts `jax.distributed` when running multi-process
 (auto-detected on Cloud TPU pods and under SLURM, or given explicitly with --coordinator_address,
 --num_processes, --process_id), keeps TensorFlow off the accelerators, and hands off to
@@ -12,11 +14,6 @@ from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
-
-# `python -m vit_jax.main` from anywhere: presets import `configs.common` from the repository root.
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO not in sys.path:
-  sys.path.insert(0, _REPO)
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file, e.g. configs/default.py.',
                                           lock_config=True)
@@ -120,5 +117,10 @@ def main(argv) -> None:
           f'{metrics["val/loss"]:.4f}) at step {metrics["step"]}, {metrics["seconds"]:.0f} s.', flush=True)
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """The `vit-jax-train` console script: absl's app.run (flag parsing, logging) around `main`."""
   app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == '__main__':
+  run()

@@ -118,5 +118,10 @@ def main(argv: Sequence[str]) -> int:
   return 0
 
 
+def run() -> int:
+  """The `vit-jax-predict` console script."""
+  return inference.run_cli(main)
+
+
 if __name__ == '__main__':
-  raise SystemExit(inference.run_cli(main))
+  raise SystemExit(run())

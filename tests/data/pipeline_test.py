@@ -11,6 +11,7 @@ from PIL import Image
 
 from vit_jax.data import pipeline as ip
 from vit_jax.data import sources as data_sources
+from vit_jax.training import sharding
 
 PP = {'crop': 16}
 
@@ -163,13 +164,14 @@ def test_batch_size_errors_are_one_line():
 
 
 def test_prefetch_to_mesh_builds_sharded_global_arrays_and_tracks_state():
-  mesh = jax.make_mesh((4, 2), ('data', 'model'))
+  mesh = sharding.make_mesh({'data': 2, 'fsdp': 2, 'tensor': 2})
   local = ip.make_train_iterator('digits', {}, global_batch=16, seed=0)
   reference = _take(ip.make_train_iterator('digits', {}, global_batch=16, seed=0), 5)
-  g = ip.prefetch_to_mesh(local, mesh, size=3)
+  g = ip.prefetch_to_mesh(local, sharding.batch_sharding(mesh), size=3)
   first = next(g)
   assert isinstance(first['image'], jax.Array) and first['image'].shape == (16, 8, 8, 3)
-  assert first['image'].sharding.spec == jax.sharding.PartitionSpec(('data',))
+  assert first['image'].sharding.spec == jax.sharding.PartitionSpec(('data', 'fsdp'))
+  assert {s.data.shape for s in first['image'].addressable_shards} == {(4, 8, 8, 3)}
   np.testing.assert_array_equal(np.asarray(first['image']), reference[0]['image'])
   next(g)
   state = g.get_state()  # After 2 batches handed out, even though more were prefetched.
@@ -182,16 +184,17 @@ def test_prefetch_to_mesh_builds_sharded_global_arrays_and_tracks_state():
 
 
 def test_prefetch_to_mesh_ends_with_eval_stream():
-  mesh = jax.make_mesh((8,), ('data',))
-  g = ip.prefetch_to_mesh(ip.make_eval_iterator('digits', {}, global_batch=128), mesh)
+  mesh = sharding.make_mesh({'data': 8})
+  g = ip.prefetch_to_mesh(ip.make_eval_iterator('digits', {}, global_batch=128), sharding.batch_sharding(mesh))
   masks = [np.asarray(b['mask']) for b in g]
   assert len(masks) == 3 and sum(m.sum() for m in masks) == 297
 
 
 def test_prefetch_to_mesh_rejects_indivisible_batch():
-  mesh = jax.make_mesh((8,), ('data',))
+  mesh = sharding.make_mesh({'data': 8})
   g = ip.prefetch_to_mesh(ip.make_eval_iterator('synthetic', {'crop': 4, 'num_classes': 2, 'num_eval': 4},
-                                                global_batch=8, process_index=0, process_count=2), mesh)
+                                                global_batch=8, process_index=0, process_count=2),
+                          sharding.batch_sharding(mesh))
   with pytest.raises(ValueError, match='not divisible by the 8 batch shards'):
     next(g)
 

@@ -151,26 +151,150 @@ def test_value_range():
   np.testing.assert_allclose(pp_ops.value_range(np.array([0, 255], np.uint8), 0, 1), [0, 1])
 
 
-@pytest.mark.parametrize('op', pp_ops.RANDAUG_OPS)
-def test_each_randaugment_op_keeps_shape_and_type(op):
+# Each op's argument at levels 0, 5, 10, 15, written from TF's `level_to_arg` (big_vision pp/autoaugment.py, forked
+# from tensorflow/tpu; tensorflow/models official/vision/ops/augment.py maps the same way) with the RandAugment
+# constants of big_vision's `distort_image_with_randaugment`: cutout_const=40, translate_const=100. _MAX_LEVEL = 10.
+# Signed entries are magnitudes; the sign is random (checked separately).
+TF_ARGS = {
+    'AutoContrast': [(), (), (), ()],
+    'Equalize': [(), (), (), ()],
+    'Invert': [(), (), (), ()],
+    'Rotate': [0., 15., 30., 45.],                 # level/10 * 30 degrees, random sign
+    'Posterize': [0, 2, 4, 6],                     # int(level/10 * 4) bits kept
+    'Solarize': [0, 128, 256, 384],                # int(level/10 * 256): pixels >= threshold inverted
+    'Color': [0.1, 1.0, 1.9, 2.8],                 # _enhance_level_to_arg: level/10 * 1.8 + 0.1
+    'Contrast': [0.1, 1.0, 1.9, 2.8],
+    'Brightness': [0.1, 1.0, 1.9, 2.8],
+    'Sharpness': [0.1, 1.0, 1.9, 2.8],
+    'ShearX': [0., 0.15, 0.3, 0.45],               # level/10 * 0.3, random sign
+    'ShearY': [0., 0.15, 0.3, 0.45],
+    'TranslateX': [0., 50., 100., 150.],           # level/10 * translate_const pixels, random sign
+    'TranslateY': [0., 50., 100., 150.],
+    'Cutout': [0, 20, 40, 60],                     # int(level/10 * cutout_const): half the square's side
+    'SolarizeAdd': [0, 55, 110, 165],              # int(level/10 * 110), added below 128
+}
+TF_SIGNED = {'Rotate', 'ShearX', 'ShearY', 'TranslateX', 'TranslateY'}
+# timm's increasing variant (timm/data/auto_augment.py, _RAND_INCREASING_TRANSFORMS) at levels 0, 5, 10 (timm clips
+# the level to 10): posterize 4 - int(level/10 * 4), solarize 256 - int(level/10 * 256), enhance 1 +- level/10 * 0.9,
+# translate level/10 * 0.45 of the side.
+INCREASING_ARGS = {
+    'PosterizeIncreasing': [4, 2, 0],
+    'SolarizeIncreasing': [256, 128, 0],
+    'SolarizeAdd': [0, 55, 110],
+    'ColorIncreasing': [0., 0.45, 0.9],            # |factor - 1|
+    'TranslateXRel': [0., 0.225, 0.45],
+}
+
+
+def test_randaugment_op_set_is_tfs():
+  assert pp_ops.RANDAUG_OPS == (
+      'AutoContrast', 'Equalize', 'Invert', 'Rotate', 'Posterize', 'Solarize', 'Color', 'Contrast', 'Brightness',
+      'Sharpness', 'ShearX', 'ShearY', 'TranslateX', 'TranslateY', 'Cutout', 'SolarizeAdd')
+  assert set(pp_ops.RANDAUG_INCREASING_OPS) == {
+      'AutoContrast', 'Equalize', 'Invert', 'Rotate', 'PosterizeIncreasing', 'SolarizeIncreasing', 'SolarizeAdd',
+      'ColorIncreasing', 'ContrastIncreasing', 'BrightnessIncreasing', 'SharpnessIncreasing', 'ShearX', 'ShearY',
+      'TranslateXRel', 'TranslateYRel'}
+
+
+@pytest.mark.parametrize('op', sorted(TF_ARGS))
+def test_randaugment_level_to_arg_matches_tf(op):
+  for level, want in zip((0, 5, 10, 15), TF_ARGS[op]):
+    signs = set()
+    for seed in range(20):
+      got = pp_ops.randaug_args(op, level, np.random.default_rng(seed))
+      if want == ():
+        assert got == ()
+        continue
+      (value,) = got
+      assert type(value) is type(want), (op, level, value)  # ints stay ints (TF's int(...))
+      if op in TF_SIGNED:
+        assert abs(value) == pytest.approx(want), (op, level)
+        signs.add(np.sign(value))
+      else:
+        assert value == pytest.approx(want), (op, level)
+    if op in TF_SIGNED and level:
+      assert signs == {-1, 1}, (op, level)
+
+
+@pytest.mark.parametrize('op', sorted(INCREASING_ARGS))
+def test_randaugment_increasing_level_to_arg_matches_timm(op):
+  for level, want in zip((0, 5, 10), INCREASING_ARGS[op]):
+    (value,) = pp_ops.randaug_args(op, level, np.random.default_rng(level), variant='increasing')
+    if op in ('ColorIncreasing', 'TranslateXRel'):
+      value = abs(value - 1) if op == 'ColorIncreasing' else abs(value)
+    assert value == pytest.approx(want), (op, level)
+
+
+def test_randaugment_pixel_ops_follow_tfs_formulas():
+  x = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, -1)
+  img = Image.fromarray(x)
+  run = lambda op, level: np.asarray(pp_ops.randaugment(img, np.random.default_rng(0), 1, level, ops=(op,)))
+  v = x.astype(np.int32)
+  np.testing.assert_array_equal(run('Solarize', 5), np.where(v < 128, v, 255 - v))  # threshold 128
+  np.testing.assert_array_equal(run('Solarize', 0), 255 - v)                         # threshold 0: all inverted
+  np.testing.assert_array_equal(run('Solarize', 15), v)                              # threshold 384: none
+  np.testing.assert_array_equal(run('Posterize', 5), v & 0b11000000)                 # 2 bits
+  np.testing.assert_array_equal(run('Posterize', 15), v & 0b11111100)                # 6 bits
+  np.testing.assert_array_equal(run('Posterize', 0), v & 0b10000000)                 # TF clamps the shift to 7
+  np.testing.assert_array_equal(run('SolarizeAdd', 10), np.where(v < 128, np.minimum(v + 110, 255), v))
+
+
+def test_cutout_is_tfs_grey_square_clipped_at_the_border():
+  x = np.zeros((48, 64, 3), np.uint8)
+  for seed in range(30):
+    rng = np.random.default_rng(seed)
+    out = np.asarray(pp_ops.randaugment(Image.fromarray(x), np.random.default_rng(seed), 1, 5, ops=('Cutout',)))
+    rng.integers(0, 1, size=1)  # the op index draw
+    cy, cx = int(rng.integers(0, 48)), int(rng.integers(0, 64))
+    want = np.zeros_like(x)
+    want[max(0, cy - 20):min(48, cy + 20), max(0, cx - 20):min(64, cx + 20)] = 128  # pad_size int(5/10 * 40)
+    np.testing.assert_array_equal(out, want)
+  img = Image.fromarray(_gradient())
+  np.testing.assert_array_equal(  # level 0: pad 0, nothing cut
+      np.asarray(pp_ops.randaugment(img, np.random.default_rng(0), 1, 0, ops=('Cutout',))), _gradient())
+
+
+def test_translate_is_in_pixels_not_a_fraction_of_the_side():
+  x = _gradient()
+  for seed in range(6):
+    pixels, = pp_ops.randaug_args('TranslateX', 1, np.random.default_rng(seed))  # +-10 px
+    out = np.asarray(pp_ops.randaugment(Image.fromarray(x), np.random.default_rng(seed), 1, 1, ops=('TranslateX',)))
+    shift = int(round(pixels))
+    if shift > 0:   # output column c shows input column c + shift; the uncovered right edge is grey
+      np.testing.assert_array_equal(out[:, :-shift], x[:, shift:])
+      assert (out[:, -shift:] == 128).all()
+    else:
+      np.testing.assert_array_equal(out[:, -shift:], x[:, :shift])
+
+
+@pytest.mark.parametrize('variant,op', [('tf', o) for o in pp_ops.RANDAUG_OPS] +
+                         [('increasing', o) for o in pp_ops.RANDAUG_INCREASING_OPS])
+def test_each_randaugment_op_keeps_shape_and_type(variant, op):
   src = _gradient() // 2 + 40  # Not full range, so AutoContrast has work to do.
-  if op == 'Sharpness':  # A smooth gradient has nothing to sharpen.
+  if op.startswith('Sharpness'):  # A smooth gradient has nothing to sharpen.
     src = np.random.default_rng(0).integers(40, 200, src.shape).astype(np.uint8)
-  out = pp_ops.randaugment(Image.fromarray(src), np.random.default_rng(0), num_layers=1, magnitude=9,
-                           ops=(op,))
-  arr = np.asarray(out)
-  assert arr.shape == (48, 64, 3) and arr.dtype == np.uint8
-  assert not np.array_equal(arr, src), op
+  if op.startswith('Solarize'):  # Thresholds near 180 at this level: use the full range.
+    src = _gradient()
+  out = None
+  for seed in range(8):  # 'increasing' skips an op with probability 1/2
+    out = np.asarray(pp_ops.randaugment(Image.fromarray(src), np.random.default_rng(seed), num_layers=1,
+                                        magnitude=3, ops=(op,), variant=variant))
+    if not np.array_equal(out, src):
+      break
+  assert out.shape == (48, 64, 3) and out.dtype == np.uint8
+  assert not np.array_equal(out, src), (variant, op)
 
 
 def test_randaugment_is_deterministic_given_rng_and_magnitude_zero_geometry_is_identity():
   img = Image.fromarray(_gradient())
-  a = np.asarray(pp_ops.randaugment(img, np.random.default_rng(3), 3, 10))
-  b = np.asarray(pp_ops.randaugment(img, np.random.default_rng(3), 3, 10))
+  a = np.asarray(pp_ops.randaugment(img, np.random.default_rng(3), 3, 15))
+  b = np.asarray(pp_ops.randaugment(img, np.random.default_rng(3), 3, 15))
   np.testing.assert_array_equal(a, b)
-  for op in ('Rotate', 'ShearX', 'TranslateY', 'Brightness'):
+  for op in ('Rotate', 'ShearX', 'TranslateY', 'Cutout'):
     out = pp_ops.randaugment(img, np.random.default_rng(0), 1, 0, ops=(op,))
     np.testing.assert_array_equal(np.asarray(out), _gradient())
+  with pytest.raises(ValueError, match='randaug_variant'):
+    pp_ops.randaugment(img, np.random.default_rng(0), 1, 5, variant='timm')
 
 
 def test_one_hot_label_smoothing_sums_to_one():

@@ -177,14 +177,29 @@ def test_scan_equals_loop_and_params_convert_both_ways():
   assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), roundtrip, params))
 
 
-@pytest.mark.parametrize('impl', ['dot_product', 'auto'])
-def test_attention_implementations_agree(impl):
+def test_dot_product_attention_agrees_with_xla():
   x = _images()
   base = models.get_model('S/8', num_classes=5, **TINY)
   params = _init(base, x)
-  other = models.get_model('S/8', num_classes=5, attention_impl=impl, **TINY)
+  other = models.get_model('S/8', num_classes=5, attention_impl='dot_product', **TINY)
   np.testing.assert_allclose(other.apply({'params': params}, x, train=False),
                              base.apply({'params': params}, x, train=False), atol=2e-6)
+
+
+@pytest.mark.parametrize('backend,dtype,need_weights,dropout,want', [
+    ('cpu', jnp.float32, False, 0., 'xla'),
+    ('cpu', jnp.bfloat16, False, 0., 'xla'),       # no cuDNN off GPU
+    ('gpu', jnp.bfloat16, False, 0., 'cudnn'),
+    ('gpu', jnp.float16, False, 0., 'cudnn'),
+    ('gpu', jnp.float32, False, 0., 'xla'),        # cuDNN's fused attention is 16-bit only
+    ('gpu', jnp.bfloat16, True, 0., 'xla'),        # attention weights requested
+    ('gpu', jnp.bfloat16, False, 0.1, 'xla'),      # attention dropout needs the weights
+])
+def test_auto_attention_resolves_by_backend_and_dtype(monkeypatch, backend, dtype, need_weights, dropout, want):
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+  attn = vit.MultiHeadDotProductAttention(num_heads=2, dtype=dtype, impl='auto', dropout_rate=dropout,
+                                          deterministic=False)
+  assert attn._resolve_impl(need_weights) == want  # pylint: disable=protected-access
 
 
 @pytest.mark.parametrize('policy,scan', [('full', False), ('dots', True), ('dots_no_batch', True)])

@@ -35,13 +35,6 @@ def test_sigmoid_xent_stable_for_large_logits():
   np.testing.assert_allclose(losses.sigmoid_xent(logits, jnp.array([[0., 1.]])), [200.], rtol=1e-6)
 
 
-def test_smooth_labels():
-  labels = np.eye(4, dtype=np.float32)[[2]]
-  np.testing.assert_allclose(losses.smooth_labels(labels, 0.1), [[0.025, 0.025, 0.925, 0.025]], rtol=1e-6)
-  with pytest.raises(ValueError, match='smoothing'):
-    losses.smooth_labels(labels, 1.)
-
-
 def test_topk_correct():
   # Row 0 ranks classes 0, 1, 2, 3; row 1 ranks 2, then 0/1 (tie), then 3.
   one_hot = np.eye(4, dtype=np.float32)[[1, 3]]
@@ -53,16 +46,6 @@ def test_topk_correct():
   mixed = np.array([[0.4, 0.6, 0., 0.], [0., 0., 0., 0.]], np.float32)  # dominant class counts; no label: miss
   np.testing.assert_array_equal(losses.topk_correct(LOGITS, mixed, 1), [0., 0.])
   np.testing.assert_array_equal(losses.topk_correct(LOGITS, mixed, 2), [1., 0.])
-
-
-def test_make_loss_fn_smooths_targets():
-  one_hot = np.eye(4, dtype=np.float32)[[0, 3]]
-  loss_fn = losses.make_loss_fn('softmax_xent', label_smoothing=0.2)
-  want = -(losses.smooth_labels(one_hot, 0.2) * _np_log_softmax(LOGITS)).sum(-1)
-  np.testing.assert_allclose(loss_fn(LOGITS, one_hot), want, rtol=1e-6)
-  assert losses.make_loss_fn('sigmoid_xent') is losses.sigmoid_xent
-  with pytest.raises(ValueError, match='smoothing'):
-    losses.make_loss_fn('softmax_xent', 1.5)
 
 
 def test_get_loss_fn():

@@ -145,11 +145,17 @@ def test_batch_sharding():
 
 
 def test_activation_constraints_under_axis_rules():
-  """The model's logical constraints trace under a mesh + rules, so the loop can pass them to the steps."""
+  """With the loop's mesh + rules the model's logical activation constraints reach the lowered step; without, none."""
   model = _model()
   tx, _ = optim.make_optimizer({'base_lr': 1e-3, 'total_steps': 10})
-  step = train_step.make_train_step(model, tx, mesh=sharding.make_mesh({'data': 2, 'fsdp': 4}), rules='fsdp')
+  mesh = sharding.make_mesh({'data': 2, 'fsdp': 4})
   state = jax.eval_shape(functools.partial(train_step.create_train_state, model, tx, input_shape=(1, 16, 16, 3)),
                          jax.random.PRNGKey(0))
-  batch = {'image': jnp.zeros((8, 16, 16, 3)), 'label': jnp.zeros((8, 10))}
-  jax.eval_shape(step, state, batch)
+  batch = {'image': jax.ShapeDtypeStruct((8, 16, 16, 3), jnp.float32, sharding=sharding.batch_sharding(mesh)),
+           'label': jax.ShapeDtypeStruct((8, 10), jnp.float32, sharding=sharding.batch_sharding(mesh))}
+
+  def constraints(**kw):
+    text = jax.jit(train_step.make_train_step(model, tx, **kw)).lower(state, batch).as_text()
+    return text.count('sharding_constraint')
+  assert constraints() == 0
+  assert constraints(mesh=mesh, rules='fsdp') >= 2 * 2  # >= 2 per encoder block, forward and backward

@@ -1,1 +1,2 @@
-"""Compatibility package: `vit_jax.configs.models` as in google-research/vision_transformer."""
+"""Config code: `common` (every key and its default, the presets' base) and `models` (google-research/
+vision_transformer's `MODEL_CONFIGS`)."""

@@ -45,8 +45,8 @@ from vit_jax.data import sources as data_sources
 
 PP_KEYS = frozenset({
     'train', 'test', 'crop', 'train_crop', 'area_range', 'aspect_range', 'resize', 'eval_crop', 'flip',
-    'randaug', 'mixup', 'cutmix', 'mix_prob', 'label_smoothing', 'value_range', 'num_classes',
-    'num_train', 'num_eval', 'workers', 'threads'})
+    'randaug', 'randaug_variant', 'mixup', 'cutmix', 'mix_prob', 'label_smoothing', 'value_range',
+    'num_classes', 'num_train', 'num_eval', 'workers', 'threads'})
 _IMAGENET_TRAIN, _IMAGENET_EVAL = 1_281_167, 50_000
 Batch = dict[str, np.ndarray]
 
@@ -342,18 +342,6 @@ class _PlainEval:
 
 
 # -------------------------------------------------------------------------------------------- devices
-_DATA_AXES = ('replica', 'data', 'fsdp', 'batch')
-
-
-def batch_sharding(sharding_or_mesh: jax.sharding.Sharding | jax.sharding.Mesh) -> jax.sharding.Sharding:
-  """A Mesh becomes NamedSharding(batch dim over its data axes: replica/data/fsdp/batch, else all axes)."""
-  if isinstance(sharding_or_mesh, jax.sharding.Mesh):
-    mesh = sharding_or_mesh
-    axes = tuple(a for a in mesh.axis_names if a in _DATA_AXES) or tuple(mesh.axis_names)
-    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axes))
-  return sharding_or_mesh
-
-
 def _batch_shards(sharding: jax.sharding.Sharding) -> int:
   """How many ways a NamedSharding splits the batch dimension (1 if it cannot tell)."""
   if not isinstance(sharding, jax.sharding.NamedSharding) or not len(sharding.spec):
@@ -440,8 +428,7 @@ class MeshPrefetcher:
     self._thread.join()
 
 
-def prefetch_to_mesh(local_iterator: Iterator[Batch],
-                     sharding_or_mesh: jax.sharding.Sharding | jax.sharding.Mesh,
+def prefetch_to_mesh(local_iterator: Iterator[Batch], sharding: jax.sharding.Sharding,
                      size: int = 2) -> MeshPrefetcher:
-  """Global batches as jax.Arrays sharded over the mesh's data axes, `size` batches prefetched."""
-  return MeshPrefetcher(local_iterator, batch_sharding(sharding_or_mesh), size)
+  """Global batches as jax.Arrays with `sharding` (the loop's `training.sharding.batch_sharding`), `size` ahead."""
+  return MeshPrefetcher(local_iterator, sharding, size)

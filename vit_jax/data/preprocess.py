@@ -27,7 +27,10 @@ JPEG libjpeg warns about goes through PIL, which decodes it or names it as corru
   eval_crop          'resize_small_crop' (resize smaller side to `resize`, central crop; default) or
                      'resize' (resize to crop x crop: vit_jax's eval; the digits' and synthetic default).
   flip               random horizontal flip for training (default True; digits False).
-  randaug            RandAugment (num_layers, magnitude 0..10), e.g. (2, 10); default None = off.
+  randaug            RandAugment (num_layers, magnitude), e.g. (2, 15) (AugReg's 'medium'); default None = off.
+  randaug_variant    'tf' (default: big_vision's / TF's level mapping and 16 ops, Cutout included; magnitudes
+                     above 10 extrapolate) or 'increasing' (timm's rand-m*-inc1: every op stronger with the
+                     magnitude, clipped to 10). See the RandAugment section below.
   mixup              mixup Beta(alpha, alpha) concentration; 0 (default) = off. Each example is mixed with the one
                      half a batch away (`mix_partner`), independent of the process count.
   cutmix             cutmix Beta(alpha, alpha) concentration; 0 (default) = off. With both on, each batch
@@ -257,10 +260,75 @@ def value_range(img: Image.Image | np.ndarray, vmin: float = -1., vmax: float = 
 
 
 # ---------------------------------------------------------------------------------------------- RandAugment
-# Magnitudes follow the TF/big_vision RandAugment: level in [0, 10] maps linearly onto each op's range.
-def _level(m: float, hi: float, rng: np.random.Generator, signed: bool = True) -> float:
-  v = m / 10 * hi
-  return -v if signed and rng.random() < 0.5 else v
+# 'tf' (default): the RandAugment that trained the ViT / AugReg checkpoints, big_vision's `randaug(N, M)` (its
+# pp/autoaugment.py, forked from tensorflow/tpu; tensorflow/models official/vision/ops/augment.py maps levels the
+# same way): 16 ops, each level -> argument as `_TF_LEVEL_TO_ARG`, magnitudes above 10 extrapolate (AugReg uses 15,
+# 20). Some ops *weaken* as the level grows there (Solarize's threshold rises, Posterize keeps more bits, the enhance
+# factors move from 0.1 towards 1.9 and beyond). Departures from TF: the pixel ops are PIL's (PIL's Contrast blends
+# towards the mean grey level, TF's towards H*W/256 clipped to 255, a known quirk of that code), rotations and shears
+# resample with PIL's nearest neighbour, not TF's.
+# 'increasing': timm's `rand-mM-nN-inc1` (its _RAND_INCREASING_TRANSFORMS): 15 ops whose strength grows with the
+# level, which is clipped to [0, 10]; each chosen op is applied with probability 0.5, as timm does.
+_MAX_LEVEL = 10.
+RANDAUG_CUTOUT_CONST = 40      # big_vision / TF `distort_image_with_randaugment`: HParams(cutout_const=40,
+RANDAUG_TRANSLATE_CONST = 100  # translate_const=100), in pixels whatever the image size
+_INCREASING_TRANSLATE_PCT = 0.45  # timm's translate_pct: a fraction of the image side
+
+
+def _negate(v: float, rng: np.random.Generator) -> float:
+  """v or -v with equal odds (TF's `_randomly_negate_tensor`)."""
+  return -v if rng.random() < 0.5 else v
+
+
+def _enhance_increasing(level: float, rng: np.random.Generator) -> tuple[float]:
+  return (max(0.1, 1. + _negate(level / _MAX_LEVEL * 0.9, rng)),)
+
+
+# op -> (level, rng) -> the op's arguments, TF's `level_to_arg` with big_vision's RandAugment constants.
+_TF_LEVEL_TO_ARG: dict[str, Callable[[float, np.random.Generator], tuple]] = {
+    'AutoContrast': lambda level, rng: (),
+    'Equalize': lambda level, rng: (),
+    'Invert': lambda level, rng: (),
+    'Rotate': lambda level, rng: (_negate(level / _MAX_LEVEL * 30., rng),),
+    'Posterize': lambda level, rng: (int(level / _MAX_LEVEL * 4),),
+    'Solarize': lambda level, rng: (int(level / _MAX_LEVEL * 256),),
+    'Color': lambda level, rng: (level / _MAX_LEVEL * 1.8 + 0.1,),
+    'Contrast': lambda level, rng: (level / _MAX_LEVEL * 1.8 + 0.1,),
+    'Brightness': lambda level, rng: (level / _MAX_LEVEL * 1.8 + 0.1,),
+    'Sharpness': lambda level, rng: (level / _MAX_LEVEL * 1.8 + 0.1,),
+    'ShearX': lambda level, rng: (_negate(level / _MAX_LEVEL * 0.3, rng),),
+    'ShearY': lambda level, rng: (_negate(level / _MAX_LEVEL * 0.3, rng),),
+    'TranslateX': lambda level, rng: (_negate(level / _MAX_LEVEL * RANDAUG_TRANSLATE_CONST, rng),),
+    'TranslateY': lambda level, rng: (_negate(level / _MAX_LEVEL * RANDAUG_TRANSLATE_CONST, rng),),
+    'Cutout': lambda level, rng: (int(level / _MAX_LEVEL * RANDAUG_CUTOUT_CONST),),
+    'SolarizeAdd': lambda level, rng: (int(level / _MAX_LEVEL * 110),),
+}
+# timm's increasing variant; translations are relative (fraction of the side), converted to pixels by the op.
+_INCREASING_LEVEL_TO_ARG: dict[str, Callable[[float, np.random.Generator], tuple]] = {
+    'AutoContrast': lambda level, rng: (),
+    'Equalize': lambda level, rng: (),
+    'Invert': lambda level, rng: (),
+    'Rotate': _TF_LEVEL_TO_ARG['Rotate'],
+    'PosterizeIncreasing': lambda level, rng: (4 - int(level / _MAX_LEVEL * 4),),
+    'SolarizeIncreasing': lambda level, rng: (256 - min(256, int(level / _MAX_LEVEL * 256)),),
+    'SolarizeAdd': lambda level, rng: (min(128, int(level / _MAX_LEVEL * 110)),),
+    'ColorIncreasing': _enhance_increasing,
+    'ContrastIncreasing': _enhance_increasing,
+    'BrightnessIncreasing': _enhance_increasing,
+    'SharpnessIncreasing': _enhance_increasing,
+    'ShearX': _TF_LEVEL_TO_ARG['ShearX'],
+    'ShearY': _TF_LEVEL_TO_ARG['ShearY'],
+    'TranslateXRel': lambda level, rng: (_negate(level / _MAX_LEVEL * _INCREASING_TRANSLATE_PCT, rng),),
+    'TranslateYRel': lambda level, rng: (_negate(level / _MAX_LEVEL * _INCREASING_TRANSLATE_PCT, rng),),
+}
+RANDAUG_VARIANTS = {'tf': _TF_LEVEL_TO_ARG, 'increasing': _INCREASING_LEVEL_TO_ARG}
+RANDAUG_OPS = tuple(_TF_LEVEL_TO_ARG)  # big_vision's op order
+RANDAUG_INCREASING_OPS = tuple(_INCREASING_LEVEL_TO_ARG)  # timm's
+
+
+def randaug_args(op: str, level: float, rng: np.random.Generator, variant: str = 'tf') -> tuple:
+  """The arguments `op` gets at `level` in `variant` (random signs drawn from `rng`)."""
+  return RANDAUG_VARIANTS[variant][op](level, rng)
 
 
 def _affine(img, matrix):
@@ -268,33 +336,90 @@ def _affine(img, matrix):
                        fillcolor=_FILL)
 
 
-_RANDAUG_OPS: dict[str, Callable[[Image.Image, float, np.random.Generator], Image.Image]] = {
-    'AutoContrast': lambda img, m, rng: ImageOps.autocontrast(img),
-    'Equalize': lambda img, m, rng: ImageOps.equalize(img),
-    'Invert': lambda img, m, rng: ImageOps.invert(img),
-    'Rotate': lambda img, m, rng: img.rotate(_level(m, 30, rng), fillcolor=_FILL),
-    'Posterize': lambda img, m, rng: ImageOps.posterize(img, max(1, 8 - int(m / 10 * 4))),
-    'Solarize': lambda img, m, rng: ImageOps.solarize(img, 256 - int(m / 10 * 256)),
-    'SolarizeAdd': lambda img, m, rng: Image.fromarray(np.where(
-        np.asarray(img) < 128, np.minimum(np.asarray(img, np.int32) + int(m / 10 * 110), 255),
-        np.asarray(img)).astype(np.uint8)),
-    'Color': lambda img, m, rng: ImageEnhance.Color(img).enhance(1 + _level(m, 0.9, rng)),
-    'Contrast': lambda img, m, rng: ImageEnhance.Contrast(img).enhance(1 + _level(m, 0.9, rng)),
-    'Brightness': lambda img, m, rng: ImageEnhance.Brightness(img).enhance(1 + _level(m, 0.9, rng)),
-    'Sharpness': lambda img, m, rng: ImageEnhance.Sharpness(img).enhance(1 + _level(m, 0.9, rng)),
-    'ShearX': lambda img, m, rng: _affine(img, (1, _level(m, 0.3, rng), 0, 0, 1, 0)),
-    'ShearY': lambda img, m, rng: _affine(img, (1, 0, 0, _level(m, 0.3, rng), 1, 0)),
-    'TranslateX': lambda img, m, rng: _affine(img, (1, 0, _level(m, 0.45, rng) * img.size[0], 0, 1, 0)),
-    'TranslateY': lambda img, m, rng: _affine(img, (1, 0, 0, 0, 1, _level(m, 0.45, rng) * img.size[1])),
+def _lut(img: Image.Image, table: np.ndarray) -> Image.Image:
+  return Image.fromarray(table.astype(np.uint8)[np.asarray(img)])
+
+
+def _posterize(img: Image.Image, bits: int) -> Image.Image:
+  """Keeps the `bits` high bits; TF's bit shifts clamp the shift to 0..7, so 0 bits keeps 1, as it does there."""
+  shift = min(max(8 - bits, 0), 7)
+  return _lut(img, (np.arange(256) >> shift) << shift)
+
+
+def _posterize_timm(img: Image.Image, bits: int) -> Image.Image:
+  """timm's: PIL posterize, where 0 bits is an all-black image."""
+  return img if bits >= 8 else _lut(img, np.arange(256) & ~(2**(8 - bits) - 1) & 255)
+
+
+def _solarize(img: Image.Image, threshold: int) -> Image.Image:
+  """Pixels at or above `threshold` inverted (a threshold above 255 leaves the image as it is)."""
+  x = np.arange(256)
+  return _lut(img, np.where(x < threshold, x, 255 - x))
+
+
+def _solarize_add(img: Image.Image, addition: int) -> Image.Image:
+  """Adds `addition` (clipped to 255) to pixels below 128."""
+  x = np.arange(256)
+  return _lut(img, np.where(x < 128, np.minimum(x + addition, 255), x))
+
+
+def cutout(img: Image.Image, rng: np.random.Generator, pad_size: int) -> Image.Image:
+  """TF's cutout: a (2 pad_size)^2 square centred on a uniform pixel, clipped to the image, filled grey (128)."""
+  x = np.array(img)
+  h, w = x.shape[:2]
+  cy, cx = int(rng.integers(0, h)), int(rng.integers(0, w))
+  x[max(0, cy - pad_size):min(h, cy + pad_size), max(0, cx - pad_size):min(w, cx + pad_size)] = _FILL[0]
+  return Image.fromarray(x)
+
+
+_Op = Callable[..., Image.Image]
+_OPS: dict[str, _Op] = {
+    'AutoContrast': lambda img, rng: ImageOps.autocontrast(img),
+    'Equalize': lambda img, rng: ImageOps.equalize(img),
+    'Invert': lambda img, rng: ImageOps.invert(img),
+    'Rotate': lambda img, rng, degrees: img.rotate(degrees, fillcolor=_FILL),
+    'Posterize': lambda img, rng, bits: _posterize(img, bits),
+    'Solarize': lambda img, rng, threshold: _solarize(img, threshold),
+    'SolarizeAdd': lambda img, rng, addition: _solarize_add(img, addition),
+    'Color': lambda img, rng, f: ImageEnhance.Color(img).enhance(f),
+    'Contrast': lambda img, rng, f: ImageEnhance.Contrast(img).enhance(f),
+    'Brightness': lambda img, rng, f: ImageEnhance.Brightness(img).enhance(f),
+    'Sharpness': lambda img, rng, f: ImageEnhance.Sharpness(img).enhance(f),
+    'ShearX': lambda img, rng, s: _affine(img, (1, s, 0, 0, 1, 0)),
+    'ShearY': lambda img, rng, s: _affine(img, (1, 0, 0, s, 1, 0)),
+    # Output pixel x shows input x + pixels (TF's translate_x(image, pixels)).
+    'TranslateX': lambda img, rng, pixels: _affine(img, (1, 0, pixels, 0, 1, 0)),
+    'TranslateY': lambda img, rng, pixels: _affine(img, (1, 0, 0, 0, 1, pixels)),
+    'Cutout': cutout,
 }
-RANDAUG_OPS = tuple(_RANDAUG_OPS)
+_OPS.update({
+    'PosterizeIncreasing': lambda img, rng, bits: _posterize_timm(img, bits),
+    'SolarizeIncreasing': _OPS['Solarize'],
+    'ColorIncreasing': _OPS['Color'],
+    'ContrastIncreasing': _OPS['Contrast'],
+    'BrightnessIncreasing': _OPS['Brightness'],
+    'SharpnessIncreasing': _OPS['Sharpness'],
+    'TranslateXRel': lambda img, rng, pct: _OPS['TranslateX'](img, rng, pct * img.size[0]),
+    'TranslateYRel': lambda img, rng, pct: _OPS['TranslateY'](img, rng, pct * img.size[1]),
+})
 
 
-def randaugment(img: Image.Image, rng: np.random.Generator, num_layers: int = 2,
-                magnitude: float = 10, ops: tuple[str, ...] = RANDAUG_OPS) -> Image.Image:
-  """RandAugment (Cubuk et al. 2019): `num_layers` ops drawn uniformly, each at `magnitude` (0..10)."""
+def randaugment(img: Image.Image, rng: np.random.Generator, num_layers: int = 2, magnitude: float = 10,
+                ops: tuple[str, ...] | None = None, variant: str = 'tf') -> Image.Image:
+  """RandAugment (Cubuk et al. 2019): `num_layers` ops drawn uniformly (with replacement), each at `magnitude`.
+
+  variant 'tf' (big_vision's, what trained the published ViT/AugReg models; magnitude may exceed 10) or
+  'increasing' (timm's; magnitude clipped to [0, 10], each op applied with probability 0.5); see above.
+  """
+  if variant not in RANDAUG_VARIANTS:
+    raise ValueError(f"pp.randaug_variant={variant!r} is unknown: use 'tf' or 'increasing'.")
+  level_to_arg = RANDAUG_VARIANTS[variant]
+  ops = tuple(level_to_arg) if ops is None else ops
+  level = float(magnitude) if variant == 'tf' else min(max(float(magnitude), 0.), _MAX_LEVEL)
   for i in rng.integers(0, len(ops), size=num_layers):
-    img = _RANDAUG_OPS[ops[i]](img, magnitude, rng)
+    if variant == 'increasing' and rng.random() >= 0.5:
+      continue
+    img = _OPS[ops[i]](img, rng, *level_to_arg[ops[i]](level, rng))
   return img
 
 
@@ -401,7 +526,7 @@ def train_example(rec: Record, rng: np.random.Generator, pp: Any, num_classes: i
     img = random_flip(img, rng)
   if pp.get('randaug'):
     img = randaugment(Image.fromarray(np.ascontiguousarray(img)) if isinstance(img, np.ndarray) else img,
-                      rng, *pp['randaug'])
+                      rng, *pp['randaug'], variant=pp.get('randaug_variant') or 'tf')
   return {'image': np.asarray(img),
           'label': _label_of(rec, num_classes, multi_label, pp.get('label_smoothing', 0.)),
           'id': rec['id']}

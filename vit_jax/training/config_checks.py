@@ -66,7 +66,7 @@ def explain_flag_error(error: Exception, argv: Iterable[str], config: Any = None
       key = parts[0]
       if key not in valid:
         guess = nearest(key, valid)
-        hint = f'did you mean config.{guess}?' if guess else 'see configs/common.py for the keys.'
+        hint = f'did you mean config.{guess}?' if guess else 'see vit_jax/configs/common.py for the keys.'
         return ConfigError(f'Unknown config key config.{key}: {hint}')
   m = re.search(r'flag --config\.([\w.]+)=(\S*): (.*)', text)
   if m:

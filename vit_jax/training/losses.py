@@ -40,23 +40,6 @@ def get_loss_fn(name: str) -> LossFn:
   return LOSSES[name]
 
 
-def make_loss_fn(name: str = 'softmax_xent', label_smoothing: float = 0.) -> LossFn:
-  """Per-example loss `name` (config.loss) on targets smoothed by `label_smoothing` (config.label_smoothing)."""
-  loss_fn = get_loss_fn(name)
-  if not label_smoothing:
-    return loss_fn
-  smooth_labels(jnp.zeros((1, 1)), label_smoothing)  # validate now, not at trace time
-  return lambda logits, labels: loss_fn(logits, smooth_labels(labels, label_smoothing))
-
-
-def smooth_labels(labels: Array, smoothing: float) -> Array:
-  """Label smoothing: (1 - smoothing) * labels + smoothing / num_classes."""
-  if not 0. <= smoothing < 1.:
-    raise ValueError(f'label smoothing must be in [0, 1), got {smoothing}.')
-  num_classes = labels.shape[-1]
-  return labels * (1. - smoothing) + smoothing / num_classes
-
-
 def topk_correct(logits: Array, labels: Array, k: int = 1) -> Array:
   """1. where one of the k highest logits is a class with the example's highest (positive) label, else 0.
 

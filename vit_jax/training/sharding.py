@@ -139,11 +139,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 @contextlib.contextmanager
 def axis_rules(mesh: Optional[Mesh], rules: Any) -> Iterator[None]:
-  """Context (entered inside jit) in which the model's `nn.with_logical_constraint` activations follow `rules`.
-
-  Not usable with the current model: flax's DenseGeneral unboxes its flat init kernel with the 3-D logical names
-  during `apply`'s shape check, which fails under a mesh + rules (tests/sharding_test.py pins this as an xfail).
-  """
+  """Context (entered inside jit) in which the model's `nn.with_logical_constraint` activations follow `rules`."""
   if mesh is None or rules is None:
     yield
     return

@@ -1,8 +1,8 @@
 """The pure training core: train state, one jit-able train step (with gradient accumulation and EMA), eval step.
 
 No I/O and no host syncs: the loop jits these with `NamedSharding`s (see `vit_jax.training.sharding` and
-`train_state_shardings`) and donates the state. Activations are laid out by XLA's propagation from the param and
-batch shardings unless `mesh`/`rules` are given (the current ViT cannot take them yet: `sharding.axis_rules`).
+`train_state_shardings`) and donates the state. With `mesh`/`rules` (as the loop passes them) the model's
+logical activation constraints follow the rule table; without them XLA propagates the param and batch shardings.
 A step's randomness (dropout, stochastic depth) is `fold_in(fold_in(state.rng, state.step), micro)`, so a run is
 a function of (seed, step) and resumes exactly.
 """
@@ -93,8 +93,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   whole batch (without dropout), with a fraction of the activation memory. `ema_decay`: EMA of the params,
   e <- ema_decay * e + (1 - ema_decay) * params after each update (needs a state made with `ema=True`).
   `mesh`/`rules`: trace the model under `sharding.axis_rules`, so its activation constraints follow the rule
-  table; the current ViT cannot (a ValueError at trace time, see `sharding.axis_rules`), so leave them None
-  until the model is fixed.
+  table (None: no constraints, XLA's propagation decides).
 
   metrics: 'loss', 'grad_norm' (global norm before clipping), 'param_norm' (after the update), 'lr' (of this
   update, when `lr_schedule` is given); NaN/inf show up in them, and the loop stops on them.
