@@ -32,6 +32,7 @@ PARAM_COUNTS = {
     'R50+ViT-L_32': 328_994_856,
     'ViT-g_14': 1_012_611_432,
     'testing': 21_390,
+    'testing-unpooled': 21_370,  # no class token, one position embedding fewer
 }
 
 TINY = dict(hidden_size=32, transformer=dict(num_layers=3, mlp_dim=64, num_heads=4, dropout_rate=0.,
