@@ -116,11 +116,6 @@ def get_r50_l32_config() -> ml_collections.ConfigDict:
   return _config('R50+ViT-L_32')
 
 
-def get_g14_config() -> ml_collections.ConfigDict:
-  """ViT-g/14 ("Scaling Vision Transformers"; not in the reference)."""
-  return _config('ViT-g_14')
-
-
 def __getattr__(name: str) -> NoReturn:
   if name.startswith(('get_mixer_', 'get_lit_')):
     raise AttributeError(f'vit_jax.configs.models has no {name}: vit_jax has no MLP-Mixer or LiT models, only ViTs '
@@ -128,8 +123,13 @@ def __getattr__(name: str) -> NoReturn:
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
-MODEL_CONFIGS = {name: _config(name).lock() for name in registry.MODEL_CONFIGS}
+_FUNCTIONS = (get_testing_config, get_testing_unpooled_config, get_ti16_config, get_s16_config, get_b16_config,
+              get_l16_config, get_h14_config, get_s16_gap_norep_config, get_b16_gap_norep_config, get_b8_config,
+              get_s32_config, get_b32_config, get_l32_config, get_s32_gap_norep_config, get_b32_gap_norep_config,
+              get_r_ti16_config, get_r50_b16_config, get_r26_b32_config, get_r26_s32_config, get_r50_l32_config)
+# The reference's names only (its models_test wants each in its parameter table); ViT-g_14 and the variant
+# strings are `vit_jax.models.get_model`'s.
+MODEL_CONFIGS = {cfg.model_name: cfg.lock() for cfg in (f() for f in _FUNCTIONS)}
 # AugReg file names drop 'ViT-' and use '_' for '+', e.g. 'R26_S_32'.
 AUGREG_CONFIGS = {name.replace('ViT-', '').replace('+', '_'): cfg for name, cfg in MODEL_CONFIGS.items()
-                  if not name.startswith('testing') and name not in ('ViT-L_32', 'R50+ViT-B_16', 'ViT-H_14',
-                                                                     'ViT-g_14')}
+                  if not name.startswith('testing') and name not in ('ViT-L_32', 'R50+ViT-B_16', 'ViT-H_14')}
