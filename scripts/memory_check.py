@@ -25,8 +25,7 @@ def grad_temp_bytes(cfg: benchmarking.BenchConfig) -> float:
   model = benchmarking.build_model(cfg)
   x = jax.ShapeDtypeStruct((cfg.batch, cfg.resolution, cfg.resolution, 3), jnp.float32)
   y = jax.ShapeDtypeStruct((cfg.batch, cfg.num_classes), jnp.float32)
-  params = jax.eval_shape(lambda: jax.tree.map(lambda b: b, benchmarking.nn.meta.unbox(
-      model.init(jax.random.PRNGKey(0), jnp.zeros(x.shape), train=False)['params'])))
+  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(x.shape), train=False)['params'])
 
   def loss(p, x, y):
     logits = model.apply({'params': p}, x, train=False)

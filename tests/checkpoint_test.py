@@ -33,7 +33,7 @@ def _images(size=(32, 32), seed=0, batch=2):
 
 def _random_params(model, images, seed=1):
   """Random non-zero float32 params for every leaf, head included, scaled by fan-in like a real initialisation."""
-  shapes = jax.eval_shape(lambda: nn.meta.unbox(model.init(jax.random.key(0), images[:1], train=False)['params']))
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), images[:1], train=False)['params'])
   rng = np.random.RandomState(seed)
 
   def draw(key, leaf):
@@ -57,7 +57,7 @@ def _random_params(model, images, seed=1):
 
 
 def _flat(tree):
-  return flax.traverse_util.flatten_dict(flax.core.unfreeze(nn.meta.unbox(tree)), sep='/')
+  return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep='/')
 
 
 def _assert_trees_equal(a, b):
@@ -411,9 +411,9 @@ def test_load_pretrained_scanned_and_boxed_targets(tmp_path):
   src = _random_params(src_model, images)
   checkpoint.save_npz(src, tmp_path / 'src.npz')
   dst = _model(num_classes=7, scan=True)
-  # Boxed (logically partitioned) like model.init's output, with random values.
+  # Boxed (logically partitioned) like models.init_with_axes's output, with random values.
   rng = np.random.RandomState(3)
-  boxed = jax.eval_shape(lambda: dst.init(jax.random.key(0), images[:1], train=False)['params'])
+  boxed = jax.eval_shape(lambda: models.init_with_axes(dst, jax.random.key(0), images[:1], train=False)['params'])
   boxed = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(s.dtype), boxed)
   out = checkpoint.load_pretrained(pretrained_path=tmp_path / 'src.npz', init_params=boxed,
                                    model_config={'classifier': 'token', 'representation_size': None})
@@ -423,11 +423,11 @@ def test_load_pretrained_scanned_and_boxed_targets(tmp_path):
       [src['Transformer'][f'encoderblock_{i}']['MlpBlock_0']['Dense_0']['kernel'] for i in range(2)]))
   np.testing.assert_array_equal(out['head']['kernel'], nn.meta.unbox(boxed)['head']['kernel'])
   # Abstract init params (jax.eval_shape) work when nothing needs re-initialising, and say so when it does.
-  abstract = jax.eval_shape(lambda: nn.meta.unbox(src_model.init(jax.random.key(0), images[:1], train=False)))
+  abstract = jax.eval_shape(lambda: src_model.init(jax.random.key(0), images[:1], train=False))
   out = checkpoint.load_pretrained(pretrained_path=tmp_path / 'src.npz', init_params=abstract['params'],
                                    model_config={'classifier': 'token', 'representation_size': None})
   _assert_trees_equal(out, src)
-  abstract = jax.eval_shape(lambda: nn.meta.unbox(dst.init(jax.random.key(0), images[:1], train=False)))
+  abstract = jax.eval_shape(lambda: dst.init(jax.random.key(0), images[:1], train=False))
   with pytest.raises(ValueError, match='abstract'):
     checkpoint.load_pretrained(pretrained_path=tmp_path / 'src.npz', init_params=abstract['params'],
                                model_config={'classifier': 'token', 'representation_size': None})

@@ -32,7 +32,7 @@ def _random_params(name, size, num_classes, seed, overrides):
   model = registry.get_model(name, num_classes=num_classes, head_zeroinit=False, **dict(overrides))
   init = jax.jit(lambda: model.init(jax.random.PRNGKey(seed), jnp.zeros((1, size, size, 3)), train=False))
   params = init()['params']
-  return model, jax.tree.map(np.asarray, nn.meta.unbox(params))
+  return model, jax.tree.map(np.asarray, params)
 
 
 def save_checkpoint(directory: str, name: str = MODEL, **kwargs: Any) -> Tuple[str, nn.Module, Dict[str, Any]]:

@@ -3,7 +3,8 @@
 File layouts read (detected from the keys; every key is a '/'-joined path):
 - published (ViT and AugReg papers, google-research/vision_transformer): pre-Linen numbering inside encoder
   blocks (`LayerNorm_0`, `MultiHeadDotProductAttention_1`, `LayerNorm_2`, `MlpBlock_3`),
-  `Transformer/posembed_input/pos_embedding` with a class-token slot, GroupNorm scales possibly (1, 1, 1, C);
+  `Transformer/posembed_input/pos_embedding` with a class-token slot, hybrids' GroupNorm params (1, 1, 1, C)
+  (written by flax < 0.3.6; (C,) as the reference's own `save` writes them today is read too);
 - big_vision: Linen numbering, top-level `pos_embedding` without a class-token slot, optionally scanned blocks
   (`Transformer/encoderblock/...` with a leading layer axis), `MAPHead_0`, keys possibly under `params/`.
 `load` returns our model's tree (Linen numbering, looped blocks); `save_npz` writes the published layout, which
@@ -188,15 +189,22 @@ def _to_published_key(key: str) -> str:
   return f'Transformer/encoderblock_{m.group(1)}/{LINEN_TO_PRE_LINEN.get(sub, sub)}/{rest}'
 
 
+def _to_published_value(key: str, value: np.ndarray) -> np.ndarray:
+  if value.dtype == ml_dtypes.bfloat16:
+    value = value.astype(np.float32)
+  if _GROUPNORM_RE.search(key) and value.ndim == 1:
+    value = value.reshape(1, 1, 1, -1)  # the published hybrids' GroupNorm params (flax < 0.3.6)
+  return value
+
+
 def save_npz(params: Any, path: Union[str, os.PathLike]) -> None:
   """Writes params (looped or scanned, boxed or not) as a published-layout `.npz`, atomically (temp + rename).
 
   Arrays must be addressable from this process (on multi-host meshes gather them first); bfloat16 is written as
-  float32, which every reader of the format expects.
+  float32, which every reader of the format expects; GroupNorm scales and biases as (1, 1, 1, C), as published.
   """
   flat = unstack_blocks_flat(_plain_flat(params))
-  flat = {_to_published_key(k): (v.astype(np.float32) if v.dtype == ml_dtypes.bfloat16 else v)
-          for k, v in flat.items()}
+  flat = {_to_published_key(k): _to_published_value(k, v) for k, v in flat.items()}
   path = os.fspath(path)
   directory = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')

@@ -32,6 +32,7 @@ PARAM_COUNTS = {
     'R50+ViT-L_32': 328_994_856,
     'ViT-g_14': 1_012_611_432,
     'testing': 21_390,
+    'testing-unpooled': 21_370,  # no class token, one position embedding fewer
 }
 
 TINY = dict(hidden_size=32, transformer=dict(num_layers=3, mlp_dim=64, num_heads=4, dropout_rate=0.,
@@ -40,7 +41,7 @@ TINY = dict(hidden_size=32, transformer=dict(num_layers=3, mlp_dim=64, num_heads
 
 def _abstract_params(model, size=224):
   variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)), train=False))
-  return nn.meta.unbox(variables)['params']
+  return variables['params']
 
 
 def _count(params) -> int:
@@ -53,7 +54,7 @@ def _images(n=2, size=32, seed=1):
 
 def _init(model, x, seed=0):
   """Random init with a non-zero head, so that logits say something about every weight."""
-  params = nn.meta.unbox(model.init(jax.random.PRNGKey(seed), x, train=False))['params']
+  params = model.init(jax.random.PRNGKey(seed), x, train=False)['params']
   keys = iter(jax.random.split(jax.random.PRNGKey(seed + 100), 1000))
   # Re-draw every leaf so that biases, LayerNorm scales and the zero-init head are all non-trivial.
   return jax.tree.map(lambda p: p + 0.05 * jax.random.normal(next(keys), p.shape), params)
@@ -253,7 +254,7 @@ def test_attention_weights_returned_on_request():
 def test_bfloat16_compute_keeps_float32_params_and_logits():
   x = _images()
   model = models.get_model('S/8', num_classes=5, dtype=jnp.bfloat16, **TINY)
-  variables = nn.meta.unbox(model.init(jax.random.PRNGKey(0), x, train=False))
+  variables = model.init(jax.random.PRNGKey(0), x, train=False)
   assert {a.dtype for a in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
   params = _init(models.get_model('S/8', num_classes=5, **TINY), x)
   ref = models.get_model('S/8', num_classes=5, **TINY).apply({'params': params}, x, train=False)
@@ -327,13 +328,14 @@ def test_hybrid_layout_and_forward():
                            transformer=dict(num_layers=1, mlp_dim=32, num_heads=2))
   x = _images(size=32)
   variables = jax.jit(lambda: model.init(jax.random.PRNGKey(0), x, train=False))()
-  assert nn.meta.unbox(variables)['params']['Transformer']['posembed_input']['pos_embedding'].shape == (1, 5, 32)
+  assert variables['params']['Transformer']['posembed_input']['pos_embedding'].shape == (1, 5, 32)
   assert jax.jit(lambda v: model.apply(v, x, train=False))(variables).shape == (2, 5)
 
 
 def test_params_carry_logical_axes():
   model = models.get_model('S/8', num_classes=5, scan=True, **TINY)
-  specs = nn.get_partition_spec(jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), _images(), train=False)))
+  specs = nn.get_partition_spec(jax.eval_shape(lambda: models.init_with_axes(model, jax.random.PRNGKey(0), _images(),
+                                                                             train=False)))
   blk = specs['params']['Transformer']['encoderblock']
   assert tuple(blk['MlpBlock_0']['Dense_0']['kernel']) == ('layers', 'embed', 'mlp')
   assert tuple(blk['MultiHeadDotProductAttention_0']['query']['kernel']) == ('layers', 'embed', 'heads', 'kv')

@@ -106,7 +106,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits(small_params):
   x, params = small_params
   model = _small_model(dtype=jnp.bfloat16)
   init = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False)['params'])
-  assert {leaf.dtype for leaf in jax.tree.leaves(models.vit.nn.meta.unbox(init))} == {jnp.dtype(jnp.float32)}
+  assert {leaf.dtype for leaf in jax.tree.leaves(init)} == {jnp.dtype(jnp.float32)}
   out = _logits(model, params, x)
   ref = _logits(_small_model(), params, x)
   assert out.dtype == jnp.float32
@@ -126,7 +126,7 @@ def test_memory_model_counts_the_params_of_vit_g_and_the_optimizer_state_bytes()
   model = benchmarking.build_model(cfg)
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)), train=False))
   mem = benchmarking.train_memory_model(cfg)
-  assert mem['params'] == benchmarking.param_count(models.vit.nn.meta.unbox(shapes['params']))
+  assert mem['params'] == benchmarking.param_count(shapes['params'])
   assert mem['state_bytes'] == 14 * mem['params']  # f32 params, grads, nu + bf16 mu
   # Full depth, batch 64: remat 'full' keeps one N x D tensor per layer instead of ~12 MB of activations.
   g64 = benchmarking.BenchConfig(model='ViT-g_14', batch=64, mu_dtype='bfloat16', attention_impl='cudnn')

@@ -1,7 +1,6 @@
 """Optimizer chain and schedules: values, masks, freezing, multipliers, clipping, state dtype."""
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,8 +15,8 @@ BASE = {'base_lr': 1., 'total_steps': 100, 'warmup_steps': 10}
 
 def _vit_params():
   model = models.get_model('testing', num_classes=3)
-  return nn.meta.unbox(jax.eval_shape(functools.partial(model.init, train=False),
-                                      jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))['params'])
+  return jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
+                        jnp.zeros((1, 32, 32, 3)))['params']
 
 
 def _paths(tree, pred=lambda x: True):

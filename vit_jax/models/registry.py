@@ -1,4 +1,4 @@
-"""The model table: every published ViT name, ViT-g/14, a tiny `testing` model, and a variant parser.
+"""The model table: every published ViT name, ViT-g/14, tiny `testing` models, and a variant parser.
 
 Configs are plain dicts (no ml_collections needed) with the keys of google-research/vision_transformer's model
 configs; `vit_jax.configs.models.MODEL_CONFIGS` wraps them as ConfigDicts for code written against that repo.
@@ -46,6 +46,13 @@ def _resnet(num_layers: tuple, width_factor: float = 1) -> Dict[str, Any]:
   return {'num_layers': num_layers, 'width_factor': width_factor}
 
 
+def _testing(name: str, classifier: str) -> Dict[str, Any]:
+  return {'model_name': name, 'patches': {'size': (16, 16)}, 'hidden_size': 10,
+          'transformer': {'mlp_dim': 10, 'num_heads': 2, 'num_layers': 1, 'attention_dropout_rate': 0.0,
+                          'dropout_rate': 0.1},
+          'classifier': classifier, 'representation_size': None}
+
+
 _TABLE = [
     # Published ViT and AugReg checkpoints (dropout rates as published).
     _vit('Ti', 16, name='ViT-Ti_16'),
@@ -69,11 +76,9 @@ _TABLE = [
     _vit('L', 1, name='R50+ViT-L_32', dropout=0.1, resnet=_resnet((3, 4, 6, 3))),
     # Larger than published by the ViT paper ("Scaling Vision Transformers").
     _vit('g', 14, name='ViT-g_14'),
-    # Tiny, for tests.
-    {'model_name': 'testing', 'patches': {'size': (16, 16)}, 'hidden_size': 10,
-     'transformer': {'mlp_dim': 10, 'num_heads': 2, 'num_layers': 1, 'attention_dropout_rate': 0.0,
-                     'dropout_rate': 0.1},
-     'classifier': 'token', 'representation_size': None},
+    # Tiny, for tests (google-research/vision_transformer's `testing` and `testing-unpooled`).
+    _testing('testing', 'token'),
+    _testing('testing-unpooled', 'unpooled'),
 ]
 MODEL_CONFIGS: Dict[str, Dict[str, Any]] = {c['model_name']: c for c in _TABLE}
 

@@ -6,7 +6,9 @@ Parameter names use Linen numbering (`encoderblock_{i}/LayerNorm_0`, `MultiHeadD
 `LayerNorm_1`, `MlpBlock_0`); `vit_jax.checkpoint` maps the published pre-Linen names onto them.
 
 Weights carry logical axis names ('embed', 'mlp', 'heads', 'kv', 'classes', 'layers') so that the mapping of
-parameters onto a device mesh is a table of rules (see `vit_jax.training.sharding`), not code.
+parameters onto a device mesh is a table of rules (see `vit_jax.training.sharding`), not code. `model.init` returns
+plain arrays, as google-research/vision_transformer's does; `init_with_axes` returns the same variables with each
+weight in flax's `LogicallyPartitioned` box, which carries its names (what the sharding code reads).
 """
 import functools
 import re
@@ -38,6 +40,31 @@ def _logical(init: Callable[..., Array], axes: Axes) -> Callable[..., Any]:
   return nn.with_logical_partitioning(init, axes)
 
 
+class Module(nn.Module):
+  """A linen Module whose `init`, `init_with_output` and `lazy_init` return plain arrays (see `init_with_axes`).
+
+  flax keeps the logical axis names of `nn.with_logical_partitioning` as boxes inside the variables, one level
+  above each array; generic code sees that level (`flax.serialization.to_state_dict` gives `kernel/value`, optax
+  masks and `tree_map_with_path` see `.../value`), so the boxes come off at init and only the sharding code asks
+  for them.
+  """
+
+  @nn.nowrap
+  def init_with_output(self, rngs: Any, *args: Any, **kwargs: Any) -> Tuple[Any, Any]:
+    """`nn.Module.init_with_output` (which `init` and `lazy_init` call) with the logical-axis boxes removed."""
+    out, variables = super().init_with_output(rngs, *args, **kwargs)
+    return out, nn.meta.unbox(variables)
+
+
+def init_with_axes(model: nn.Module, rngs: Any, *args: Any, **kwargs: Any) -> Any:
+  """`model.init(rngs, *args, **kwargs)` with each weight in its `nn.LogicallyPartitioned` box (logical names).
+
+  For the sharding code: `nn.get_partition_spec(jax.eval_shape(init_with_axes, model, ...))` is the logical
+  PartitionSpec tree of the variables, and optax's init maps over the boxes so optimizer state inherits them.
+  """
+  return nn.Module.init_with_output(model, rngs, *args, **kwargs)[1]
+
+
 def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.) -> np.ndarray:
   """Fixed 2-D sin-cos position embeddings, shape (1, h*w, width), as in big_vision."""
   if width % 4:
@@ -51,7 +78,7 @@ def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.) -
   return pe[None].astype(np.float32)
 
 
-class AddPositionEmbs(nn.Module):
+class AddPositionEmbs(Module):
   """Adds learned position embeddings `pos_embedding` of shape (1, tokens, dim)."""
 
   posemb_init: Callable[..., Array] = nn.initializers.normal(stddev=0.02)  # from BERT.
@@ -63,7 +90,7 @@ class AddPositionEmbs(nn.Module):
     return inputs + pe.astype(inputs.dtype)
 
 
-class MlpBlock(nn.Module):
+class MlpBlock(Module):
   """Transformer MLP: Dense -> GELU (tanh) -> dropout -> Dense -> dropout."""
 
   mlp_dim: int
@@ -123,7 +150,7 @@ def _attention_weights(q: Array, k: Array, key_mask: Optional[Array] = None) -> 
   return jax.nn.softmax(logits, axis=-1).astype(q.dtype)
 
 
-class Projection(nn.Module):
+class Projection(Module):
   """`nn.DenseGeneral` over the last `in_dims` axes, with the kernel created at its stored rank.
 
   flax's DenseGeneral initialises a flat 2-D kernel and reshapes it, so 3-D logical axis names would be applied
@@ -154,7 +181,7 @@ def _pad_sequence(x: Array, multiple: int) -> Array:
   return jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) if pad else x
 
 
-class MultiHeadDotProductAttention(nn.Module):
+class MultiHeadDotProductAttention(Module):
   """Multi-head attention with the published parameter layout and a selectable kernel.
 
   `impl`: 'xla' (einsum + softmax, returns weights), 'dot_product' (`jax.nn.dot_product_attention`, XLA picks the
@@ -236,7 +263,7 @@ def _drop_path(x: Array, rate: Array, rng: jax.Array) -> Array:
   return jnp.where(mask, x / keep.astype(x.dtype), jnp.zeros_like(x))
 
 
-class Encoder1DBlock(nn.Module):
+class Encoder1DBlock(Module):
   """Pre-LayerNorm transformer block: x + MHA(LN(x)), then x + MLP(LN(x)), with optional drop-path."""
 
   mlp_dim: int
@@ -272,7 +299,7 @@ class Encoder1DBlock(nn.Module):
     return _drop_path(y, rate, self.make_rng('dropout'))
 
 
-class Encoder(nn.Module):
+class Encoder(Module):
   """Position embeddings, `num_layers` blocks (looped or `nn.scan`ned, optionally rematerialised), final norm."""
 
   num_layers: int
@@ -323,7 +350,7 @@ class Encoder(nn.Module):
     return _layer_norm(jnp.float32, name='encoder_norm')(x)
 
 
-class MAPHead(nn.Module):
+class MAPHead(Module):
   """Multihead attention pooling: a learned probe attends over the tokens (big_vision's MAPHead)."""
 
   mlp_dim: int
@@ -348,7 +375,7 @@ def _get(cfg: Any, key: str, default: Any = None) -> Any:
   return cfg[key] if key in cfg else default
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(Module):
   """Vision Transformer; `VisionTransformer(num_classes=1000, **MODEL_CONFIGS['ViT-B_16'])`.
 
   `__call__(images NHWC in [-1, 1], *, train)` returns float32 logits (B, num_classes), or the pre-logits features

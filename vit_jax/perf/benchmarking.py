@@ -358,8 +358,7 @@ def _xla_forward_flops(name: str, resolution: int, num_layers: Optional[int], nu
                     dtype='float32')
   model = build_model(cfg)
   x = jax.ShapeDtypeStruct((1, resolution, resolution, 3), jnp.float32)
-  params = jax.eval_shape(lambda: nn.meta.unbox(model.init(jax.random.PRNGKey(0), jnp.zeros(x.shape),
-                                                           train=False)['params']))
+  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(x.shape), train=False)['params'])
   fwd = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))
   return _cost_flops(fwd.lower(params, x).compile())
 

@@ -9,7 +9,6 @@ import sys
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -124,7 +123,7 @@ def check_fits(model: models.VisionTransformer, params: Params, size: int, what:
   """Raises a one-line ValueError naming the first parameter whose shape differs from what `model` wants."""
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)),
                                              train=False))['params']
-  want = flax.traverse_util.flatten_dict(nn.meta.unbox(shapes), sep='/')
+  want = flax.traverse_util.flatten_dict(shapes, sep='/')
   have = flax.traverse_util.flatten_dict(params, sep='/')
   for key in sorted(want):
     if key not in have:

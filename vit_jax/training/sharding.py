@@ -119,8 +119,9 @@ def mesh_specs(boxed_tree: Any, mesh: Mesh, rules: Any) -> Any:
 def param_shardings(boxed_tree: Any, mesh: Mesh, rules: Any) -> Any:
   """NamedShardings for params, a train state or optimizer state given as a boxed (abstract) tree.
 
-  Pass `jax.eval_shape` of an init that keeps flax's `Partitioned` boxes: optax's init maps over the boxed
-  params, so mu/nu inherit their params' boxes and shard like them; scalars (step, counts) and rng keys are
+  Pass `jax.eval_shape` of an init that keeps flax's `Partitioned` boxes (`models.init_with_axes`, or
+  `create_train_state(..., unbox=False)`): optax's init maps over the boxed params, so mu/nu inherit their params'
+  boxes and shard like them; scalars (step, counts) and rng keys are
   unboxed and replicated. The result has the structure of the *unboxed* tree, ready for `out_shardings`.
   """
   return jax.tree.map(lambda spec: NamedSharding(mesh, spec), mesh_specs(boxed_tree, mesh, rules),

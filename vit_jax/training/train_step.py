@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vit_jax import models
 from vit_jax.training import losses
 from vit_jax.training import sharding as sharding_lib
 
@@ -33,10 +34,13 @@ class TrainState:
   rng: Array                  # uint32[2] base key (raw, checkpoint-friendly); never advanced, folded with step
 
 
-def init_params(model: nn.Module, rng: Array, input_shape: Sequence[int]) -> Any:
-  """Boxed (`nn.Partitioned`) params of `model` for inputs of `input_shape` (batch dim included)."""
+def init_params(model: nn.Module, rng: Array, input_shape: Sequence[int], *, unbox: bool = True) -> Any:
+  """Params of `model` for inputs of `input_shape` (batch dim included): plain arrays, or with `unbox=False` each
+  in its logical-axis box (`models.init_with_axes`)."""
   dummy = jnp.zeros(tuple(input_shape), jnp.float32)
-  return model.init({'params': rng}, dummy, train=False)['params']
+  if unbox:  # a no-op for our models, whose init is plain already; other linen modules may box
+    return nn.meta.unbox(model.init({'params': rng}, dummy, train=False)['params'])
+  return models.init_with_axes(model, {'params': rng}, dummy, train=False)['params']
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: Array,
@@ -44,14 +48,12 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
   """Fresh state: params from `fold_in(rng, 0)`, optimizer state, EMA copy, base key `fold_in(rng, 1)`.
 
   Jit it with `out_shardings=train_state_shardings(...)`, which evaluates this with `unbox=False` (params and
-  optimizer state keep flax's logical-axis boxes) and maps the boxes through the rules.
+  optimizer state in flax's logical-axis boxes, from `models.init_with_axes`) and maps the boxes through the rules.
   """
   rng = jnp.asarray(rng)
   if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
     rng = jax.random.key_data(rng)  # keep a raw uint32 key: plain arrays checkpoint anywhere
-  params = init_params(model, jax.random.fold_in(rng, 0), input_shape)
-  if unbox:
-    params = nn.meta.unbox(params)
+  params = init_params(model, jax.random.fold_in(rng, 0), input_shape, unbox=unbox)
   opt_state = tx.init(params)
   # `x + 0` rather than `x`: two outputs must not share a buffer when the state is donated.
   ema_params = jax.tree.map(lambda x: x + 0., params) if ema else None
