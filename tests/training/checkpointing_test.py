@@ -105,5 +105,5 @@ def test_no_checkpoint_restores_none(tmp_path, mesh):
 
 def test_checkpoint_dir_accepts_a_workdir_or_the_checkpoints_folder(tmp_path):
   (tmp_path / 'checkpoints').mkdir()
-  assert checkpointing.checkpoint_dir(str(tmp_path)) == str(tmp_path / 'checkpoints')
-  assert checkpointing.checkpoint_dir(str(tmp_path / 'checkpoints')) == str(tmp_path / 'checkpoints')
+  assert str(checkpointing.checkpoint_dir(str(tmp_path))) == str(tmp_path / 'checkpoints')
+  assert str(checkpointing.checkpoint_dir(str(tmp_path / 'checkpoints'))) == str(tmp_path / 'checkpoints')
