@@ -102,7 +102,13 @@ def _zero_sums(replicated: jax.sharding.Sharding) -> Dict[str, jax.Array]:
 
 def _compile_step(step_fn, state_shardings, batch_sharding, replicated, abstract_state, abstract_batch,
                   first_bad, sums):
-  """AOT-compiles the donated step (state, batch, first_bad, sums) -> (state, metrics, first_bad, sums).
+  """AOT-compiles the donated step (state, batch, first_bad, sums) -> (state, metrics, first_bad, sums)."""
+  return jit_step(step_fn, state_shardings, batch_sharding, replicated).lower(
+      abstract_state, abstract_batch, first_bad, sums).compile()
+
+
+def jit_step(step_fn, state_shardings, batch_sharding, replicated):
+  """The jitted, donated step the loop runs: (state, batch, first_bad, sums) -> (state, metrics, first_bad, sums).
 
   `first_bad` marks the first non-finite step; `sums` adds up AVERAGED_METRICS on the device.
   """
@@ -114,8 +120,7 @@ def _compile_step(step_fn, state_shardings, batch_sharding, replicated, abstract
 
   return jax.jit(
       guarded_step, in_shardings=(state_shardings, batch_sharding, replicated, replicated),
-      out_shardings=(state_shardings, replicated, replicated, replicated), donate_argnums=(0, 2, 3),
-  ).lower(abstract_state, abstract_batch, first_bad, sums).compile()
+      out_shardings=(state_shardings, replicated, replicated, replicated), donate_argnums=(0, 2, 3))
 
 
 def _load_model_init(state: train_step.TrainState, config: Any,
