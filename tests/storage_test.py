@@ -52,7 +52,21 @@ def bucket_run(emulator, local_run):
   seconds = time.time() - start
   print(f'main job wall time (tiny default, {lib.TINY["total_steps"]} steps): local disk {local_run[1]:.1f} s, '
         f'GCS emulator {seconds:.1f} s')
+  for name, where in (('local disk', local_run[0]), ('GCS emulator', workdir)):
+    print(f'{name}: {_step_times(where)}')
   return workdir
+
+
+def _step_times(workdir: str) -> str:
+  """Step times (ms, from progress/steps_per_sec with progress_every=1) right after each checkpoint save vs the
+  median of the others: the async write of a save overlaps the steps after it."""
+  ms = {r['step']: 1e3 / r['progress/steps_per_sec'] for r in lib.read_metrics(workdir)
+        if 'progress/steps_per_sec' in r}
+  every = lib.TINY['checkpoint_every']
+  after = {s: ms[s] for s in ms if s > 1 and (s - 1) % every == 0}
+  others = [v for s, v in ms.items() if s not in after and s > 2]
+  return (f'step ms after a save {", ".join(f"{s}: {v:.0f}" for s, v in sorted(after.items()))}; '
+          f'median of the other steps {np.median(others):.0f}')
 
 
 def test_trains_into_the_bucket_and_writes_nothing_local(emulator, bucket_run, local_run):
@@ -166,3 +180,54 @@ def test_a_dead_storage_endpoint_is_retried_then_stops_naming_the_error(emulator
   assert 'retrying' in result.stderr
   assert _objects(emulator, 'dead/checkpoints/') == {n for n in _objects(emulator, 'dead/checkpoints/')
                                                       if n.startswith('1/')}  # nothing renamed
+
+
+def test_two_processes_share_a_bucket_workdir_like_one_process_and_both_resume_the_same_step(emulator, tmp_path):
+  import re  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
+  import multihost_test as mh  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import loop  # pylint: disable=g-import-not-at-top
+  ref_dir = str(tmp_path / 'one_process')
+  loop.train_and_evaluate(lib.tiny_config(total_steps=mh.STEPS, **mh.OVERRIDES), ref_dir)
+  expected = lib.train_losses(ref_dir)
+
+  workdir = 'gs://bucket/two_processes'
+  env = lib.env(4, JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo', **gcs_emulator.emulator_env(emulator))
+
+  def start(total_steps):
+    port = gcs_emulator.free_port()
+    return [subprocess.Popen(
+        lib.main_command(workdir, {**mh.OVERRIDES, 'total_steps': total_steps},
+                         extra=[f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}']),
+        cwd=lib.REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+
+  def finish(procs):
+    try:
+      outputs = [p.communicate(timeout=240) for p in procs]
+    finally:
+      for p in procs:
+        if p.poll() is None:
+          p.kill()
+    for p, (_, err) in zip(procs, outputs):
+      assert p.returncode == 0, err[-3000:]
+    return [out for out, _ in outputs]
+
+  procs = start(100_000)
+  deadline = time.time() + 300
+  while time.time() < deadline and all(p.poll() is None for p in procs):
+    if (epath.Path(workdir) / 'metrics.jsonl').exists() and len(lib.train_losses(workdir)) >= mh.STEPS:
+      break
+    time.sleep(0.5)
+  procs[1].send_signal(signal.SIGTERM)  # Only one process gets the notice.
+  outputs = finish(procs)
+  saved = [int(re.search(r'Preempted \(SIGTERM\): saved step (\d+)', out).group(1)) for out in outputs]
+  assert saved[0] == saved[1] and saved[0] >= mh.STEPS
+  names = _objects(emulator, 'two_processes/checkpoints/')
+  assert {f'{saved[0]}/data/process_0-of-2.json', f'{saved[0]}/data/process_1-of-2.json'} <= names
+  got = lib.train_losses(workdir)
+  np.testing.assert_allclose([got[s] for s in range(1, mh.STEPS + 1)],
+                             [expected[s] for s in range(1, mh.STEPS + 1)], rtol=1e-5, atol=1e-6)
+
+  outputs = finish(start(saved[0] + 1))  # Both hosts restart on the bucket and continue from the same step.
+  for out in outputs:
+    assert f'Resumed from step {saved[0]} of {workdir}' in out
