@@ -93,6 +93,10 @@ class CheckpointMismatch(ValueError):
 class CheckpointUnavailable(RuntimeError):
   """The checkpoint's storage kept failing (network, permission, throttling) after the retries."""
 
+  def __init__(self, message: str, detail: str = ''):
+    super().__init__(message)
+    self.detail = detail  # The last error, in one line.
+
 
 # Restore outcomes, ordered so that the most cautious one wins when processes disagree.
 _OK, _CORRUPT, _TRANSIENT, _MISMATCH = range(4)
@@ -178,7 +182,8 @@ class Checkpointer:
         if attempt == self._retries:
           raise CheckpointUnavailable(
               f'Cannot {what}: {_one_line(e)} (after {attempt + 1} attempts); nothing was renamed. Check the '
-              'network, the credentials and the permissions on the path, then start the run again.') from None
+              'network, the credentials and the permissions on the path, then start the run again.',
+              detail=f'{_one_line(e)} (after {attempt + 1} attempts)') from None
         logging.warning('Checkpoint storage error (%s); retrying in %.0f s.', _one_line(e),
                         self._backoff_s * 2 ** attempt)
         time.sleep(self._backoff_s * 2 ** attempt)
@@ -202,7 +207,9 @@ class Checkpointer:
     """(step, state, data_state) of `step` or of the newest readable checkpoint; None when there is none.
 
     `abstract_state` is a tree of `jax.ShapeDtypeStruct`s with shardings: arrays come back sharded like it.
-    An unreadable newest checkpoint is reported, renamed `<step>.corrupt` and the one before it tried.
+    An unreadable newest checkpoint is reported, renamed `<step>.corrupt` and the one before it tried; one that
+    does not match `abstract_state` raises CheckpointMismatch, a storage that keeps failing CheckpointUnavailable
+    (see the module docstring). All processes take the same decision.
     """
     steps = [step] if step is not None else self._retrying(self.all_steps, f'list {self.directory}')[::-1]
     for s in steps:
@@ -248,7 +255,7 @@ class Checkpointer:
     try:
       return self._retrying(read, f'read checkpoint {self.directory / str(step)}')
     except CheckpointUnavailable as e:
-      return _TRANSIENT, str(e).split(': ', 1)[1].split(' (after')[0], None
+      return _TRANSIENT, e.detail, None
     except Exception as e:  # pylint: disable=broad-except  # Anything else that fails to read: unusable bytes.
       return _CORRUPT, _one_line(e), None
 

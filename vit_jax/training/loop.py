@@ -5,11 +5,13 @@ config's logical-axis rules -> jitted init -> jitted, donated train step -> resu
 checkpoints, preemption, NaN guard).
 
 Resume order (the first that applies wins):
-  1. the newest readable checkpoint in `<workdir>/checkpoints` (a corrupt newest one is reported and skipped);
+  1. the newest readable checkpoint in `<workdir>/checkpoints` (a corrupt newest one is reported and skipped; one
+     of another model, or storage that keeps failing, stops the run: `checkpointing.Checkpointer.restore`);
   2. `config.resume`: another workdir or checkpoint directory (train state and data position);
   3. `config.model_init`: a published .npz, loaded into fresh params (`vit_jax.checkpoint.load_pretrained`:
      head re-initialised, position embeddings resampled);
   4. from scratch (`config.seed`).
+The workdir and every path in the config may be local or a URL (gs://...; `vit_jax.storage`).
 A resumed run is exact: the state, the RNG (folded with the step) and the data position are all restored, so the
 losses are those an uninterrupted run has.
 
