@@ -83,7 +83,7 @@ def test_trains_into_the_bucket_and_writes_nothing_local(emulator, bucket_run, l
 def test_sigkill_after_a_checkpoint_then_restart_matches_the_uninterrupted_run(emulator, local_run):
   workdir = 'gs://bucket/killed'
   env = gcs_emulator.emulator_env(emulator)
-  lib.run_main_killed(workdir, {}, after_checkpoint=3, extra_env=env)
+  lib.run_main_killed(workdir, {}, after_checkpoint=3, extra_env=env, timeout=400)
   result = lib.run_main(workdir, {}, extra_env=env)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'Resumed from step' in result.stdout
@@ -95,7 +95,7 @@ def test_export_to_the_bucket_then_model_init_from_it_equals_a_local_copy(emulat
   npz = 'gs://bucket/published/ViT-testing.npz'
   exported = subprocess.run(
       [sys.executable, '-m', 'vit_jax.export', f'--workdir={bucket_run}', f'--out={npz}'], cwd=lib.REPO,
-      env=lib.env(**env), capture_output=True, text=True, timeout=120, check=False)
+      env=lib.env(**env), capture_output=True, text=True, timeout=300, check=False)
   assert exported.returncode == 0, exported.stderr[-2000:]
   local_npz = str(tmp_path / 'ViT-testing.npz')
   gcs_emulator.client(emulator).bucket('bucket').blob('published/ViT-testing.npz').download_to_filename(local_npz)
@@ -103,7 +103,7 @@ def test_export_to_the_bucket_then_model_init_from_it_equals_a_local_copy(emulat
   results = {}
   for name, path in (('bucket', npz), ('local', local_npz)):
     workdir = str(tmp_path / name)
-    result = lib.run_main(workdir, {**overrides, 'model_init': path}, extra_env=env)
+    result = lib.run_main(workdir, {**overrides, 'model_init': path}, extra_env=env, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f'Initialised the params from {path}.' in result.stdout
     results[name] = json.loads((epath.Path(workdir) / 'final_metrics.json').read_text())
