@@ -38,7 +38,7 @@ def local_run(tmp_path_factory):
   """The reference: the same tiny run on local disk (its wall time is printed beside the bucket's)."""
   workdir = str(tmp_path_factory.mktemp('local') / 'run')
   start = time.time()
-  result = lib.run_main(workdir, {})
+  result = lib.run_main(workdir, {}, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   return workdir, time.time() - start
 
@@ -47,7 +47,7 @@ def local_run(tmp_path_factory):
 def bucket_run(emulator, local_run):
   workdir = 'gs://bucket/run'
   start = time.time()
-  result = lib.run_main(workdir, {}, extra_env=gcs_emulator.emulator_env(emulator))
+  result = lib.run_main(workdir, {}, extra_env=gcs_emulator.emulator_env(emulator), timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   seconds = time.time() - start
   print(f'main job wall time (tiny default, {lib.TINY["total_steps"]} steps): local disk {local_run[1]:.1f} s, '
@@ -84,7 +84,7 @@ def test_sigkill_after_a_checkpoint_then_restart_matches_the_uninterrupted_run(e
   workdir = 'gs://bucket/killed'
   env = gcs_emulator.emulator_env(emulator)
   lib.run_main_killed(workdir, {}, after_checkpoint=3, extra_env=env, timeout=400)
-  result = lib.run_main(workdir, {}, extra_env=env)
+  result = lib.run_main(workdir, {}, extra_env=env, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'Resumed from step' in result.stdout
   assert lib.train_losses(workdir) == lib.train_losses(local_run[0])
