@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
+from etils import epath
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)
@@ -62,28 +64,44 @@ def env(num_devices: int = 8, **extra: str) -> Dict[str, str]:
   return e
 
 
-def run_main(workdir: str, overrides: Dict[str, Any], timeout: float = 240, **kwargs: Any):
+def run_main(workdir: str, overrides: Dict[str, Any], timeout: float = 240, extra_env: Optional[Dict[str, str]] = None,
+             **kwargs: Any):
   """Runs `python -m vit_jax.main` to completion; returns the CompletedProcess (text output)."""
-  return subprocess.run(main_command(workdir, overrides, **kwargs), cwd=REPO, env=env(), capture_output=True,
-                        text=True, timeout=timeout, check=False)
+  return subprocess.run(main_command(workdir, overrides, **kwargs), cwd=REPO, env=env(**(extra_env or {})),
+                        capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def finished_steps(directory: str) -> List[int]:
+  """The finished checkpoint steps in `directory` (local or gs://). Locally Orbax renames a step's temporary
+  directory to `<step>` once complete; in a bucket (no atomic rename) it writes into `<step>` and marks it
+  complete with a `commit_success.txt` object."""
+  d = epath.Path(directory)
+  try:
+    steps = [p for p in d.iterdir() if p.name.isdigit()] if d.exists() else []
+    if directory.startswith('gs://'):
+      steps = [p for p in steps if (p / 'commit_success.txt').exists()]
+    return [int(p.name) for p in steps]
+  except FileNotFoundError:
+    return []
 
 
 def run_main_killed(workdir: str, overrides: Dict[str, Any], after_checkpoint: int, timeout: float = 240,
-                    **kwargs: Any) -> subprocess.CompletedProcess:
+                    extra_env: Optional[Dict[str, str]] = None, **kwargs: Any) -> subprocess.CompletedProcess:
   """Starts `python -m vit_jax.main` and SIGKILLs it from outside, as a preemption without notice does, as soon
-  as a finished checkpoint of step >= `after_checkpoint` is on disk (Orbax renames a step's temporary directory
-  to `<step>` when it is complete). Fails if the run ends before that."""
-  proc = subprocess.Popen(main_command(workdir, overrides, **kwargs), cwd=REPO, env=env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
-  directory = os.path.join(workdir, 'checkpoints')
+  as a finished checkpoint of step >= `after_checkpoint` is in `workdir` (local or gs://). Fails if the run ends
+  before that."""
+  proc = subprocess.Popen(main_command(workdir, overrides, **kwargs), cwd=REPO, env=env(**(extra_env or {})),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  directory = f'{workdir}/checkpoints'
   deadline = time.time() + timeout
   try:
     while proc.poll() is None and time.time() < deadline:
-      steps = [int(d) for d in os.listdir(directory) if d.isdigit()] if os.path.isdir(directory) else []
+      steps = finished_steps(directory)
       if steps and max(steps) >= after_checkpoint:
         proc.send_signal(signal.SIGKILL)
         break
-      time.sleep(0.005)
+      # A bucket is polled gently: the emulator serves one request at a time, the run's included.
+      time.sleep(0.2 if workdir.startswith('gs://') else 0.005)
     out, err = proc.communicate(timeout=60)
   finally:
     if proc.poll() is None:
@@ -93,8 +111,8 @@ def run_main_killed(workdir: str, overrides: Dict[str, Any], after_checkpoint: i
 
 
 def read_metrics(workdir: str) -> List[Dict[str, Any]]:
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  text = (epath.Path(workdir) / 'metrics.jsonl').read_text()
+  return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def train_losses(workdir: str) -> Dict[int, float]:

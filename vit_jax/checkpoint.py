@@ -11,11 +11,12 @@ File layouts read (detected from the keys; every key is a '/'-joined path):
 google-research/vision_transformer, big_vision and timm all read. No TensorFlow needed.
 """
 import collections
+import contextlib
 import logging
 import math
 import os
 import re
-import tempfile
+import uuid
 import zipfile
 from typing import Any, BinaryIO, Dict, Mapping, Optional, Sequence, Tuple, Union
 
@@ -25,6 +26,7 @@ import jax
 import ml_dtypes
 import numpy as np
 import scipy.ndimage
+from etils import epath
 from flax import traverse_util
 
 PathLike = Union[str, os.PathLike, BinaryIO]
@@ -51,14 +53,15 @@ _GROUPNORM_RE = re.compile(r'(?:^|/)(?:gn_root|gn\d+|gn_proj)/(?:scale|bias)$')
 
 
 def _read_npz(path: PathLike) -> Dict[str, np.ndarray]:
-  """All arrays of an `.npz` (any path or file object `np.load` reads), floating point as float32."""
+  """All arrays of an `.npz` (a local path, a URL such as gs://..., or an open binary file), as float32."""
   try:
-    data = np.load(path, allow_pickle=False)
-    if not isinstance(data, np.lib.npyio.NpzFile):
-      raise ValueError(f'Checkpoint {path} is a single array, not an .npz archive of named params; '
-                       'pass a published ViT .npz.')
-    with data:
-      return {k: _as_float32(data[k]) for k in data.files}
+    with contextlib.nullcontext(path) if hasattr(path, 'read') else epath.Path(path).open('rb') as f:
+      data = np.load(f, allow_pickle=False)
+      if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f'Checkpoint {path} is a single array, not an .npz archive of named params; '
+                         'pass a published ViT .npz.')
+      with data:
+        return {k: _as_float32(data[k]) for k in data.files}
   except FileNotFoundError:
     raise FileNotFoundError(f'Checkpoint {path} not found; check the path (published files are e.g. '
                             'ViT-B_16.npz from the ViT/AugReg releases).') from None
@@ -165,7 +168,7 @@ def load(path: PathLike) -> Dict[str, Any]:
   """Reads a published or big_vision ViT `.npz` into our param tree (nested dicts of numpy arrays).
 
   The blocks come back looped (`encoderblock_{i}`); a `scan=True` model wants `load_pretrained` (or
-  `models.stack_encoder_blocks`). `path` is anything `np.load` reads: a local path or an open binary file.
+  `models.stack_encoder_blocks`). `path` is a local path, a URL (gs://...) or an open binary file.
   """
   flat = _to_our_layout(_strip_prefix(_read_npz(path), path), path)
   return traverse_util.unflatten_dict(flat, sep='/')
@@ -197,27 +200,24 @@ def _to_published_value(key: str, value: np.ndarray) -> np.ndarray:
   return value
 
 
-def save_npz(params: Any, path: Union[str, os.PathLike]) -> None:
-  """Writes params (looped or scanned, boxed or not) as a published-layout `.npz`, atomically (temp + rename).
+def save_npz(params: Any, path: epath.PathLike) -> None:
+  """Writes params (looped or scanned, boxed or not) as a published-layout `.npz` (local or a URL), atomically
+  (temp + rename).
 
   Arrays must be addressable from this process (on multi-host meshes gather them first); bfloat16 is written as
   float32, which every reader of the format expects; GroupNorm scales and biases as (1, 1, 1, C), as published.
   """
   flat = unstack_blocks_flat(_plain_flat(params))
   flat = {_to_published_key(k): _to_published_value(k, v) for k, v in flat.items()}
-  path = os.fspath(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
+  path = epath.Path(path)
+  tmp = path.parent / f'.{path.name}.{uuid.uuid4().hex}.tmp'
   try:
-    with os.fdopen(fd, 'wb') as f:  # a file object, so that np.savez does not append '.npz' to the name
+    with tmp.open('wb') as f:  # a file object, so that np.savez does not append '.npz' to the name
       np.savez(f, **flat)
-      f.flush()
-      os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    tmp.replace(path)
   except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
+    if tmp.exists():
+      tmp.unlink()
     raise
 
 

@@ -6,19 +6,21 @@ The file loads with `vit_jax.checkpoint.load` (and with other implementations th
 e.g. timm), so `vit_jax.predict`, `vit_jax.visualize` and fine-tuning take it like a published checkpoint.
 """
 import argparse
-import os
 from typing import Sequence
+
+from etils import epath
 
 from vit_jax import checkpoint
 from vit_jax.tools import inference
 
 
 def export(workdir: str, out: str) -> str:
-  """Writes the params of `workdir`'s latest checkpoint to `out` (published layout); returns `out`."""
-  if not os.path.isdir(workdir):
+  """Writes the params of `workdir`'s latest checkpoint to `out` (published layout; local paths or URLs); returns
+  `out`."""
+  if not epath.Path(workdir).is_dir():
     raise FileNotFoundError(f'--workdir {workdir} is not a directory; pass a training workdir.')
   params = inference.load_params(workdir)
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  epath.Path(out).parent.mkdir(parents=True, exist_ok=True)
   checkpoint.save_npz(params, out)
   return out
 

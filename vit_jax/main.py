@@ -28,6 +28,7 @@ _DISTRIBUTED = flags.DEFINE_bool(
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
+EXIT_STORAGE = 4
 
 
 def _fail(message: str, code: int = EXIT_USER_ERROR) -> None:
@@ -97,10 +98,13 @@ def main(argv) -> None:
   config = _CONFIG.value
   if config.get('tensorboard', False) or config.get('dataset') not in ('digits', 'synthetic'):
     _hide_accelerators_from_tensorflow()
+  from vit_jax import storage  # pylint: disable=g-import-not-at-top
+  storage.configure()  # Before any path is opened: gs:// through gcsfs, STORAGE_EMULATOR_HOST for every client.
   _start_distributed()
   _quiet_orbax()
 
   import jax  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
   from vit_jax.training import config_checks  # pylint: disable=g-import-not-at-top
   from vit_jax.training import loop  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_transfer_guard', 'allow')  # The loop disallows device->host inside the step.
@@ -108,8 +112,10 @@ def main(argv) -> None:
                jax.process_count(), jax.device_count())
   try:
     metrics = loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except config_checks.ConfigError as e:
+  except (config_checks.ConfigError, checkpointing.CheckpointMismatch) as e:
     _fail(f'Config error: {e}')
+  except checkpointing.CheckpointUnavailable as e:
+    _fail(str(e), EXIT_STORAGE)
   except loop.TrainingDiverged as e:
     _fail(str(e), EXIT_DIVERGED)
   if 'val/top1' in metrics and jax.process_index() == 0:

@@ -17,6 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
+from etils import epath
 
 from vit_jax.tools import inference
 
@@ -30,8 +31,7 @@ def _package_dir(package: str) -> Optional[str]:
 
 
 def _read_lines(path: str) -> List[str]:
-  with open(path, encoding='utf-8') as f:
-    return [line.rstrip('\n') for line in f if line.strip()]
+  return [line for line in epath.Path(path).read_text(encoding='utf-8').splitlines() if line.strip()]
 
 
 def builtin_label_names(name: str) -> Optional[List[str]]:
@@ -62,7 +62,7 @@ def label_names(labels: Optional[str], num_classes: int) -> Tuple[List[str], Opt
       return indices, (f'note: no installed package ships the {labels} class names (timm or '
                        'tensorflow-datasets); printing class indices. Pass --labels FILE for names.')
   else:
-    if not os.path.isfile(labels):
+    if not epath.Path(labels).is_file():
       raise FileNotFoundError(f'--labels {labels} is neither {" nor ".join(_BUILTIN_LABELS)} nor a file.')
     names = _read_lines(labels)
   if len(names) != num_classes:

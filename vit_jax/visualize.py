@@ -22,12 +22,13 @@ curves: loss, accuracy (top-k) and learning rate against step, from the workdir'
 import argparse
 import collections
 import json
+import io
 import math
-import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
+from etils import epath
 
 from vit_jax.tools import inference
 
@@ -43,8 +44,11 @@ def _pyplot():
 
 
 def _save(fig, path: str) -> str:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=DPI)  # No bbox_inches='tight': the pixel size stays figsize * DPI.
+  """Writes `fig` as a PNG to `path` (local or a URL)."""
+  buf = io.BytesIO()
+  fig.savefig(buf, format='png', dpi=DPI)  # No bbox_inches='tight': the pixel size stays figsize * DPI.
+  epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
+  epath.Path(path).write_bytes(buf.getvalue())
   _pyplot().close(fig)
   return path
 
@@ -129,7 +133,7 @@ def dataset_images(dataset: str, size: int, num: int, split: str = 'test') -> Tu
   batch = next(iter(input_pipeline.make_eval_iterator(dataset, {'crop': size, 'test': split},
                                                       global_batch=batch_size)))
   images = np.asarray(batch['image'])[np.asarray(batch['mask']) > 0][:num]
-  name = os.path.basename(dataset.rstrip('/'))
+  name = epath.Path(dataset).name
   return images, [f'{name}_{split}_{i}' for i in range(len(images))]
 
 
@@ -144,7 +148,7 @@ def attention_figures(model, params, images: np.ndarray, names: Sequence[str], o
   what = 'class token' if prefix else 'mean over tokens'
   titles = [f'rollout to layer {l + 1}' for l in layers] if per_layer else [f'rollout ({what})']
   return [plot_attention(images[i], [maps[l][i] for l in layers], titles,
-                         os.path.join(out_dir, f'attention_{name}.png')) for i, name in enumerate(names)]
+                         str(epath.Path(out_dir) / f'attention_{name}.png')) for i, name in enumerate(names)]
 
 
 # ------------------------------------------------------------------------------------------------ distance
@@ -289,7 +293,7 @@ def plot_filters(components: np.ndarray, path: str, cols: int = 7, cell: float =
 def read_metrics(path: str) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
   """A metrics.jsonl file as {metric: (steps, values)}; lines without a step or with non-numbers are skipped."""
   series = collections.defaultdict(list)
-  with open(path) as f:
+  with epath.Path(path).open() as f:
     for n, line in enumerate(f, 1):
       if not line.strip():
         continue
@@ -399,16 +403,16 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def _curves(workdir: str, out: str, panels: Optional[Sequence[str]]) -> List[str]:
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.isfile(path):
+  path = epath.Path(workdir) / 'metrics.jsonl'
+  if not path.is_file():
     raise FileNotFoundError(f'No metrics.jsonl in {workdir}; pass the training workdir.')
-  return [plot_curves(read_metrics(path), os.path.join(out, 'curves.png'), panels)]
+  return [plot_curves(read_metrics(path), str(epath.Path(out) / 'curves.png'), panels)]
 
 
 def _attention(args, model, params, size) -> List[str]:
   if args.image:
     images = np.stack([inference.load_image(p, size) for p in args.image])
-    names = [os.path.splitext(os.path.basename(p))[0] for p in args.image]
+    names = [epath.Path(p).stem for p in args.image]
   else:
     images, names = dataset_images(args.dataset, size, args.num_images)
   return attention_figures(model, params, images, names, args.out, args.per_layer)
@@ -440,7 +444,7 @@ def _posemb(args, model, params, size) -> List[str]:
     raise ValueError(f'Checkpoint {args.checkpoint} has fixed (sincos2d) or no position embeddings to plot.')
   pe = params['Transformer']['posembed_input']['pos_embedding']
   sim = posemb_similarity(pe, inference.num_prefix_tokens(model), inference.grid_shape(model, size))
-  return [plot_posemb(sim, os.path.join(args.out, 'posemb.png'))]
+  return [plot_posemb(sim, str(epath.Path(args.out) / 'posemb.png'))]
 
 
 def _filters(args, model, params, size) -> List[str]:
@@ -452,7 +456,7 @@ def _filters(args, model, params, size) -> List[str]:
     # A hybrid's pixels meet the ResNet root conv first: its filters are the analogue of the patch embedding's.
     kernel, what = np.asarray(params['conv_root']['kernel']), 'ResNet root conv'
   comps, _ = filter_components(kernel, args.num)
-  return [plot_filters(comps, os.path.join(args.out, 'filters.png'), title=f'RGB {what} filters')]
+  return [plot_filters(comps, str(epath.Path(args.out) / 'filters.png'), title=f'RGB {what} filters')]
 
 
 def main(argv: Sequence[str]) -> int:

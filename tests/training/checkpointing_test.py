@@ -105,5 +105,21 @@ def test_no_checkpoint_restores_none(tmp_path, mesh):
 
 def test_checkpoint_dir_accepts_a_workdir_or_the_checkpoints_folder(tmp_path):
   (tmp_path / 'checkpoints').mkdir()
-  assert checkpointing.checkpoint_dir(str(tmp_path)) == str(tmp_path / 'checkpoints')
-  assert checkpointing.checkpoint_dir(str(tmp_path / 'checkpoints')) == str(tmp_path / 'checkpoints')
+  assert str(checkpointing.checkpoint_dir(str(tmp_path))) == str(tmp_path / 'checkpoints')
+  assert str(checkpointing.checkpoint_dir(str(tmp_path / 'checkpoints'))) == str(tmp_path / 'checkpoints')
+
+
+def test_a_checkpoint_of_other_shapes_stops_naming_the_parameter_and_renames_nothing(tmp_path, mesh):
+  ckpt = checkpointing.Checkpointer(str(tmp_path), save_every=1)
+  ckpt.save(1, _state(1., mesh), {'step': 1})
+  ckpt.close()
+  wanted = _abstract(_state(0., mesh))
+  wanted['b'] = jax.ShapeDtypeStruct((4,), jnp.float32, sharding=wanted['b'].sharding)
+  ckpt = checkpointing.Checkpointer(str(tmp_path), save_every=1)
+  with pytest.raises(checkpointing.CheckpointMismatch, match=r"b: shape \(3,\) on disk, \(4,\) now.*config\.resume"):
+    ckpt.restore(wanted)
+  del wanted['b']  # Another tree: a parameter on disk that the state no longer has.
+  with pytest.raises(checkpointing.CheckpointMismatch, match=r'b: on disk, not in the state now'):
+    ckpt.restore(wanted)
+  ckpt.close()
+  assert sorted(os.listdir(tmp_path)) == ['1']

@@ -47,6 +47,7 @@ import math
 from typing import Any, Callable
 
 import numpy as np
+from etils import epath
 from PIL import Image
 from PIL import ImageEnhance
 from PIL import ImageOps
@@ -177,8 +178,7 @@ def _jpeg_bytes(rec: Record) -> bytes | None:
   data = rec.get('image_bytes')
   if data is None:
     try:
-      with open(rec['path'], 'rb') as f:
-        data = f.read()
+      data = epath.Path(rec['path']).read_bytes()
     except OSError:
       return None  # PIL reopens it and raises CorruptImageError naming the file.
   return data if data[:2] == b'\xff\xd8' else None
@@ -495,7 +495,12 @@ def _image_of(rec: Record) -> Image.Image:
   name = rec.get('name', '<image>')
   if 'image' in rec:
     return decode(np.asarray(rec['image']), name)
-  return decode(rec['image_bytes'] if 'image_bytes' in rec else rec['path'], name)
+  if 'image_bytes' in rec:
+    return decode(rec['image_bytes'], name)
+  try:
+    return decode(epath.Path(rec['path']).read_bytes(), name)
+  except OSError as e:  # A local path or a URL (an image folder in a bucket).
+    raise CorruptImageError(f'Cannot read image {name}: {e}') from None
 
 
 def _label_of(rec: Record, num_classes: int, multi_label: bool, smoothing: float) -> np.ndarray:

@@ -30,6 +30,9 @@ import sys
 from typing import Any, Sequence
 
 import numpy as np
+from etils import epath
+
+from vit_jax import storage
 
 DIGITS_NUM_TRAIN = 1500
 DIGITS_NUM_TOTAL = 1797
@@ -177,16 +180,17 @@ def image_folder(root: str, split: str) -> Source:
   """Images under `root/<split>/<class>/*.{jpg,jpeg,png}`; classes are the sorted folder names."""
   m = re.fullmatch(r'\s*(\w+)', split.split('[')[0])
   name = m.group(1) if m else split
-  split_dir = os.path.join(root, name)
-  if not os.path.isdir(split_dir):
+  split_dir = epath.Path(root) / name
+  if not split_dir.is_dir():
     raise FileNotFoundError(f'Image folder split {split_dir!r} does not exist: expected '
                             f'{root}/<split>/<class>/*.jpg (split {name!r}).')
-  classes = tuple(sorted(c for c in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, c))))
+  classes = tuple(sorted(c.name for c in split_dir.iterdir() if c.is_dir()))
   if not classes:
     raise FileNotFoundError(f'No class folders in {split_dir!r}: expected {split_dir}/<class>/*.jpg.')
   # Class folders' modification times: a file added or removed changes its folder's, and the listing is redone.
-  stamps = tuple(os.stat(os.path.join(split_dir, c)).st_mtime_ns for c in classes)
-  files = list(_folder_listing(split_dir, classes, stamps))
+  # (A bucket has no folder times: its listing is cached for the process.)
+  stamps = () if storage.is_remote(root) else tuple((split_dir / c).stat().mtime for c in classes)
+  files = list(_folder_listing(str(split_dir), classes, stamps))
   _, start, stop = parse_split(split, {name: len(files)})
   return Source(_Slice(_FileRecords(files), start, stop), num_classes=len(classes), image_size=None)
 
@@ -201,9 +205,9 @@ def _folder_listing(split_dir: str, classes: tuple, stamps: tuple) -> tuple:
   del stamps
   files = []
   for label, c in enumerate(classes):
-    for f in sorted(os.listdir(os.path.join(split_dir, c))):
+    for f in sorted(p.name for p in (epath.Path(split_dir) / c).iterdir()):
       if f.lower().endswith(IMAGE_EXTENSIONS):
-        files.append((os.path.join(split_dir, c, f), label))
+        files.append((str(epath.Path(split_dir) / c / f), label))
   # A fixed permutation, so that slices such as 'train[:99%]' / 'train[99%:]' are random, disjoint subsets
   # rather than whole classes.
   return tuple(files[i] for i in np.random.default_rng(0).permutation(len(files)))
@@ -284,9 +288,9 @@ def get_source(dataset: str, split: str, data_dir: str | None = None) -> Source:
   """The random-access source for a dataset name ('digits', an image folder path, or a TFDS name)."""
   if dataset == 'digits':
     return digits(split)
-  if os.path.isdir(dataset):
+  if epath.Path(dataset).is_dir():
     return image_folder(dataset, split)
-  if os.sep in dataset:
+  if '/' in dataset:
     raise FileNotFoundError(f'Image folder {dataset!r} does not exist (dataset must be a TFDS name, a '
                             'directory <root>/<split>/<class>/*.jpg, "synthetic" or "digits").')
   return tfds_source(dataset, split, data_dir)

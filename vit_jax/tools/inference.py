@@ -4,7 +4,6 @@ fits them, eval preprocessing of image files, and the one-line error handling of
 Shared by `predict`, `visualize`, `fewshot` and `export`, so each of them reads a checkpoint the same way.
 """
 import json
-import os
 import sys
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
@@ -12,9 +11,11 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from vit_jax import checkpoint
 from vit_jax import models
+from vit_jax import storage
 from vit_jax.data import preprocess
 from vit_jax.models import registry
 
@@ -22,7 +23,7 @@ Params = Dict[str, Any]
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
-def _load_workdir_params(workdir: str) -> Params:
+def _load_workdir_params(workdir: epath.PathLike) -> Params:
   """The params of a training workdir's newest checkpoint (`checkpoints/<step>/state`), as host numpy arrays.
 
   Reads the `state` item without a target tree, so neither the model, the optimizer nor the device count of the
@@ -30,13 +31,13 @@ def _load_workdir_params(workdir: str) -> Params:
   """
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from vit_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
-  directory = os.path.abspath(checkpointing.checkpoint_dir(workdir))
-  steps = sorted((int(d) for d in os.listdir(directory) if d.isdigit()), reverse=True)
+  directory = checkpointing.checkpoint_dir(workdir)
+  steps = sorted((int(d.name) for d in directory.iterdir() if d.name.isdigit()), reverse=True)
   if not steps:
     raise FileNotFoundError(f'No checkpoint in {directory}; train first or pass a published .npz.')
   errors = []
   for step in steps:
-    path = os.path.join(directory, str(step), 'state')
+    path = directory / str(step) / 'state'
     try:
       with ocp.PyTreeCheckpointer() as ckptr:
         meta = ckptr.metadata(path)
@@ -50,24 +51,24 @@ def _load_workdir_params(workdir: str) -> Params:
   raise ValueError(f'No readable checkpoint in {directory} ({"; ".join(errors)}).')
 
 
-def workdir_model(workdir: str, num_classes: int) -> models.VisionTransformer:
+def workdir_model(workdir: epath.PathLike, num_classes: int) -> models.VisionTransformer:
   """The model a workdir was trained with, rebuilt from its `config.json` as the training loop builds it."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(path):
+  path = epath.Path(workdir) / 'config.json'
+  if not path.is_file():
     raise ValueError(f'{workdir} has no config.json naming its model; pass --model.')
-  with open(path) as f:
-    config = json.load(f)
+  config = json.loads(path.read_text())
   model = models.build.build_model(config['model_name'], config['model'], num_classes)
   # Inference needs neither the training run's scan (params are loaded looped) nor a GPU-only kernel.
   impl = 'xla' if model.attention_impl == 'cudnn' and jax.default_backend() != 'gpu' else model.attention_impl
   return model.clone(scan=False, remat_policy='none', attention_impl=impl)
 
 
-def load_params(path: str) -> Params:
-  """Plain numpy params (looped `encoderblock_{i}` layout) from a published .npz or a training workdir."""
-  if not os.path.exists(path):
+def load_params(path: epath.PathLike) -> Params:
+  """Plain numpy params (looped `encoderblock_{i}` layout) from a published .npz or a training workdir (local
+  or a URL)."""
+  if not epath.Path(path).exists():
     raise FileNotFoundError(f'Checkpoint {path} does not exist; pass a .npz file or a training workdir.')
-  params = _load_workdir_params(path) if os.path.isdir(path) else checkpoint.load(path)
+  params = _load_workdir_params(path) if epath.Path(path).is_dir() else checkpoint.load(path)
   params = flax.core.unfreeze(params) if isinstance(params, flax.core.FrozenDict) else dict(params)
   if 'Transformer' in params:
     params = models.unstack_encoder_blocks(params)
@@ -141,7 +142,7 @@ def load_model(checkpoint: str, model_name: Optional[str] = None, *, num_classes
   The model is `model_name` from the model table, or, for a training workdir without one, the workdir's own.
   """
   params = load_params(checkpoint)
-  if model_name is None and not os.path.isdir(checkpoint):
+  if model_name is None and not epath.Path(checkpoint).is_dir():
     raise ValueError(f'Pass --model: the model of {checkpoint} is not recorded with it.')
   if model_name is None:
     head = int(params['head']['kernel'].shape[-1]) if 'head' in params else 0
@@ -165,9 +166,9 @@ def load_image(path: str, size: int, resize: Optional[int] = None) -> np.ndarray
   resize = resize or size
   if resize < size:
     raise ValueError(f'--resize {resize} is smaller than the crop {size}.')
-  if not os.path.isfile(path):
+  if not epath.Path(path).is_file():
     raise FileNotFoundError(f'Image {path} does not exist.')
-  img = preprocess.resize_small(preprocess.decode(path, name=path), resize, name=path)
+  img = preprocess.resize_small(preprocess.decode(epath.Path(path).read_bytes(), name=path), resize, name=path)
   return preprocess.value_range(preprocess.central_crop(img, size))
 
 
@@ -179,6 +180,7 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ CLIs
 def run_cli(main: Callable[[Sequence[str]], int], argv: Optional[Sequence[str]] = None) -> int:
   """Runs a tool's `main`, turning user errors (bad paths, images, checkpoints) into one line and exit code 2."""
+  storage.configure()
   try:
     return main(sys.argv[1:] if argv is None else argv)
   except (ValueError, OSError) as e:  # FileNotFoundError is an OSError.

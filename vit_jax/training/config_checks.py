@@ -5,11 +5,11 @@ the dataset; `explain_flag_error` turns ml_collections' flag-parsing errors (unk
 into the same kind of line. Both raise or return `ConfigError`, which `main` prints without a traceback.
 """
 import difflib
-import os
 import re
 from typing import Any, Iterable, Optional
 
 import jax
+from etils import epath
 
 from vit_jax.models import build
 from vit_jax.models import registry
@@ -144,7 +144,7 @@ def validate(config: Any, *, num_devices: Optional[int] = None, check_data: bool
                       'list of (logical axis, mesh axes) pairs).')
   for key in ('resume', 'model_init'):
     path = config[key]
-    if path and not os.path.exists(path):
+    if path and not epath.Path(path).exists():
       raise ConfigError(f'config.{key}={path!r} does not exist; fix the path or unset it.')
   patch = _patch_grid_divisor(config)
   fewshot = fewshot_datasets(config)

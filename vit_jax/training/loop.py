@@ -5,11 +5,13 @@ config's logical-axis rules -> jitted init -> jitted, donated train step -> resu
 checkpoints, preemption, NaN guard).
 
 Resume order (the first that applies wins):
-  1. the newest readable checkpoint in `<workdir>/checkpoints` (a corrupt newest one is reported and skipped);
+  1. the newest readable checkpoint in `<workdir>/checkpoints` (a corrupt newest one is reported and skipped; one
+     of another model, or storage that keeps failing, stops the run: `checkpointing.Checkpointer.restore`);
   2. `config.resume`: another workdir or checkpoint directory (train state and data position);
   3. `config.model_init`: a published .npz, loaded into fresh params (`vit_jax.checkpoint.load_pretrained`:
      head re-initialised, position embeddings resampled);
   4. from scratch (`config.seed`).
+The workdir and every path in the config may be local or a URL (gs://...; `vit_jax.storage`).
 A resumed run is exact: the state, the RNG (folded with the step) and the data position are all restored, so the
 losses are those an uninterrupted run has.
 
@@ -20,7 +22,6 @@ import dataclasses
 import functools
 import json
 import logging
-import os
 import signal
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -29,7 +30,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from etils import epath
+
 from vit_jax import checkpoint
+from vit_jax import storage
 from vit_jax.data import pipeline as input_pipeline
 from vit_jax.evaluation import classification as evaluate
 from vit_jax.evaluation import fewshot
@@ -100,7 +104,13 @@ def _zero_sums(replicated: jax.sharding.Sharding) -> Dict[str, jax.Array]:
 
 def _compile_step(step_fn, state_shardings, batch_sharding, replicated, abstract_state, abstract_batch,
                   first_bad, sums):
-  """AOT-compiles the donated step (state, batch, first_bad, sums) -> (state, metrics, first_bad, sums).
+  """AOT-compiles the donated step (state, batch, first_bad, sums) -> (state, metrics, first_bad, sums)."""
+  return jit_step(step_fn, state_shardings, batch_sharding, replicated).lower(
+      abstract_state, abstract_batch, first_bad, sums).compile()
+
+
+def jit_step(step_fn, state_shardings, batch_sharding, replicated):
+  """The jitted, donated step the loop runs: (state, batch, first_bad, sums) -> (state, metrics, first_bad, sums).
 
   `first_bad` marks the first non-finite step; `sums` adds up AVERAGED_METRICS on the device.
   """
@@ -112,8 +122,7 @@ def _compile_step(step_fn, state_shardings, batch_sharding, replicated, abstract
 
   return jax.jit(
       guarded_step, in_shardings=(state_shardings, batch_sharding, replicated, replicated),
-      out_shardings=(state_shardings, replicated, replicated, replicated), donate_argnums=(0, 2, 3),
-  ).lower(abstract_state, abstract_batch, first_bad, sums).compile()
+      out_shardings=(state_shardings, replicated, replicated, replicated), donate_argnums=(0, 2, 3))
 
 
 def _load_model_init(state: train_step.TrainState, config: Any,
@@ -140,11 +149,10 @@ class _Programs:
   rng: jax.Array
 
 
-def _write_config(config: Any, workdir: str) -> None:
-  os.makedirs(workdir, exist_ok=True)
+def _write_config(config: Any, workdir: epath.Path) -> None:
+  workdir.mkdir(parents=True, exist_ok=True)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
 
 
 def _compile(config: Any, info: Any, model: vit.VisionTransformer, tx: Any, schedule: Any, loss_fn: Any,
@@ -174,7 +182,7 @@ def _compile(config: Any, info: Any, model: vit.VisionTransformer, tx: Any, sche
                    eval_step=eval_step, abstract_state=abstract_state, rng=rng)
 
 
-def _restore_or_init(config: Any, workdir: str, ckpt: checkpointing.Checkpointer, programs: _Programs,
+def _restore_or_init(config: Any, workdir: epath.Path, ckpt: checkpointing.Checkpointer, programs: _Programs,
                      train_iter: Any, model: vit.VisionTransformer) -> train_step.TrainState:
   """The resume order of the module docstring: own checkpoint -> config.resume -> config.model_init -> scratch.
 
@@ -199,8 +207,11 @@ def _restore_or_init(config: Any, workdir: str, ckpt: checkpointing.Checkpointer
   return state
 
 
-def train_and_evaluate(config: Any, workdir: str) -> Dict[str, float]:
-  """Trains and evaluates per `config`, checkpointing into `workdir`; returns the final eval metrics."""
+def train_and_evaluate(config: Any, workdir: epath.PathLike) -> Dict[str, float]:
+  """Trains and evaluates per `config`, checkpointing into `workdir` (local or a URL); returns the final eval
+  metrics."""
+  storage.configure()
+  workdir = storage.absolute(workdir)
   # --- Config: fail on user mistakes before anything compiles.
   info = config_checks.validate(config)
   start_time = time.time()
@@ -229,7 +240,7 @@ def train_and_evaluate(config: Any, workdir: str) -> Dict[str, float]:
                                test_split=test_split, batch_size=config.fewshot.batch, shots=config.fewshot.shots,
                                num_draws=config.fewshot.num_draws, l2_reg=config.fewshot.l2_reg,
                                knn_k=config.fewshot.knn_k, seed=config.seed, data_dir=config.tfds_data_dir,
-                               name=os.path.basename(dataset.rstrip('/')))
+                               name=epath.Path(dataset).name)
       for dataset, train_split, test_split in config_checks.fewshot_datasets(config)]
   tx, schedule = optim.make_optimizer(optim_section(config))
   loss_fn = losses.get_loss_fn(config.loss)
@@ -238,7 +249,7 @@ def train_and_evaluate(config: Any, workdir: str) -> Dict[str, float]:
   programs = _compile(config, info, model, tx, schedule, loss_fn, mesh, rules, batch_sharding, replicated)
 
   # --- Resume: own checkpoint -> config.resume -> config.model_init -> scratch (see the module docstring).
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), save_every=config.checkpoint_every,
+  ckpt = checkpointing.Checkpointer(workdir / 'checkpoints', save_every=config.checkpoint_every,
                                     keep=config.keep_checkpoints, keep_every=config.keep_checkpoint_every)
   state = _restore_or_init(config, workdir, ckpt, programs, train_iter, model)
   logging.info('Training %s on %s from step %d: %d devices, mesh %s.', config.model_name, config.dataset,
@@ -253,19 +264,18 @@ def train_and_evaluate(config: Any, workdir: str) -> Dict[str, float]:
     train_iter.close()
   eval_metrics = {**eval_metrics, 'step': step, 'seconds': time.time() - start_time}
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'final_metrics.json'), 'w') as f:
-      json.dump(eval_metrics, f)
+    (workdir / 'final_metrics.json').write_text(json.dumps(eval_metrics))
   return eval_metrics
 
 
-def _train(config: Any, workdir: str, state: train_step.TrainState, programs: _Programs,
+def _train(config: Any, workdir: epath.Path, state: train_step.TrainState, programs: _Programs,
            ckpt: checkpointing.Checkpointer, train_iter: Any, make_eval_batches: Callable[[], Any],
            fewshot_evaluators: List[fewshot.FewShotEvaluator],
            replicated: jax.sharding.Sharding) -> Tuple[Dict[str, float], int]:
   """Steps from the state's step to `config.total_steps`: progress reports, checkpoints, evals, few-shot,
   preemption and the NaN guard. Returns (the last eval metrics, the last step)."""
   step = int(jax.device_get(state.step))
-  metric_logging.truncate_jsonl(os.path.join(workdir, 'metrics.jsonl'), step)
+  metric_logging.truncate_jsonl(workdir / 'metrics.jsonl', step)
   writer = metric_logging.MetricWriter(workdir, tensorboard=config.tensorboard)
   progress = metric_logging.Progress(
       total_steps=config.total_steps, global_batch=config.batch, start_step=step,

@@ -1,18 +1,23 @@
 """Metric writers (metrics.jsonl + TensorBoard via clu, process 0 only), progress reports with MFU, profiling.
 
 `metrics.jsonl` holds one JSON object per write, `{"step": 500, "train/loss": 0.41, "val/top1": 0.97}`, readable
-without TensorFlow. clu (and TensorFlow, for TensorBoard) is imported lazily and optional: without it, only the
+without TensorFlow. In a bucket (gs://...), where objects cannot be appended to, the file is rewritten whole at
+each write (a few hundred bytes per report). TensorBoard events go through TensorFlow's own GCS client, which
+cannot reach an emulator: with STORAGE_EMULATOR_HOST set, a gs:// workdir gets no TensorBoard events. clu (and TensorFlow, for TensorBoard) is imported lazily and optional: without it, only the
 JSON-lines file and the log are written. The model and the train step never import this module's dependencies.
 """
 import contextlib
 import json
 import logging
 import math
-import os
+import tempfile
 import time
 from typing import Any, Callable, ContextManager, Dict, Iterator, Mapping, Optional
 
 import jax
+from etils import epath
+
+from vit_jax import storage
 
 Scalars = Mapping[str, float]
 
@@ -33,12 +38,12 @@ def peak_flops(device_kind: str, override: Optional[float] = None) -> Optional[f
   return PEAK_FLOPS[max(matches, key=len)] if matches else None
 
 
-def truncate_jsonl(path: str, last_step: int) -> None:
+def truncate_jsonl(path: epath.PathLike, last_step: int) -> None:
   """Drops the records after `last_step` (a resumed run rewrites them), so steps in the file stay monotone."""
-  if jax.process_index() or not os.path.exists(path):
+  path = epath.Path(path)
+  if jax.process_index() or not path.exists():
     return
-  with open(path) as f:
-    lines = [l for l in f if l.strip()]
+  lines = [l + '\n' for l in path.read_text().splitlines() if l.strip()]
   keep = []
   for line in lines:
     try:
@@ -46,27 +51,35 @@ def truncate_jsonl(path: str, last_step: int) -> None:
         keep.append(line)
     except (ValueError, KeyError):
       break  # A line cut short by a crash ends the usable part.
-  with open(path + '.tmp', 'w') as f:
-    f.writelines(keep)
-  os.replace(path + '.tmp', path)
+  tmp = path.parent / (path.name + '.tmp')
+  tmp.write_text(''.join(keep))
+  tmp.replace(path)
 
 
 class MetricWriter:
   """Writes scalars to `<workdir>/metrics.jsonl`, TensorBoard (clu) and the log; a no-op off process 0."""
 
-  def __init__(self, workdir: str, *, tensorboard: bool = True):
+  def __init__(self, workdir: epath.PathLike, *, tensorboard: bool = True):
     self._active = jax.process_index() == 0
     self._jsonl = None
+    self._lines = None  # A bucket's file, rewritten whole at each write.
     self._clu = None
     if not self._active:
       return
-    os.makedirs(workdir, exist_ok=True)
-    self.path = os.path.join(workdir, 'metrics.jsonl')
-    self._jsonl = open(self.path, 'a')  # pylint: disable=consider-using-with
-    if tensorboard:
+    workdir = epath.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    self.path = workdir / 'metrics.jsonl'
+    if storage.is_remote(workdir):
+      self._lines = self.path.read_text().splitlines(keepends=True) if self.path.exists() else []
+    else:
+      self._jsonl = self.path.open('a')  # pylint: disable=consider-using-with
+    if tensorboard and storage.emulated(workdir):
+      logging.warning('No TensorBoard events in %s: TensorFlow cannot reach the emulator at '
+                      'STORAGE_EMULATOR_HOST; metrics.jsonl only.', workdir)
+    elif tensorboard:
       try:
         from clu import metric_writers  # pylint: disable=g-import-not-at-top
-        self._clu = metric_writers.SummaryWriter(workdir)
+        self._clu = metric_writers.SummaryWriter(str(workdir))
       except ImportError as e:
         logging.warning('No TensorBoard output (%s); metrics.jsonl only.', e)
 
@@ -74,8 +87,13 @@ class MetricWriter:
     if not self._active:
       return
     values = {k: float(v) for k, v in scalars.items()}
-    self._jsonl.write(json.dumps({'step': int(step), **values}) + '\n')
-    self._jsonl.flush()
+    line = json.dumps({'step': int(step), **values}) + '\n'
+    if self._lines is not None:
+      self._lines.append(line)
+      self.path.write_text(''.join(self._lines))
+    else:
+      self._jsonl.write(line)
+      self._jsonl.flush()
     if self._clu is not None:
       self._clu.write_scalars(int(step), values)
     logging.info('[%d] %s', step, ', '.join(f'{k}={v:.6g}' for k, v in values.items()))
@@ -169,24 +187,37 @@ class Progress:
 
 
 class Profiler:
-  """Captures a profiler trace of `num_steps` steps starting at `first_step` into `<workdir>/profile`."""
+  """Captures a profiler trace of `num_steps` steps starting at `first_step` into `<workdir>/profile`.
 
-  def __init__(self, workdir: str, first_step: int, num_steps: int):
-    self._dir = os.path.join(workdir, 'profile')
+  For a workdir in a bucket, the trace is written locally and copied there when it stops (the profiler's own
+  writer goes through TensorFlow's GCS client, which cannot reach an emulator).
+  """
+
+  def __init__(self, workdir: epath.PathLike, first_step: int, num_steps: int):
+    self._dir = epath.Path(workdir) / 'profile'
     self._first, self._last = first_step, first_step + num_steps
     self._active = False
+    self._local = None
 
   def __call__(self, step: int) -> None:
     """Call after each step with the number of steps done."""
     if not self._active and self._first <= step < self._last:
-      jax.profiler.start_trace(self._dir)
+      self._local = tempfile.mkdtemp(prefix='vit_profile_') if storage.is_remote(self._dir) else None
+      jax.profiler.start_trace(self._local or str(self._dir))
       self._active = True
     elif self._active and step >= self._last:
-      jax.profiler.stop_trace()
-      self._active = False
+      self.close()
       logging.info('Profile of steps %d-%d written to %s', self._first, self._last, self._dir)
 
   def close(self) -> None:
     if self._active:
       jax.profiler.stop_trace()
       self._active = False
+      if self._local:
+        local = epath.Path(self._local)
+        for f in local.rglob('*'):
+          if f.is_file():
+            dst = self._dir / f.relative_to(local)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            f.copy(dst, overwrite=True)
+        local.rmtree()

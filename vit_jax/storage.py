@@ -1,0 +1,39 @@
+"""Paths: every path the project reads or writes is an `etils.epath.Path`, local or a URL (gs://, s3://, ...).
+
+`configure()` runs first in every command. It routes gs:// file I/O through fsspec/gcsfs rather than
+TensorFlow's GCS filesystem (etils' default when TF is installed), because TF's endpoints are fixed to
+www.googleapis.com and cannot be pointed at an emulator; gcsfs, google-cloud-storage and tensorstore (Orbax's
+array I/O) can. With `STORAGE_EMULATOR_HOST=http://127.0.0.1:PORT` set, it also derives tensorstore's own
+variable from it, so that one variable points every client at the emulator. TensorFlow's writers (TensorBoard
+events) cannot follow; `emulated(path)` tells the callers to leave them out for such paths.
+"""
+import logging
+import os
+
+from etils import epath
+
+
+def configure() -> None:
+  """gs:// through gcsfs; an emulator named by STORAGE_EMULATOR_HOST reaches tensorstore too. Idempotent."""
+  os.environ.setdefault('EPATH_USE_TF', 'false')  # Read once, at etils' first remote path.
+  host = os.environ.get('STORAGE_EMULATOR_HOST')
+  if host:
+    os.environ.setdefault('TENSORSTORE_GCS_HTTP_URL', host if '://' in host else f'http://{host}')
+    # gcsfs asks the storage-control API (not emulated) for the bucket type at each open and warns.
+    logging.getLogger('gcsfs').setLevel(logging.ERROR)
+
+
+def is_remote(path: epath.PathLike) -> bool:
+  """True for a URL (gs://bucket/...), False for a local path."""
+  return '://' in os.fspath(path)
+
+
+def emulated(path: epath.PathLike) -> bool:
+  """True when `path` is in gs:// and STORAGE_EMULATOR_HOST points the clients at an emulator."""
+  return os.fspath(path).startswith('gs://') and bool(os.environ.get('STORAGE_EMULATOR_HOST'))
+
+
+def absolute(path: epath.PathLike) -> epath.Path:
+  """`path` as an epath.Path; a local one made absolute (the working directory may change), a URL as is."""
+  p = epath.Path(path)
+  return p if is_remote(path) else p.absolute()
