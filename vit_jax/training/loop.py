@@ -34,12 +34,14 @@ from vit_jax.data import pipeline as input_pipeline
 from vit_jax.evaluation import classification as evaluate
 from vit_jax.evaluation import fewshot
 from vit_jax.models import build
+from vit_jax.models import flops
 from vit_jax.models import vit
 from vit_jax.training import checkpointing
 from vit_jax.training import config_checks
 from vit_jax.training import losses
 from vit_jax.training import metric_logging
 from vit_jax.training import optim
+from vit_jax.training import provenance
 from vit_jax.training import sharding
 from vit_jax.training import train_step
 
@@ -138,6 +140,7 @@ class _Programs:
   eval_step: Callable[..., Dict[str, jax.Array]]
   abstract_state: Any
   rng: jax.Array
+  flops_per_step: Optional[float]  # analytic model FLOPs of one step over the global batch (models/flops.py)
 
 
 def _write_config(config: Any, workdir: str) -> None:
@@ -171,7 +174,8 @@ def _compile(config: Any, info: Any, model: vit.VisionTransformer, tx: Any, sche
   eval_step = jax.jit(train_step.make_eval_step(model, loss_fn, mesh=mesh, rules=rules),
                       out_shardings=replicated)
   return _Programs(init=jax.jit(init, out_shardings=state_shardings), train_step=compiled_step,
-                   eval_step=eval_step, abstract_state=abstract_state, rng=rng)
+                   eval_step=eval_step, abstract_state=abstract_state, rng=rng,
+                   flops_per_step=flops.train_step_flops(model, info.image_size, config.batch))
 
 
 def _restore_or_init(config: Any, workdir: str, ckpt: checkpointing.Checkpointer, programs: _Programs,
@@ -205,6 +209,7 @@ def train_and_evaluate(config: Any, workdir: str) -> Dict[str, float]:
   info = config_checks.validate(config)
   start_time = time.time()
   _write_config(config, workdir)
+  provenance.write(workdir)
 
   # --- Mesh and the logical-axis rules that map params and activations onto it.
   mesh = sharding.make_mesh(dict(config.mesh))
@@ -269,7 +274,7 @@ def _train(config: Any, workdir: str, state: train_step.TrainState, programs: _P
   writer = metric_logging.MetricWriter(workdir, tensorboard=config.tensorboard)
   progress = metric_logging.Progress(
       total_steps=config.total_steps, global_batch=config.batch, start_step=step,
-      flops_per_step=metric_logging.step_flops(programs.train_step),
+      flops_per_step=programs.flops_per_step,
       peak=metric_logging.peak_flops(jax.devices()[0].device_kind, config.peak_flops),
       use_clu=config.tensorboard)
   profiler = metric_logging.Profiler(workdir, step + 5, config.profile_steps) if config.profile_steps else None
