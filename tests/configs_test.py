@@ -42,6 +42,8 @@ def _shrink(config):
     overrides['model.patch_size'] = 2
   if config.model.representation_size:
     overrides['model.representation_size'] = 8
+  for name in config.evals:  # the preset's extra evaluators, on the synthetic data too
+    overrides[f'evals.{name}.dataset'] = 'synthetic'
   return lib.apply(config, overrides)
 
 
@@ -54,6 +56,7 @@ def test_preset_runs_two_steps_with_a_tiny_model(name, arg, tmp_path):
   losses = lib.train_losses(workdir)
   assert sorted(losses) == [1, 2] and all(v == v for v in losses.values())  # finite, not NaN
   assert 0. <= metrics['val/top1'] <= 1.
+  assert all(0. <= metrics[f'{e}/top1'] <= 1. for e in config.evals)
 
 
 @pytest.mark.parametrize('arg', FINETUNE_ARGS)

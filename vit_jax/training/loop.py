@@ -223,9 +223,13 @@ def train_and_evaluate(config: Any, workdir: str) -> Dict[str, float]:
       input_pipeline.make_train_iterator(config.dataset, pp, global_batch=config.batch, seed=config.seed,
                                          data_dir=config.tfds_data_dir), batch_sharding)
 
-  def make_eval_batches():  # A fresh pass over the eval split, padded and masked.
+  def make_eval_batches(dataset: str, eval_pp: Dict[str, Any]):  # A fresh pass over an eval split, padded, masked.
     return input_pipeline.prefetch_to_mesh(input_pipeline.make_eval_iterator(
-        config.dataset, pp, global_batch=config.batch_eval, data_dir=config.tfds_data_dir), batch_sharding)
+        dataset, eval_pp, global_batch=config.batch_eval, data_dir=config.tfds_data_dir), batch_sharding)
+
+  # 'val' (config.pp.test) first, then config.evals: (name, every, fresh batches).
+  evaluators = [_Evaluator(spec.name, spec.every, functools.partial(make_eval_batches, spec.dataset, spec.pp))
+                for spec in config_checks.evals(config)]
 
   # --- Model, optimizer, loss, few-shot evaluators.
   model = build.build_model(config.model_name, config.model, info.num_classes)
@@ -251,7 +255,7 @@ def train_and_evaluate(config: Any, workdir: str) -> Dict[str, float]:
 
   # --- The loop (with its periodic work), then the final metrics.
   try:
-    eval_metrics, step = _train(config, workdir, state, programs, ckpt, train_iter, make_eval_batches,
+    eval_metrics, step = _train(config, workdir, state, programs, ckpt, train_iter, evaluators,
                                 fewshot_evaluators, replicated)
   finally:
     ckpt.close()
@@ -263,8 +267,20 @@ def train_and_evaluate(config: Any, workdir: str) -> Dict[str, float]:
   return eval_metrics
 
 
+@dataclasses.dataclass
+class _Evaluator:
+  """One of `config_checks.evals(config)`: metrics `<name>/...` every `every` steps and at the end."""
+  name: str
+  every: int
+  make_batches: Callable[[], Any]
+
+  def run(self, eval_step: Callable[..., Dict[str, jax.Array]], state: train_step.TrainState) -> Dict[str, float]:
+    what = 'config.pp.test' if self.name == 'val' else f'config.evals.{self.name}.split'
+    return evaluate.evaluate_all(eval_step, state, self.make_batches, prefix=self.name, what=what)
+
+
 def _train(config: Any, workdir: str, state: train_step.TrainState, programs: _Programs,
-           ckpt: checkpointing.Checkpointer, train_iter: Any, make_eval_batches: Callable[[], Any],
+           ckpt: checkpointing.Checkpointer, train_iter: Any, evaluators: List[_Evaluator],
            fewshot_evaluators: List[fewshot.FewShotEvaluator],
            replicated: jax.sharding.Sharding) -> Tuple[Dict[str, float], int]:
   """Steps from the state's step to `config.total_steps`: progress reports, checkpoints, evals, few-shot,
@@ -294,7 +310,8 @@ def _train(config: Any, workdir: str, state: train_step.TrainState, programs: _P
   def periodic_work(last: bool, preempted: bool) -> Dict[str, float]:
     """Checkpoint, evaluation and few-shot when due; returns the new eval metrics (empty when none ran)."""
     saving = step % config.checkpoint_every == 0 or last or preempted
-    evaluating = step % config.eval_every == 0 or last
+    due = [e for e in evaluators if last or step % e.every == 0]
+    evaluating = bool(due)
     fewshot_due = fewshot_evaluators and (last or (config.fewshot.every and step % config.fewshot.every == 0))
     if not (saving or evaluating or fewshot_due):
       return {}
@@ -305,7 +322,7 @@ def _train(config: Any, workdir: str, state: train_step.TrainState, programs: _P
         check_finite()
         ckpt.save(step, state, train_iter.get_state(), force=True)
       if evaluating:
-        metrics = evaluate.evaluate_all(programs.eval_step, state, make_eval_batches)
+        metrics = {k: v for e in due for k, v in e.run(programs.eval_step, state).items()}
         writer.write_scalars(step, metrics)
       if fewshot_due:
         fewshot_metrics = {k: v for e in fewshot_evaluators for k, v in e.run(state.params).items()}
@@ -316,7 +333,7 @@ def _train(config: Any, workdir: str, state: train_step.TrainState, programs: _P
 
   eval_metrics: Dict[str, float] = {}
   if step >= config.total_steps:  # A finished run started again: report its result.
-    eval_metrics = evaluate.evaluate_all(programs.eval_step, state, make_eval_batches)
+    eval_metrics = {k: v for e in evaluators for k, v in e.run(programs.eval_step, state).items()}
   try:
     while step < config.total_steps:
       with progress.waiting_for_input():
