@@ -1,5 +1,5 @@
 """Evaluation over a padded, masked eval iterator: loss, top-1, top-5, every example counted exactly once."""
-from typing import Any, Callable, Dict, Iterable, Mapping
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -36,3 +36,28 @@ def evaluate_all(eval_step: Callable[..., Dict[str, jax.Array]], state: Any,
     ema = evaluate(eval_step, state.ema_params, make_batches(), what)
     out.update({f'{prefix}_ema/{k}': v for k, v in ema.items() if k != 'count'})
   return out
+
+
+def evaluate_params(model: Any, params: Any, dataset: str, pp: Mapping[str, Any], *, batch_size: int,
+                    data_dir: Optional[str] = None, loss: str = 'softmax_xent',
+                    what: str = '--split') -> Dict[str, float]:
+  """`evaluate` of `model` with host `params` on a dataset split (pp['test']), batches sharded over all devices."""
+  from vit_jax.data import pipeline  # pylint: disable=g-import-not-at-top  (only this entry reads data)
+  from vit_jax.training import losses  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import sharding  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import train_step  # pylint: disable=g-import-not-at-top
+  num_classes = pipeline.get_dataset_info(dataset, pp, data_dir=data_dir).num_classes
+  if num_classes != model.num_classes:
+    raise ValueError(f'{dataset!r} has {num_classes} classes but the model {model.num_classes}; evaluate it on a '
+                     'dataset with its label space.')
+  mesh = sharding.make_mesh({'data': -1})
+  replicated = sharding.replicated(mesh)
+  eval_step = jax.jit(train_step.make_eval_step(model, losses.get_loss_fn(loss)), out_shardings=replicated)
+  params = jax.device_put(params, replicated)
+  batches = pipeline.prefetch_to_mesh(
+      pipeline.make_eval_iterator(dataset, pp, global_batch=batch_size, data_dir=data_dir),
+      sharding.batch_sharding(mesh))
+  try:
+    return evaluate(eval_step, params, batches, what)
+  finally:
+    batches.close()
