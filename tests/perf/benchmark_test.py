@@ -169,3 +169,11 @@ def test_timm_needs_the_script_and_a_timm_model():
     benchmark_cli.run_timm(benchmark_cli.parse_args(['--model', 'B/16', '--timm']))
   with pytest.raises(ValueError, match='compares only'):
     benchmark_cli.run_timm(benchmark_cli.parse_args(['--model', 'testing', '--timm', '--timm_script', 'x.py']))
+
+
+def test_default_peak_is_the_training_loops_table(monkeypatch):
+  # One table: the benchmark's MFU denominator on a known device is the loop's `progress/mfu` peak.
+  from vit_jax.training import metric_logging  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(jax, 'devices', lambda *a: [type('Device', (), {'device_kind': 'NVIDIA H200'})()])
+  assert benchmarking.default_peak_tflops('bfloat16') == (metric_logging.PEAK_FLOPS['NVIDIA H200'] / 1e12, 'table')
+  assert metric_logging.PEAK_FLOPS['NVIDIA H200'] == 989e12
