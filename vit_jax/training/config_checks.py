@@ -254,7 +254,7 @@ def evals(config: Any) -> tuple:
       raise ConfigError(f'{where}.pp={overrides!r} must be a dict of pp overrides, e.g. dict(resize=256).')
     # Another dataset: keep the sizes and value range, not the class and split counts of config.dataset.
     base = pp if dataset == config.dataset else fewshot_pp(config)
-    eval_pp = {**{k: v for k, v in base.items() if k not in ('num_train', 'num_eval')}, **pp_dict(overrides),
+    eval_pp = {**base, **pp_dict(overrides),
                'train': split, 'test': split}  # 'train' too: a test-only set (imagenet_v2) has no train split
     specs.append(EvalSpec(name, dataset, eval_pp, every))
   return tuple(specs)
