@@ -4,7 +4,8 @@ Command:   python -m vit_jax.main --config=configs/vit_b16_i1k_augreg.py --workd
                --config.tfds_data_dir=gs://BUCKET/tfds
 Hardware:  a TPU v3-32 (or 8x A100/H100 with scripts/launch_slurm.sh).
 Time:      about 2 days on a TPU v3-32 (300 epochs; estimate).
-Expected:  ImageNet-1k validation top-1 about 79-80% (AugReg, B/16 from scratch, 300 epochs; not reproduced here).
+Expected:  ImageNet-1k validation top-1 about 79-80% (AugReg, B/16 from scratch, 300 epochs; not reproduced here),
+           logged as val/top1; minival/ (train[99%:]), v2/ (ImageNet-v2) and real/ (ReaL labels) beside it.
 Recipe:    big_vision's configs/vit_i1k.py for B/16 (the AugReg paper's ImageNet-1k setup): augmentation 'medium2' =
            RandAugment (2 layers, magnitude 15; TF's level mapping, pp.randaug_variant 'tf') and mixup 0.5;
            Adam (b1 0.9, b2 0.999, first moment in bf16), batch 4096, lr 1e-3, 10k warmup steps then cosine,
@@ -49,6 +50,12 @@ def get_config():
   c.optim.weight_decay = 0.1
   c.optim.mu_dtype = 'bfloat16'
   c.eval_every = 5_000
+  # Beside val/ (pp.test = 'validation'), big_vision's evaluators: a train minival held out by pp.train's 99%
+  # (disjoint from the training images), ImageNet-v2 and the ReaL labels (a prediction is correct when in the
+  # image's ReaL set; images with an empty set are skipped). Needs `tfds build imagenet_v2 imagenet2012_real`.
+  c.evals.minival = dict(split='train[99%:]')
+  c.evals.v2 = dict(dataset='imagenet_v2', split='test')
+  c.evals.real = dict(dataset='imagenet2012_real', split='validation')
   c.progress_every = 500
   c.checkpoint_every = 2_000
   return c

@@ -133,9 +133,10 @@ def main(argv=None) -> None:
       num_classes=args.num_classes, num_layers=args.num_layers, steps=args.steps, reps=args.reps,
       warmup=args.warmup, modes=tuple(args.modes.split(',')))
   peak = args.peak_tflops
+  peak_source = 'given'
   if peak is None and not args.lower_only:
-    peak = benchmarking.measure_peak_tflops(dtype=benchmarking.DTYPES[args.dtype])
-    print(f'measured peak: {peak:.3g} TFLOP/s ({args.dtype} matmul, device 0: {jax.devices()[0].device_kind})')
+    peak, peak_source = benchmarking.default_peak_tflops(args.dtype)
+    print(f'{peak_source} peak: {peak:.3g} TFLOP/s ({args.dtype}, device 0: {jax.devices()[0].device_kind})')
   if args.sweep:
     batches = [int(b) for b in (args.sweep_batch or str(args.batch)).split(',')]
     grid = itertools.product(args.sweep_attn.split(','), args.sweep_remat.split(','),
@@ -164,7 +165,7 @@ def main(argv=None) -> None:
       row = {'model': cfg.model, 'batch': cfg.batch, 'attn': cfg.attention_impl, 'remat': cfg.remat_policy,
              'scan': cfg.scan, 'error': f'{type(e).__name__}: {str(e).splitlines()[0][:160]}'}
     if not args.lower_only:
-      row['peak_source'] = 'given' if args.peak_tflops else 'measured'
+      row['peak_source'] = peak_source
       row['xla_flags'] = flags or 'default'
     rows.append(row)
     print(json.dumps({k: v for k, v in row.items()}, default=str), flush=True)

@@ -128,6 +128,9 @@ def _shrink(config):
     overrides['model.representation_size'] = 8
   if config.optim.optimizer != 'sgd':  # Adam's lr 1e-3 barely moves a 16-wide model in 24 steps; SGD keeps 0.03.
     overrides['base_lr'] = 1e-2
+  for name in config.evals:  # the preset's extra evaluators, on the same digits test split as val/
+    overrides[f'evals.{name}.dataset'] = 'digits'
+    overrides[f'evals.{name}.split'] = 'test'
   return lib.apply(config, overrides)
 
 
@@ -154,6 +157,8 @@ def test_preset_tiny_run_starts_at_the_known_loss_and_learns(name, arg, tmp_path
   # 24 steps of the recipe (its optimizer, loss, augmentation and schedule) bring the held-out loss below it.
   if name not in NO_LEARNING_CHECK:
     assert metrics['val/loss'] < initial - 0.01, (metrics['val/loss'], initial)
+  for e in config.evals:  # the same split and preprocessing as val/: the same numbers
+    assert metrics[f'{e}/top1'] == metrics['val/top1'] and metrics[f'{e}/loss'] == metrics['val/loss'], e
 
 
 @pytest.mark.parametrize('arg', FINETUNE_ARGS)

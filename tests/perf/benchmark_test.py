@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from vit_jax import models
+from vit_jax.models import flops
 from vit_jax.perf import benchmarking
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'scripts'))
@@ -56,7 +57,7 @@ def test_analytic_flops_match_timm_baseline_formula():
   mc = models.get_config('ViT-B_16')
   n, d, m = 197, 768, 3072
   expected = 12 * (2 * n * (4 * d * d + 2 * d * m) + 4 * n * n * d) + 2 * 196 * 16 * 16 * 3 * d + 2 * d * 1000
-  assert benchmarking.analytic_forward_flops(mc, 224, 1000) == expected
+  assert flops.forward_flops(mc, 224, 1000) == expected
   assert expected / 1e9 == pytest.approx(35.13, abs=0.01)
 
 
@@ -168,3 +169,11 @@ def test_timm_needs_the_script_and_a_timm_model():
     benchmark_cli.run_timm(benchmark_cli.parse_args(['--model', 'B/16', '--timm']))
   with pytest.raises(ValueError, match='compares only'):
     benchmark_cli.run_timm(benchmark_cli.parse_args(['--model', 'testing', '--timm', '--timm_script', 'x.py']))
+
+
+def test_default_peak_is_the_training_loops_table(monkeypatch):
+  # One table: the benchmark's MFU denominator on a known device is the loop's `progress/mfu` peak.
+  from vit_jax.training import metric_logging  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(jax, 'devices', lambda *a: [type('Device', (), {'device_kind': 'NVIDIA H200'})()])
+  assert benchmarking.default_peak_tflops('bfloat16') == (metric_logging.PEAK_FLOPS['NVIDIA H200'] / 1e12, 'table')
+  assert metric_logging.PEAK_FLOPS['NVIDIA H200'] == 989e12

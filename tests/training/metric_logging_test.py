@@ -17,7 +17,9 @@ def test_progress_leaves_out_paused_time_and_reports_input_wait():
   assert first['progress/steps_per_sec'] == pytest.approx(10 / 4)
   assert first['progress/images_per_sec'] == pytest.approx(8 * 10 / 4)
   assert first['progress/input_wait_fraction'] == pytest.approx(1 / 4)
-  assert first['progress/mfu'] == pytest.approx(2e9 * 10 / 4 / 1e12)
+  # 2e9 FLOPs per step over the global batch, against 1e12 FLOP/s per device on the 8 devices.
+  assert first['progress/mfu'] == pytest.approx(2e9 * 10 / 4 / (8 * 1e12))
+  assert first['progress/model_flops_per_step'] == 2e9
   assert first['progress/eta_minutes'] == pytest.approx(90 / (10 / 4) / 60)
   now[0] += 2.     # the next window starts clean
   second = progress.report(20)

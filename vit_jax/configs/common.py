@@ -56,6 +56,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.loss = 'softmax_xent'          # 'softmax_xent' | 'sigmoid_xent' (multi-label, ImageNet-21k)
   c.ema_decay = 0.                 # > 0: keep an EMA of the params and evaluate it beside the raw params
 
+  # --- Evaluators beside the default 'val' (config.dataset's pp.test split, logged as val/...), big_vision style:
+  # name -> dict(split=..., dataset=... (default config.dataset), pp=dict(...) (eval pp overrides), every=...
+  # (default eval_every)), logged as <name>/top1, <name>/top5, <name>/loss. Example: configs/vit_b16_i1k_augreg.py.
+  c.evals = ml_collections.ConfigDict()
+
   # --- Few-shot linear evaluation of the pre-logits features during training (vit_jax.fewshot; big_vision's).
   c.fewshot = ml_collections.ConfigDict(dict(
       datasets=(),                 # ((dataset, train split, test split), ...): ('cifar100', 'train[:9000]', 'test')

@@ -18,7 +18,8 @@ global_batch // P are stacked as uint8, turned into float32 in one pass, then mi
 with `np.random.default_rng([seed, step, 1])`, pairing examples half a global batch apart
 (`preprocess.mix_partner`): the same pairs, hence the same losses, for any process count with an even share.
 Evaluation: process p takes examples p, p + P, ...; every process yields the same number of batches; the
-last are padded with zero images whose `mask` is 0 (a corrupt eval image is also masked out).
+last are padded with zero images whose `mask` is 0 (a corrupt eval image is also masked out, as is a multi-label
+example with an empty label set, e.g. a ReaL image none of whose labels raters kept).
 
 Datasets: see `vit_jax.data.sources` (TFDS names, image folders, 'digits') and 'synthetic' (random
 images from (seed, step); imports neither TensorFlow nor grain). The `pp` keys are documented in
@@ -225,8 +226,11 @@ class _EvalMap:
   def __call__(self, j: int) -> preprocess.Record:
     i = self._p + j * self._n
     if i < len(self._recs):
+      rec = self._recs[i]
+      if self._multi and not len(rec['label']):  # No true label (ReaL): skipped as big_vision does, mask 0.
+        return {'id': i}
       try:
-        ex = preprocess.eval_example(self._recs[i], self._pp, self._k, self._multi)
+        ex = preprocess.eval_example(rec, self._pp, self._k, self._multi)
         return {**ex, 'mask': np.float32(1)}
       except preprocess.CorruptImageError as e:
         return {'corrupt': str(e), 'id': i}

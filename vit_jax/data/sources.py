@@ -266,7 +266,8 @@ def tfds_source(name: str, split: str, data_dir: str | None) -> Source:
   features = builder.info.features
   image_key = 'image' if 'image' in features else next(
       k for k, f in features.items() if isinstance(f, tfds.features.Image))
-  label_key = 'label' if 'label' in features else 'labels'
+  # 'real_label': imagenet2012_real's ReaL label sets (multi-label; its 'original_label' is the ImageNet one).
+  label_key = next((k for k in ('label', 'real_label') if k in features), 'labels')
   label_feature = features[label_key]
   multi_label = isinstance(label_feature, tfds.features.Sequence)
   if multi_label:

@@ -4,8 +4,9 @@ Method (the one the issue-5 targets and `timm_baseline.py` use, tightened): synt
 on the device (random, never zeros), the train state donated, every function compiled ahead of time (compile time
 reported apart), `warmup` untimed calls, then `reps` repetitions of `steps` calls each, each repetition closed by
 `jax.block_until_ready`; the reported step time is the median repetition / steps. MFU counts the analytic model
-FLOPs (forward x3 for a train step, the convention of `timm_baseline.py`) against a bf16 matmul peak measured in
-the same process, or `peak_tflops` when given. Imports nothing from TensorFlow, TFDS, ml_collections or clu.
+FLOPs (`vit_jax.models.flops`: forward x3 for a train step, the convention of `timm_baseline.py`) against the
+per-device peak of the loop's table (`metric_logging.PEAK_FLOPS`), a bf16 matmul peak measured in the same process
+for a device the table lacks, or `peak_tflops` when given. Imports nothing from TensorFlow, TFDS, ml_collections or clu.
 """
 import dataclasses
 import functools
@@ -21,7 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit_jax import models
+from vit_jax.models import flops as model_flops
 from vit_jax.training import losses
+from vit_jax.training import metric_logging
 from vit_jax.training import optim
 from vit_jax.training import sharding
 from vit_jax.training import train_step
@@ -96,22 +99,6 @@ def build_model(cfg: BenchConfig, **overrides: Any) -> nn.Module:
   kw.update(overrides)
   mc = model_config(cfg)
   return models.VisionTransformer(num_classes=cfg.num_classes, **mc, **kw)
-
-
-def analytic_forward_flops(mc: Dict[str, Any], resolution: int, num_classes: int) -> float:
-  """Matmul FLOPs of one image's forward pass (2 per multiply-add), the formula of `timm_baseline.py`.
-
-  Per layer 2 N (4 D^2 + 2 D M) for the q/k/v/out projections and the MLP, plus 4 N^2 D for q k^T and
-  weights @ v; plus the patch embedding and the head. Plain ViTs only (no ResNet root).
-  """
-  if mc.get('resnet') is not None:
-    raise ValueError(f'analytic FLOPs cover plain ViTs, not the hybrid {mc["model_name"]}.')
-  p = mc['patches']['size'][0]
-  d, t = mc['hidden_size'], mc['transformer']
-  grid = (resolution // p) ** 2
-  n = grid + (1 if mc.get('classifier', 'token') in ('token', 'token_unpooled') else 0)
-  per_layer = 2 * n * (4 * d * d + 2 * d * t['mlp_dim']) + 4 * n * n * d
-  return t['num_layers'] * per_layer + 2 * grid * p * p * 3 * d + 2 * d * num_classes
 
 
 def param_count(params: Any) -> int:
@@ -256,6 +243,15 @@ def measure_peak_tflops(n: Optional[int] = None, dtype: Any = jnp.bfloat16, reps
   return 2 * n**3 / statistics.median(times) / 1e12
 
 
+def default_peak_tflops(dtype: str = 'bfloat16') -> tuple:
+  """(per-device peak TFLOP/s, source): the training loop's table (`metric_logging.PEAK_FLOPS`) for a known
+  device, so the benchmark's MFU and the loop's `progress/mfu` share one denominator; else a measured matmul."""
+  table = metric_logging.peak_flops(jax.devices()[0].device_kind)
+  if table is not None:
+    return table / 1e12, 'table'
+  return measure_peak_tflops(dtype=DTYPES[dtype]), 'measured'
+
+
 def _synthetic_batch(batch: int, resolution: int, num_classes: int, sharding: Any) -> Dict[str, jax.Array]:
   """Random images in [-1, 1] and one-hot labels, created on the devices with `sharding`."""
   def make(key):
@@ -321,13 +317,9 @@ def run(cfg: BenchConfig, peak_tflops: Optional[float] = None) -> Dict[str, Any]
     del images, infer_params
 
   res['fwd_GFLOP_xla'] = xla_forward_flops(cfg) / 1e9
-  try:
-    res['fwd_GFLOP_analytic'] = analytic_forward_flops(mc, cfg.resolution, cfg.num_classes) / 1e9
-  except ValueError:
-    res['fwd_GFLOP_analytic'] = res['fwd_GFLOP_xla']
+  res['fwd_GFLOP_analytic'] = model_flops.forward_flops(mc, cfg.resolution, cfg.num_classes) / 1e9
   if peak_tflops is None:
-    peak_tflops = measure_peak_tflops(dtype=DTYPES[cfg.dtype])
-    res['peak_source'] = 'measured'
+    peak_tflops, res['peak_source'] = default_peak_tflops(cfg.dtype)
   else:
     res['peak_source'] = 'given'
   res['peak_TFLOPs'] = peak_tflops * len(jax.devices())  # MFU is per device: the peak scales with the mesh.

@@ -6,7 +6,7 @@ into the same kind of line. Both raise or return `ConfigError`, which `main` pri
 """
 import difflib
 import re
-from typing import Any, Iterable, Optional
+from typing import Any, Dict, Iterable, NamedTuple, Optional
 
 import jax
 from etils import epath
@@ -148,6 +148,7 @@ def validate(config: Any, *, num_devices: Optional[int] = None, check_data: bool
       raise ConfigError(f'config.{key}={path!r} does not exist; fix the path or unset it.')
   patch = _patch_grid_divisor(config)
   fewshot = fewshot_datasets(config)
+  extra_evals = evals(config)[1:]
   if not check_data:
     return None
 
@@ -165,6 +166,17 @@ def validate(config: Any, *, num_devices: Optional[int] = None, check_data: bool
       msg = str(e).splitlines()[0] if str(e) else type(e).__name__
       raise ConfigError(f'config.fewshot.datasets entry {(dataset, train_split, test_split)!r} cannot be loaded: '
                         f'{msg}') from None
+  for spec in extra_evals:
+    try:
+      eval_info = input_pipeline.get_dataset_info(spec.dataset, spec.pp, data_dir=config.tfds_data_dir)
+    except (ValueError, FileNotFoundError, ImportError) as e:
+      msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+      raise ConfigError(f'config.evals.{spec.name} ({spec.dataset!r}, split {spec.pp["test"]!r}) cannot be loaded: '
+                        f'{msg}') from None
+    if eval_info.num_classes != info.num_classes:
+      raise ConfigError(f'config.evals.{spec.name}: {spec.dataset!r} has {eval_info.num_classes} classes, the model '
+                        f'{info.num_classes} (those of config.dataset={config.dataset!r}); evaluate on a dataset '
+                        'with the same label space.')
   if info.image_size % patch:
     raise ConfigError(f'Image size {info.image_size} (config.pp.crop) is not divisible by the patch size '
                       f'{patch} of {config.model_name!r}; set config.pp.crop to a multiple of {patch} or '
@@ -191,3 +203,58 @@ def fewshot_datasets(config: Any) -> tuple:
 def fewshot_pp(config: Any) -> dict:
   """The eval preprocessing of `config.pp` for another dataset: its sizes and value range, not its class counts."""
   return {k: v for k, v in pp_dict(config.pp).items() if k not in ('num_classes', 'num_train', 'num_eval')}
+
+
+class EvalSpec(NamedTuple):
+  """One evaluator: metrics `<name>/{top1,top5,loss}` on `dataset` with eval preprocessing `pp` every `every` steps."""
+  name: str
+  dataset: str
+  pp: Dict[str, Any]  # the pipeline's pp; the split evaluated is pp['test']
+  every: int
+
+
+EVAL_KEYS = ('dataset', 'split', 'pp', 'every')
+_RESERVED_EVAL_NAMES = ('val', 'train', 'progress', 'fewshot', 'knn')
+
+
+def evals(config: Any) -> tuple:
+  """The run's evaluators: 'val' (config.dataset, config.pp.test, every config.eval_every), then config.evals.
+
+  A `config.evals` entry is a dict with `split` (required), `dataset` (default config.dataset), `pp` (overrides of
+  the eval preprocessing of config.pp) and `every` (default config.eval_every); every one runs at the last step.
+  """
+  pp = pp_dict(config.pp)
+  specs = [EvalSpec('val', config.dataset, pp, config.eval_every)]
+  if not hasattr(config.evals, 'items'):
+    raise ConfigError(f'config.evals must be a dict of name -> dict(split=..., dataset=..., pp=..., every=...), '
+                      f'got {config.evals!r}.')
+  for name, entry in config.evals.items():
+    where = f'config.evals.{name}'
+    if not re.fullmatch(r'[A-Za-z][A-Za-z0-9_]*', name) or name in _RESERVED_EVAL_NAMES or name.endswith('_ema'):
+      raise ConfigError(f'{where}: the name must be letters, digits and _, not ending in _ema nor one of '
+                        f'{", ".join(_RESERVED_EVAL_NAMES)}; rename it.')
+    if not hasattr(entry, 'items'):
+      raise ConfigError(f'{where}={entry!r} is not a dict; write dict(split=\'validation\', dataset=..., pp=..., '
+                        'every=...).')
+    entry = dict(entry.items())
+    unknown = sorted(set(entry) - set(EVAL_KEYS))
+    if unknown:
+      raise ConfigError(f'{where} has unknown key(s) {unknown}; the keys are {", ".join(EVAL_KEYS)}.')
+    split = entry.get('split')
+    if not isinstance(split, str) or not split:
+      raise ConfigError(f"{where}.split={split!r} must be a split string such as 'validation' or 'train[99%:]'.")
+    dataset = entry.get('dataset') or config.dataset
+    if not isinstance(dataset, str):
+      raise ConfigError(f'{where}.dataset={dataset!r} must be a dataset name or path.')
+    every = config.eval_every if entry.get('every') is None else entry['every']
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+      raise ConfigError(f'{where}.every={every!r} must be a positive int (steps between evaluations).')
+    overrides = entry.get('pp') or {}
+    if not hasattr(overrides, 'items'):
+      raise ConfigError(f'{where}.pp={overrides!r} must be a dict of pp overrides, e.g. dict(resize=256).')
+    # Another dataset: keep the sizes and value range, not the class and split counts of config.dataset.
+    base = pp if dataset == config.dataset else fewshot_pp(config)
+    eval_pp = {**base, **pp_dict(overrides),
+               'train': split, 'test': split}  # 'train' too: a test-only set (imagenet_v2) has no train split
+    specs.append(EvalSpec(name, dataset, eval_pp, every))
+  return tuple(specs)

@@ -38,12 +38,14 @@ from vit_jax.data import pipeline as input_pipeline
 from vit_jax.evaluation import classification as evaluate
 from vit_jax.evaluation import fewshot
 from vit_jax.models import build
+from vit_jax.models import flops
 from vit_jax.models import vit
 from vit_jax.training import checkpointing
 from vit_jax.training import config_checks
 from vit_jax.training import losses
 from vit_jax.training import metric_logging
 from vit_jax.training import optim
+from vit_jax.training import provenance
 from vit_jax.training import sharding
 from vit_jax.training import train_step
 
@@ -147,6 +149,7 @@ class _Programs:
   eval_step: Callable[..., Dict[str, jax.Array]]
   abstract_state: Any
   rng: jax.Array
+  flops_per_step: Optional[float]  # analytic model FLOPs of one step over the global batch (models/flops.py)
 
 
 def _write_config(config: Any, workdir: epath.Path) -> None:
@@ -179,7 +182,8 @@ def _compile(config: Any, info: Any, model: vit.VisionTransformer, tx: Any, sche
   eval_step = jax.jit(train_step.make_eval_step(model, loss_fn, mesh=mesh, rules=rules),
                       out_shardings=replicated)
   return _Programs(init=jax.jit(init, out_shardings=state_shardings), train_step=compiled_step,
-                   eval_step=eval_step, abstract_state=abstract_state, rng=rng)
+                   eval_step=eval_step, abstract_state=abstract_state, rng=rng,
+                   flops_per_step=flops.train_step_flops(model, info.image_size, config.batch))
 
 
 def _restore_or_init(config: Any, workdir: epath.Path, ckpt: checkpointing.Checkpointer, programs: _Programs,
@@ -216,6 +220,7 @@ def train_and_evaluate(config: Any, workdir: epath.PathLike) -> Dict[str, float]
   info = config_checks.validate(config)
   start_time = time.time()
   _write_config(config, workdir)
+  provenance.write(workdir)
 
   # --- Mesh and the logical-axis rules that map params and activations onto it.
   mesh = sharding.make_mesh(dict(config.mesh))
@@ -229,9 +234,13 @@ def train_and_evaluate(config: Any, workdir: epath.PathLike) -> Dict[str, float]
       input_pipeline.make_train_iterator(config.dataset, pp, global_batch=config.batch, seed=config.seed,
                                          data_dir=config.tfds_data_dir), batch_sharding)
 
-  def make_eval_batches():  # A fresh pass over the eval split, padded and masked.
+  def make_eval_batches(dataset: str, eval_pp: Dict[str, Any]):  # A fresh pass over an eval split, padded, masked.
     return input_pipeline.prefetch_to_mesh(input_pipeline.make_eval_iterator(
-        config.dataset, pp, global_batch=config.batch_eval, data_dir=config.tfds_data_dir), batch_sharding)
+        dataset, eval_pp, global_batch=config.batch_eval, data_dir=config.tfds_data_dir), batch_sharding)
+
+  # 'val' (config.pp.test) first, then config.evals: (name, every, fresh batches).
+  evaluators = [_Evaluator(spec.name, spec.every, functools.partial(make_eval_batches, spec.dataset, spec.pp))
+                for spec in config_checks.evals(config)]
 
   # --- Model, optimizer, loss, few-shot evaluators.
   model = build.build_model(config.model_name, config.model, info.num_classes)
@@ -257,7 +266,7 @@ def train_and_evaluate(config: Any, workdir: epath.PathLike) -> Dict[str, float]
 
   # --- The loop (with its periodic work), then the final metrics.
   try:
-    eval_metrics, step = _train(config, workdir, state, programs, ckpt, train_iter, make_eval_batches,
+    eval_metrics, step = _train(config, workdir, state, programs, ckpt, train_iter, evaluators,
                                 fewshot_evaluators, replicated)
   finally:
     ckpt.close()
@@ -268,8 +277,20 @@ def train_and_evaluate(config: Any, workdir: epath.PathLike) -> Dict[str, float]
   return eval_metrics
 
 
+@dataclasses.dataclass
+class _Evaluator:
+  """One of `config_checks.evals(config)`: metrics `<name>/...` every `every` steps and at the end."""
+  name: str
+  every: int
+  make_batches: Callable[[], Any]
+
+  def run(self, eval_step: Callable[..., Dict[str, jax.Array]], state: train_step.TrainState) -> Dict[str, float]:
+    what = 'config.pp.test' if self.name == 'val' else f'config.evals.{self.name}.split'
+    return evaluate.evaluate_all(eval_step, state, self.make_batches, prefix=self.name, what=what)
+
+
 def _train(config: Any, workdir: epath.Path, state: train_step.TrainState, programs: _Programs,
-           ckpt: checkpointing.Checkpointer, train_iter: Any, make_eval_batches: Callable[[], Any],
+           ckpt: checkpointing.Checkpointer, train_iter: Any, evaluators: List[_Evaluator],
            fewshot_evaluators: List[fewshot.FewShotEvaluator],
            replicated: jax.sharding.Sharding) -> Tuple[Dict[str, float], int]:
   """Steps from the state's step to `config.total_steps`: progress reports, checkpoints, evals, few-shot,
@@ -279,7 +300,7 @@ def _train(config: Any, workdir: epath.Path, state: train_step.TrainState, progr
   writer = metric_logging.MetricWriter(workdir, tensorboard=config.tensorboard)
   progress = metric_logging.Progress(
       total_steps=config.total_steps, global_batch=config.batch, start_step=step,
-      flops_per_step=metric_logging.step_flops(programs.train_step),
+      flops_per_step=programs.flops_per_step,
       peak=metric_logging.peak_flops(jax.devices()[0].device_kind, config.peak_flops),
       use_clu=config.tensorboard)
   profiler = metric_logging.Profiler(workdir, step + 5, config.profile_steps) if config.profile_steps else None
@@ -299,7 +320,8 @@ def _train(config: Any, workdir: epath.Path, state: train_step.TrainState, progr
   def periodic_work(last: bool, preempted: bool) -> Dict[str, float]:
     """Checkpoint, evaluation and few-shot when due; returns the new eval metrics (empty when none ran)."""
     saving = step % config.checkpoint_every == 0 or last or preempted
-    evaluating = step % config.eval_every == 0 or last
+    due = [e for e in evaluators if last or step % e.every == 0]
+    evaluating = bool(due)
     fewshot_due = fewshot_evaluators and (last or (config.fewshot.every and step % config.fewshot.every == 0))
     if not (saving or evaluating or fewshot_due):
       return {}
@@ -310,7 +332,7 @@ def _train(config: Any, workdir: epath.Path, state: train_step.TrainState, progr
         check_finite()
         ckpt.save(step, state, train_iter.get_state(), force=True)
       if evaluating:
-        metrics = evaluate.evaluate_all(programs.eval_step, state, make_eval_batches)
+        metrics = {k: v for e in due for k, v in e.run(programs.eval_step, state).items()}
         writer.write_scalars(step, metrics)
       if fewshot_due:
         fewshot_metrics = {k: v for e in fewshot_evaluators for k, v in e.run(state.params).items()}
@@ -321,7 +343,7 @@ def _train(config: Any, workdir: epath.Path, state: train_step.TrainState, progr
 
   eval_metrics: Dict[str, float] = {}
   if step >= config.total_steps:  # A finished run started again: report its result.
-    eval_metrics = evaluate.evaluate_all(programs.eval_step, state, make_eval_batches)
+    eval_metrics = {k: v for e in evaluators for k, v in e.run(programs.eval_step, state).items()}
   try:
     while step < config.total_steps:
       with progress.waiting_for_input():

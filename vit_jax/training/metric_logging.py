@@ -12,7 +12,7 @@ import logging
 import math
 import tempfile
 import time
-from typing import Any, Callable, ContextManager, Dict, Iterator, Mapping, Optional
+from typing import Callable, ContextManager, Dict, Iterator, Mapping, Optional
 
 import jax
 from etils import epath
@@ -111,24 +111,15 @@ class MetricWriter:
       self._clu = None
 
 
-def step_flops(compiled: Any) -> Optional[float]:
-  """FLOPs of one call of a compiled (`jit(...).lower(...).compile()`) function, per device; None if unknown."""
-  try:
-    cost = compiled.cost_analysis()
-  except Exception:  # pylint: disable=broad-except  # Not every backend implements it.
-    return None
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else None
-  flops = (cost or {}).get('flops')
-  return float(flops) if flops and flops > 0 else None
-
-
 class Progress:
   """steps/s, images/s (total and per device), MFU, ETA and input wait between reports; clu's ReportProgress too.
 
   Rates count training time only: time spent inside `paused()` (evaluation, checkpoint saves) is left out of the
   window, so a window with an eval reports the same images/s as one without. `input_wait_fraction` is the share
   of the window the loop spent blocked in `waiting_for_input()` (the next batch not ready: a host-side stall).
+  `flops_per_step`: model FLOPs of one step over the global batch (`vit_jax.models.flops.train_step_flops`, not
+  XLA's cost analysis, which counts a scan body once and cuDNN attention as zero); `progress/mfu` divides its rate
+  by `peak` (per device) times the device count.
   """
 
   def __init__(self, *, total_steps: int, global_batch: int, start_step: int, flops_per_step: Optional[float],
@@ -179,8 +170,10 @@ class Progress:
            'progress/images_per_sec_per_device': images_per_sec / jax.device_count(),
            'progress/eta_minutes': (self._total - step) / steps_per_sec / 60,
            'progress/input_wait_fraction': min(wait / secs, 1.)}
-    if self._flops and self._peak:
-      out['progress/mfu'] = self._flops * steps_per_sec / self._peak
+    if self._flops:
+      out['progress/model_flops_per_step'] = self._flops
+      if self._peak:
+        out['progress/mfu'] = self._flops * steps_per_sec / (self._peak * jax.device_count())
     if self._clu is not None:
       self._clu(step, now)  # Logs clu's own progress line (and sets the work unit notes where there are any).
     return {k: v for k, v in out.items() if math.isfinite(v)}
