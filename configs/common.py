@@ -60,7 +60,8 @@ def get_config() -> ml_collections.ConfigDict:
       mu_dtype=_ph(str), linear_end=1e-5, rsqrt_timescale=10_000, adafactor_decay_rate=0.8,
       adafactor_b2_cap=0.999, adafactor_min_dim_to_factor=32,
       lr_mults=(),                 # ((regex, multiplier), ...) over '/'-joined param paths
-      freeze=()))                  # (regex, ...): params that get no updates
+      freeze=(),                   # (regex, ...): params that get no updates
+      layer_decay=_ph(float)))     # layer-wise lr decay (BEiT/MAE fine-tuning), e.g. 0.75: block i at decay^(depth-i)
   c.loss = 'softmax_xent'          # 'softmax_xent' | 'sigmoid_xent' (multi-label, ImageNet-21k)
   c.ema_decay = 0.                 # > 0: keep an EMA of the params and evaluate it beside the raw params
 

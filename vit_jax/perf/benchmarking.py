@@ -47,6 +47,7 @@ class BenchConfig:
   dtype: str = 'bfloat16'          # compute dtype; params, norms' statistics, softmax and logits stay float32
   attention_impl: str = 'xla'      # 'xla' | 'dot_product' | 'cudnn' | 'auto'
   attention_pad: int = 0           # pad the attention sequence to a multiple of this (0: off)
+  patch_dropout: float = 0.        # train step only: drop this fraction of the patch tokens (FLIP)
   remat_policy: str = 'none'       # 'none' | 'full' | 'dots' | 'dots_no_batch'
   scan: bool = False
   mu_dtype: Optional[str] = None   # Adam first-moment dtype (None: float32)
@@ -92,7 +93,8 @@ def build_model(cfg: BenchConfig, **overrides: Any) -> nn.Module:
   if cfg.dtype not in DTYPES:
     raise ValueError(f'Unknown dtype {cfg.dtype!r}; choose one of {", ".join(DTYPES)}.')
   kw = dict(dtype=DTYPES[cfg.dtype], attention_impl=cfg.attention_impl, remat_policy=cfg.remat_policy,
-            scan=cfg.scan, attention_pad_to_multiple=cfg.attention_pad, head_zeroinit=False)
+            scan=cfg.scan, attention_pad_to_multiple=cfg.attention_pad, head_zeroinit=False,
+            patch_dropout=cfg.patch_dropout)
   kw.update(overrides)
   mc = model_config(cfg)
   return models.VisionTransformer(num_classes=cfg.num_classes, **mc, **kw)
@@ -279,7 +281,8 @@ def run(cfg: BenchConfig, peak_tflops: Optional[float] = None) -> Dict[str, Any]
   mc = model_config(cfg)
   res: Dict[str, Any] = {
       'model': cfg.model, 'res': cfg.resolution, 'batch': cfg.batch, 'infer_batch': infer_batch,
-      'dtype': cfg.dtype, 'attn': cfg.attention_impl, 'attn_pad': cfg.attention_pad, 'remat': cfg.remat_policy,
+      'dtype': cfg.dtype, 'attn': cfg.attention_impl, 'attn_pad': cfg.attention_pad,
+      'patch_dropout': cfg.patch_dropout, 'remat': cfg.remat_policy,
       'scan': cfg.scan, 'mu_dtype': cfg.mu_dtype or 'float32', 'mesh': cfg.mesh, 'rules': cfg.rules,
       'devices': len(jax.devices()), 'device_kind': jax.devices()[0].device_kind, 'step_source': prog.api.source,
       'layers': mc['transformer']['num_layers'] if mc.get('transformer') else 0,
