@@ -1,4 +1,6 @@
 """muP's coordinate check ("Tensor Programs V", fig. 5): activation updates stay O(1) as the width grows 4x."""
+import pathlib
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -61,3 +63,38 @@ def test_coordinate_check(mup):
     assert np.all((growth > 0.6) & (growth < 1.6)), growth
   else:  # standard parametrisation: Adam's updates of the hidden matrices grow with the width
     assert np.all(growth > 2.), growth
+
+
+def _readme_mup_commands():
+  readme = (pathlib.Path(__file__).parents[2] / 'README.md').read_text()
+  return [line for line in readme.splitlines() if 'mup_base_width' in line and line.startswith('python -m')]
+
+
+def test_readme_mup_commands_give_the_same_lr_and_mup_scales():
+  """The README's two commands: one base_lr, and the wider model's hidden matrices at base_width / width of it."""
+  import loop_testlib  # pylint: disable=g-import-not-at-top
+  from vit_jax.models import build  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import loop  # pylint: disable=g-import-not-at-top
+  commands = _readme_mup_commands()
+  assert len(commands) == 2
+  ratios = []
+  for command in commands:
+    config = loop_testlib.load_config('default')
+    flags = dict(arg[len('--config.'):].split('=', 1) for arg in command.split() if arg.startswith('--config.'))
+    loop_testlib.apply(config, {k: type_cast(config, k, v) for k, v in flags.items()})
+    model = build.build_model(config.model_name, config.model, 10)
+    section = loop.optim_section(config)
+    params = nn.meta.unbox(jax.eval_shape(lambda m=model: m.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)),
+                                                                  train=False))['params'])
+    scales = optim.mup_lr_scales(params, section['mup_base_width'])
+    ratios.append((section['base_lr'], model.hidden_size,
+                   scales['Transformer']['encoderblock_0']['MlpBlock_0']['Dense_0']['kernel'], scales['head']['kernel']))
+  assert ratios == [(3e-3, 32, 1., 1.), (3e-3, 128, 0.25, 1.)]
+
+
+def type_cast(config, key, text):
+  """A flag's value as the config key's type (ints and floats here)."""
+  node = config
+  for part in key.split('.'):
+    node = node[part]
+  return type(node)(text) if node is not None else int(text)

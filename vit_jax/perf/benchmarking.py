@@ -370,7 +370,8 @@ def _xla_forward_flops(name: str, resolution: int, num_layers: Optional[int], nu
 # Table layout: (column, result key, format).
 COLUMNS = (
     ('model', 'model', '{}'), ('res', 'res', '{}'), ('batch', 'batch', '{}'), ('dtype', 'dtype', '{}'),
-    ('attn', 'attn', '{}'), ('pad', 'attn_pad', '{}'), ('remat', 'remat', '{}'), ('scan', 'scan', '{}'),
+    ('attn', 'attn', '{}'), ('pad', 'attn_pad', '{}'), ('pdrop', 'patch_dropout', '{}'),
+    ('remat', 'remat', '{}'), ('scan', 'scan', '{}'),
     ('mu', 'mu_dtype', '{}'), ('mesh', 'mesh', '{}'), ('compile s', 'compile_s', '{:.1f}'),
     ('train img/s', 'train_img_s', '{:.1f}'), ('step ms', 'train_step_ms', '{:.2f}'),
     ('±%', 'train_spread_%', '{:.0f}'), ('train MFU%', 'train_mfu_%', '{:.1f}'),
