@@ -59,10 +59,12 @@ def test_coordinate_check(mup):
   growth = large / small  # per layer: block 0, block 1, logits
   print(f'mup={mup}: |delta activations| RMS width {BASE_WIDTH} {np.round(small, 4)}, width {4 * BASE_WIDTH} '
         f'{np.round(large, 4)}, growth {np.round(growth, 2)}')
+  # Measured (CPU, float32): muP 1.03 / 1.09 / 0.83, standard 2.01 / 2.26 / 3.08; at the base width both are the
+  # same model, so `small` is identical for the two.
   if mup:
-    assert np.all((growth > 0.6) & (growth < 1.6)), growth
+    assert np.all((growth > 0.7) & (growth < 1.4)), growth
   else:  # standard parametrisation: Adam's updates of the hidden matrices grow with the width
-    assert np.all(growth > 2.), growth
+    assert np.all(growth > 1.8), growth
 
 
 def _readme_mup_commands():
