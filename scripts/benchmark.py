@@ -37,6 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--dtype', default='bfloat16', help='compute dtype: bfloat16 | float32 | float16')
   p.add_argument('--attention_impl', default='xla', help="'xla' | 'dot_product' | 'cudnn' | 'auto'")
   p.add_argument('--attention_pad', type=int, default=0, help='pad attention sequence to a multiple (0: off)')
+  p.add_argument('--patch_dropout', type=float, default=0., help='train: drop this fraction of patch tokens')
   p.add_argument('--remat', default='none', help="remat policy: 'none' | 'full' | 'dots' | 'dots_no_batch'")
   p.add_argument('--scan', action='store_true', help='nn.scan over the layers')
   p.add_argument('--mu_dtype', default=None, help='Adam first-moment dtype, e.g. bfloat16 (default float32)')
@@ -129,6 +130,7 @@ def main(argv=None) -> None:
   base = benchmarking.BenchConfig(
       model=args.model, resolution=args.resolution, batch=args.batch, infer_batch=args.infer_batch,
       dtype=args.dtype, attention_impl=args.attention_impl, attention_pad=args.attention_pad,
+      patch_dropout=args.patch_dropout,
       remat_policy=args.remat, scan=args.scan, mu_dtype=args.mu_dtype, mesh=args.mesh, rules=args.rules,
       num_classes=args.num_classes, num_layers=args.num_layers, steps=args.steps, reps=args.reps,
       warmup=args.warmup, modes=tuple(args.modes.split(',')))

@@ -514,3 +514,65 @@ def test_load_linen_layout_as_written_by_the_reference_save(tmp_path):
   params = _random_params(model, images)
   np.savez(tmp_path / 'linen.npz', **{k: np.asarray(v) for k, v in _flat(params).items()})
   _assert_trees_equal(checkpoint.load(tmp_path / 'linen.npz'), params)
+
+
+# ------------------------------------------------------------------------------ FlexiViT patch-embedding resize
+
+
+def _bilinear_matrix(old, new):
+  """The bilinear (half-pixel centres, no antialias) resize of an old x old patch to new x new, as a matrix,
+  written out from the interpolation weights (independent of jax.image.resize)."""
+  def weights_1d(n_old, n_new):
+    m = np.zeros((n_new, n_old))
+    for i in range(n_new):
+      src = np.clip((i + 0.5) * n_old / n_new - 0.5, 0, n_old - 1)
+      lo = int(np.floor(src))
+      hi = min(lo + 1, n_old - 1)
+      m[i, lo] += 1 - (src - lo)
+      m[i, hi] += src - lo
+    return m
+  w = weights_1d(old, new)
+  return np.kron(w, w)  # (new*new, old*old): rows and columns resized separately
+
+
+@pytest.mark.parametrize('old,new', [(8, 16), (4, 6), (8, 12)])
+def test_pi_resize_preserves_the_patch_embedding_of_upsampled_patches(old, new):
+  rng = np.random.RandomState(0)
+  kernel = rng.normal(size=(old, old, 3, 5)).astype(np.float32)
+  resized = checkpoint.resample_patchemb(kernel, (new, new))
+  assert resized.shape == (new, new, 3, 5)
+  b = _bilinear_matrix(old, new)
+  x = rng.normal(size=(old * old, 3))                 # a patch, pixels x channels
+  x_up = b @ x                                        # the same patch bilinearly upsampled
+  ours = np.einsum('pc,pcd->d', x, kernel.reshape(old * old, 3, 5))
+  theirs = np.einsum('pc,pcd->d', x_up, resized.reshape(new * new, 3, 5).astype(np.float64))
+  np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-4)
+  np.testing.assert_array_equal(checkpoint.resample_patchemb(kernel, (old, old)), kernel)
+
+
+def test_load_pretrained_into_another_patch_size(tmp_path):
+  # 32 px: patch 8 (4x4 grid) -> patch 4 (8x8 grid); the position embeddings follow the grid.
+  src, init, out = _pretrained(tmp_path, _model(patch=8), _model(patch=4))
+  assert out['embedding/kernel'].shape == (4, 4, 3, 32)
+  np.testing.assert_array_equal(out['embedding/kernel'], checkpoint.resample_patchemb(src['embedding/kernel'], (4, 4)))
+  np.testing.assert_array_equal(out[checkpoint.POSEMB_KEY],
+                                checkpoint.resample_posemb(src[checkpoint.POSEMB_KEY], (8, 8), 1))
+  for k in src:
+    if k not in ('embedding/kernel', checkpoint.POSEMB_KEY):
+      np.testing.assert_array_equal(out[k], src[k], err_msg=k)
+
+
+def test_new_options_round_trip_through_npz_and_load_pretrained(tmp_path):
+  """Registers, LayerScale and QK-norm params survive save_npz / load; load_pretrained resamples around registers."""
+  options = dict(num_registers=2, layer_scale_init=0.1, qk_norm=True, use_bias=False)
+  model, images = _model(**options), _images((32, 32))
+  params = _random_params(model, images)
+  checkpoint.save_npz(params, tmp_path / 'm.npz')
+  with np.load(tmp_path / 'm.npz') as f:
+    assert {'reg', 'Transformer/encoderblock_0/LayerScale_1/scale',
+            'Transformer/encoderblock_1/MultiHeadDotProductAttention_1/query_norm/scale'} <= set(f.files)
+  _assert_trees_equal(checkpoint.load(tmp_path / 'm.npz'), params)
+  src, init, out = _pretrained(tmp_path, _model(**options), _model(**options), dst_size=(48, 48))
+  pe = out[checkpoint.POSEMB_KEY]
+  assert pe.shape == (1, 1 + 2 + 36, 32)
+  np.testing.assert_array_equal(pe, checkpoint.resample_posemb(src[checkpoint.POSEMB_KEY], (6, 6), 3))

@@ -263,6 +263,27 @@ def resample_posemb(posemb: Any, new_grid: Grid, num_prefix_tokens: int,
   return np.concatenate([prefix, grid.reshape(1, nh * nw, -1)], axis=1)
 
 
+def resample_patchemb(kernel: Any, new_hw: Sequence[int]) -> np.ndarray:
+  """FlexiViT's pseudo-inverse resize (PI-resize) of a (h, w, in, out) patch-embedding kernel to (new_h, new_w).
+
+  As big_vision's `resample_patchemb` (models/proj/flexi/vit.py): with B the bilinear resize matrix from h x w to
+  new_h x new_w patches (no antialiasing), the new kernel is pinv(B^T) w per (in, out) channel pair, so that
+  <w_new, B x> = <w, x> for every patch x when upsampling (and the least-squares best fit when downsampling).
+  """
+  kernel = np.asarray(jax.device_get(kernel), np.float32)
+  if kernel.ndim != 4:
+    raise ValueError(f'The patch embedding kernel must be (h, w, in, out), got shape {kernel.shape}.')
+  (h, w), (nh, nw) = kernel.shape[:2], (int(new_hw[0]), int(new_hw[1]))
+  if (h, w) == (nh, nw):
+    return kernel
+  basis = np.eye(h * w, dtype=np.float32).reshape(h * w, h, w)  # one old-patch pixel each
+  resized = jax.image.resize(basis, (h * w, nh, nw), method='bilinear', antialias=False)
+  resize_mat = np.asarray(resized, np.float64).reshape(h * w, nh * nw).T  # B: old pixels -> new pixels
+  flat = kernel.reshape(h * w, -1).astype(np.float64)
+  out = np.linalg.pinv(resize_mat.T) @ flat
+  return out.reshape(nh, nw, *kernel.shape[2:]).astype(np.float32)
+
+
 def interpolate_posembed(posemb: Any, num_tokens: int, has_class_token: bool) -> np.ndarray:
   """google-research/vision_transformer's name: `resample_posemb` to a square grid of `num_tokens` positions."""
   prefix = int(has_class_token)
@@ -346,7 +367,8 @@ def load_pretrained(*, pretrained_path: PathLike, init_params: Any, model_config
   As google-research/vision_transformer's: the head is taken from `init_params` when anything about it differs
   (always with `reset_head=True`, never with False); `pre_logits` is dropped when the model has none (and taken
   from `init_params` when the checkpoint has none or another size); position embeddings are resampled to the
-  model's grid (`new_grid`, needed when that grid is not square; `old_grid` likewise for the checkpoint's). Any
+  model's grid (`new_grid`, needed when that grid is not square; `old_grid` likewise for the checkpoint's); a
+  patch embedding of another patch size is PI-resized (`resample_patchemb`, FlexiViT), for plain ViTs. Any
   other difference raises one ValueError. Scanned `init_params` get scanned params; boxed (logically partitioned)
   ones get the same boxes; abstract ones (`jax.eval_shape`) work when nothing needs re-initialising. Loaded values
   are host numpy arrays in `init_params`' dtypes: place them with `jax.device_put(params, shardings)`.
@@ -385,12 +407,20 @@ def load_pretrained(*, pretrained_path: PathLike, init_params: Any, model_config
   elif ckpt_pre_logits:
     logging.info('load_pretrained: pre_logits dropped (the model has no representation layer)')
 
+  patch_key = 'embedding/kernel'
+  if patch_key in restored and patch_key in target and 'block1/unit1/conv1/kernel' not in target:
+    old, new = _shape(restored[patch_key]), _shape(target[patch_key])
+    if len(old) == len(new) == 4 and old[2:] == new[2:] and old[:2] != new[:2]:
+      logging.info('load_pretrained: patch embedding PI-resized from %s to %s', old[:2], new[:2])
+      restored[patch_key] = resample_patchemb(restored[patch_key], new[:2])
+
   if POSEMB_KEY in restored and POSEMB_KEY in target:
     old, new = _shape(restored[POSEMB_KEY]), _shape(target[POSEMB_KEY])
-    prefix = int('cls' in restored)
+    prefix = int('cls' in restored) + (_shape(restored['reg'])[1] if 'reg' in restored else 0)
     grid_old = _grid(old_grid) if old_grid is not None else _square_grid(old[1] - prefix)
     grid_new = _grid(new_grid) if new_grid is not None else _square_grid(new[1] - prefix)
-    if (prefix == int('cls' in target) and old[2] == new[2] and grid_new is not None
+    target_prefix = int('cls' in target) + (_shape(target['reg'])[1] if 'reg' in target else 0)
+    if (prefix == target_prefix and old[2] == new[2] and grid_new is not None
         and (old != new or grid_old != grid_new)):
       logging.info('load_pretrained: position embeddings resampled from %s to %s', old, new)
       restored[POSEMB_KEY] = resample_posemb(restored[POSEMB_KEY], grid_new, prefix, old_grid=old_grid)

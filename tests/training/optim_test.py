@@ -215,3 +215,57 @@ def test_reads_config_dict():
   tx, schedule = optim.make_optimizer(ml_collections.ConfigDict({**BASE, 'optimizer': 'sgd'}))
   assert float(schedule(10)) == 1.
   assert isinstance(tx, optax.GradientTransformation)
+
+
+# ---------------------------------------------------------------------------------- layer-wise lr decay and muP
+
+
+def _tiny_vit_params(scan=False, **kw):
+  model = models.get_model('S/8', num_classes=3, hidden_size=16, scan=scan, num_registers=1,
+                           transformer={'num_layers': 3, 'mlp_dim': 32, 'num_heads': 2}, **kw)
+  shapes = nn.meta.unbox(jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
+                                        jnp.zeros((1, 16, 16, 3)))['params'])
+  return jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), shapes)
+
+
+def _ratios(cfg, params):
+  """update / grad per leaf for one step of SGD at lr 1 with unit gradients."""
+  tx, _ = optim.make_optimizer({'optimizer': 'sgd', 'momentum': 0., 'base_lr': 1., 'total_steps': 10,
+                                'decay_type': 'constant', **cfg})
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  return jax.tree.map(lambda u: -np.asarray(u), updates)
+
+
+def test_layer_decay_factors_per_parameter():
+  d = 0.5
+  ratios = _ratios({'layer_decay': d}, _tiny_vit_params())
+  flat = dict(zip(_paths(ratios), jax.tree.leaves(ratios)))
+  want = {'head/kernel': 1., 'head/bias': 1., 'Transformer/encoder_norm/scale': 1.,
+          'Transformer/encoderblock_2/MlpBlock_0/Dense_0/kernel': d, 'Transformer/encoderblock_1/LayerNorm_0/bias': d**2,
+          'Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel': d**3,
+          'embedding/kernel': d**4, 'cls': d**4, 'reg': d**4, 'Transformer/posembed_input/pos_embedding': d**4}
+  for name, factor in want.items():
+    np.testing.assert_allclose(flat[name], factor, rtol=1e-6, err_msg=name)
+  # Every leaf is one of those classes: nothing falls through to another factor.
+  assert {float(np.unique(v)[0]) for v in flat.values()} == {1., d, d**2, d**3, d**4}
+
+
+def test_layer_decay_scanned_equals_looped_and_composes_with_freeze():
+  looped = _ratios({'layer_decay': 0.7, 'freeze': ['head/.*']}, _tiny_vit_params())
+  scanned = _ratios({'layer_decay': 0.7, 'freeze': ['head/.*']}, _tiny_vit_params(scan=True))
+  stacked = models.stack_encoder_blocks(looped)
+  for a, b in zip(jax.tree.leaves(stacked), jax.tree.leaves(scanned)):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+  np.testing.assert_array_equal(looped['head']['kernel'], 0.)  # frozen stays frozen
+  with pytest.raises(ValueError, match='layer_decay=1.5 must be in'):
+    optim.make_optimizer({**BASE, 'layer_decay': 1.5})
+
+
+def test_mup_lr_factors_per_parameter():
+  ratios = _ratios({'mup_base_width': 4}, _tiny_vit_params())  # width 16: m = 4
+  flat = dict(zip(_paths(ratios), jax.tree.leaves(ratios)))
+  hidden = {k for k in flat if k.startswith('Transformer/encoderblock_') and k.endswith('/kernel')}
+  assert len(hidden) == 3 * 6  # q, k, v, out, two MLP kernels per block
+  for name, value in flat.items():
+    np.testing.assert_allclose(value, 0.25 if name in hidden else 1., err_msg=name)

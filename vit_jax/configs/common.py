@@ -37,7 +37,15 @@ def get_config() -> ml_collections.ConfigDict:
       representation_size=_ph(int),  # 0 removes the pre-logits layer of a model that has one
       resnet_num_layers=_ph(tuple),  # hybrids: units per ResNet stage after the root, e.g. (3, 4, 9)
       posemb='learn', head_bias_init=0., head_zeroinit=True, stochastic_depth=0.,
-      dtype='float32', attention_impl='xla', scan=False, remat_policy='none'))
+      dtype='float32', attention_impl='xla', scan=False, remat_policy='none',
+      # Options of current ViT research (README, "Model options"); the defaults compute the published function.
+      num_registers=0,             # learned register tokens after the class token ("ViTs Need Registers")
+      layer_scale_init=_ph(float),  # LayerScale on every residual branch from this value, e.g. 1e-4 (CaiT/DeiT III)
+      qk_norm=False,               # LayerNorm on each head's queries and keys (ViT-22B)
+      parallel_block=False,        # attention and MLP in parallel from one LayerNorm (ViT-22B)
+      use_bias=True,               # False: no biases in the q/k/v/out and MLP projections
+      patch_dropout=0.,            # training: drop this fraction of the patch tokens (FLIP), e.g. 0.5
+      mup_base_width=_ph(int)))    # muP (with optim): the width whose tuned lr carries over to wider models
   c.model_init = _ph(str)          # published .npz to start from (fine-tuning); see the resume order in train.py
 
   # --- Optimisation (vit_jax.training.optim): schedule keys at the top level as in vit_jax, the rest in `optim`.
@@ -52,7 +60,8 @@ def get_config() -> ml_collections.ConfigDict:
       mu_dtype=_ph(str), linear_end=1e-5, rsqrt_timescale=10_000, adafactor_decay_rate=0.8,
       adafactor_b2_cap=0.999, adafactor_min_dim_to_factor=32,
       lr_mults=(),                 # ((regex, multiplier), ...) over '/'-joined param paths
-      freeze=()))                  # (regex, ...): params that get no updates
+      freeze=(),                   # (regex, ...): params that get no updates
+      layer_decay=_ph(float)))     # layer-wise lr decay (BEiT/MAE fine-tuning), e.g. 0.75: block i at decay^(depth-i)
   c.loss = 'softmax_xent'          # 'softmax_xent' | 'sigmoid_xent' (multi-label, ImageNet-21k)
   c.ema_decay = 0.                 # > 0: keep an EMA of the params and evaluate it beside the raw params
 

@@ -14,7 +14,8 @@ from vit_jax.models import vit
 _TRANSFORMER_KEYS = ('num_layers', 'num_heads', 'mlp_dim', 'dropout_rate', 'attention_dropout_rate')
 # `config.model` keys passed to `VisionTransformer` as they are.
 _OPTION_KEYS = ('posemb', 'head_bias_init', 'head_zeroinit', 'stochastic_depth', 'attention_impl', 'scan',
-                'remat_policy')
+                'remat_policy', 'num_registers', 'layer_scale_init', 'qk_norm', 'parallel_block', 'use_bias',
+                'patch_dropout', 'mup_base_width')
 
 
 def resnet_override(model: Mapping[str, Any]) -> Optional[tuple]:

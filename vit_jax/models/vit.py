@@ -97,18 +97,19 @@ class MlpBlock(Module):
   dtype: Dtype = jnp.float32
   dropout_rate: float = 0.
   deterministic: bool = True
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, inputs: Array) -> Array:
     d = inputs.shape[-1]
     bias_init = nn.initializers.normal(stddev=1e-6)
-    x = nn.Dense(self.mlp_dim, dtype=self.dtype,
+    x = nn.Dense(self.mlp_dim, dtype=self.dtype, use_bias=self.use_bias,
                  kernel_init=_logical(nn.initializers.xavier_uniform(), ('embed', 'mlp')),
                  bias_init=_logical(bias_init, ('mlp',)))(inputs)
     x = nn.with_logical_constraint(x, ('batch', 'length', 'mlp'))
     x = nn.gelu(x, approximate=True)
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=self.deterministic)
-    x = nn.Dense(d, dtype=self.dtype,
+    x = nn.Dense(d, dtype=self.dtype, use_bias=self.use_bias,
                  kernel_init=_logical(nn.initializers.xavier_uniform(), ('mlp', 'embed')),
                  bias_init=_logical(bias_init, ('embed',)))(x)
     return nn.Dropout(rate=self.dropout_rate)(x, deterministic=self.deterministic)
@@ -138,9 +139,13 @@ def _attention_logits_bwd(res: Tuple[Array, Array], g: Array) -> Tuple[Array, Ar
 _attention_logits.defvjp(_attention_logits_fwd, _attention_logits_bwd)
 
 
-def _attention_weights(q: Array, k: Array, key_mask: Optional[Array] = None) -> Array:
-  """softmax(q k^T / sqrt(head_dim)) with float32 statistics; q, k are BQHD / BKHD, weights BHQK."""
-  q = q / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+def _attention_weights(q: Array, k: Array, key_mask: Optional[Array] = None,
+                       scale: Optional[float] = None) -> Array:
+  """softmax(q k^T * scale) (scale 1/sqrt(head_dim) unless given) with float32 statistics; q, k BQHD / BKHD."""
+  if scale is None:
+    q = q / jnp.sqrt(q.shape[-1]).astype(q.dtype)
+  else:
+    q = q * jnp.asarray(scale, q.dtype)
   if q.dtype == jnp.float32:  # nothing to cast: keep the einsum's own gradient
     logits = jnp.einsum('bqhd,bkhd->bhqk', q, k)
   else:
@@ -162,6 +167,7 @@ class Projection(Module):
   kernel_axes: Axes
   bias_axes: Axes
   dtype: Dtype = jnp.float32
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -169,6 +175,9 @@ class Projection(Module):
     n_in, n_out = len(in_shape), len(self.features)
     init = nn.initializers.xavier_uniform(in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, n_in + n_out)))
     kernel = self.param('kernel', _logical(init, self.kernel_axes), in_shape + tuple(self.features))
+    if not self.use_bias:
+      x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+      return jax.lax.dot_general(x, kernel, (((tuple(range(x.ndim - n_in, x.ndim))), tuple(range(n_in))), ((), ())))
     bias = self.param('bias', _logical(nn.initializers.zeros, self.bias_axes), tuple(self.features))
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     y = jax.lax.dot_general(x, kernel, (((tuple(range(x.ndim - n_in, x.ndim))), tuple(range(n_in))), ((), ())))
@@ -193,6 +202,10 @@ class MultiHeadDotProductAttention(Module):
   for fused kernels with fixed tiles; 197 tokens -> 200/256), masks the padded keys and drops the padded outputs,
   so the result is the same function. The 'cudnn' path always pads to an even length (jax's cuDNN training rule
   needs one).
+
+  `qk_norm`: LayerNorm over each head's queries and keys before the dot product (ViT-22B; timm's `qk_norm`), one
+  scale and bias of size head_dim shared by the heads. `use_bias`: biases on the q/k/v/out projections.
+  `logit_scale`: the factor on q k^T (None: 1/sqrt(head_dim); muP uses ~1/head_dim).
   """
 
   num_heads: int
@@ -201,6 +214,9 @@ class MultiHeadDotProductAttention(Module):
   deterministic: bool = True
   impl: str = 'xla'
   pad_to_multiple: int = 0
+  qk_norm: bool = False
+  use_bias: bool = True
+  logit_scale: Optional[float] = None
 
   def _resolve_impl(self, need_weights: bool) -> str:
     if need_weights or (self.dropout_rate > 0 and not self.deterministic):
@@ -217,10 +233,13 @@ class MultiHeadDotProductAttention(Module):
       raise ValueError(f'hidden_size {d} is not divisible by num_heads {self.num_heads}.')
     head_dim = d // self.num_heads
     qkv = functools.partial(Projection, features=(self.num_heads, head_dim), in_dims=1, dtype=self.dtype,
-                            kernel_axes=('embed', 'heads', 'kv'), bias_axes=('heads', 'kv'))
+                            kernel_axes=('embed', 'heads', 'kv'), bias_axes=('heads', 'kv'), use_bias=self.use_bias)
     q = qkv(name='query')(inputs_q)
     k = qkv(name='key')(inputs_kv)
     v = qkv(name='value')(inputs_kv)
+    if self.qk_norm:
+      q = _head_norm(self.dtype, 'query_norm')(q)
+      k = _head_norm(self.dtype, 'key_norm')(k)
 
     need_weights = self.is_mutable_collection('intermediates')
     impl = self._resolve_impl(need_weights)
@@ -235,7 +254,7 @@ class MultiHeadDotProductAttention(Module):
     padded = k.shape[1] != kv_len
     if impl == 'xla':
       mask = (jnp.arange(k.shape[1]) < kv_len) if padded else None
-      weights = _attention_weights(q, k, mask)
+      weights = _attention_weights(q, k, mask, self.logit_scale)
       self.sow('intermediates', 'attention_weights', weights[:, :, :q_len, :kv_len])
       weights = nn.Dropout(rate=self.dropout_rate, broadcast_dims=())(
           weights, deterministic=self.deterministic)
@@ -243,17 +262,45 @@ class MultiHeadDotProductAttention(Module):
     else:
       lengths = jnp.full((k.shape[0],), kv_len, jnp.int32) if padded else None
       x = jax.nn.dot_product_attention(
-          q, k, v, key_value_seq_lengths=lengths, implementation=None if impl == 'dot_product' else impl)
+          q, k, v, key_value_seq_lengths=lengths, scale=self.logit_scale,
+          implementation=None if impl == 'dot_product' else impl)
     x = x[:, :q_len]
 
     return Projection(features=(d,), in_dims=2, dtype=self.dtype, kernel_axes=('heads', 'kv', 'embed'),
-                      bias_axes=('embed',), name='out')(x)
+                      bias_axes=('embed',), use_bias=self.use_bias, name='out')(x)
 
 
 def _layer_norm(dtype: Dtype, name: Optional[str] = None) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=1e-6, dtype=dtype, name=name,
                       scale_init=_logical(nn.initializers.ones, ('embed',)),
                       bias_init=_logical(nn.initializers.zeros, ('embed',)))
+
+
+def _head_norm(dtype: Dtype, name: str) -> nn.LayerNorm:
+  """LayerNorm over the last (head_dim) axis of BTHD queries or keys."""
+  return nn.LayerNorm(epsilon=1e-6, dtype=dtype, name=name,
+                      scale_init=_logical(nn.initializers.ones, ('kv',)),
+                      bias_init=_logical(nn.initializers.zeros, ('kv',)))
+
+
+class LayerScale(Module):
+  """A learned per-channel scale on a residual branch (CaiT, DeiT III), initialised to `init_value`."""
+
+  init_value: float
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = self.param('scale', _logical(nn.initializers.constant(self.init_value), ('embed',)), (x.shape[-1],))
+    return x * scale.astype(x.dtype)
+
+
+def _patch_dropout(x: Array, rate: float, num_prefix_tokens: int, rng: jax.Array) -> Array:
+  """Keeps a random max(1, int(n (1 - rate))) of each example's n patch tokens (FLIP); prefix tokens stay first."""
+  prefix, patches = x[:, :num_prefix_tokens], x[:, num_prefix_tokens:]
+  keep = max(1, int(patches.shape[1] * (1. - rate)))
+  _, idx = jax.lax.top_k(jax.random.uniform(rng, patches.shape[:2]), keep)  # a random subset, per example
+  patches = jnp.take_along_axis(patches, idx[..., None], axis=1)
+  return jnp.concatenate([prefix, patches], axis=1)
 
 
 def _drop_path(x: Array, rate: Array, rng: jax.Array) -> Array:
@@ -264,7 +311,12 @@ def _drop_path(x: Array, rate: Array, rng: jax.Array) -> Array:
 
 
 class Encoder1DBlock(Module):
-  """Pre-LayerNorm transformer block: x + MHA(LN(x)), then x + MLP(LN(x)), with optional drop-path."""
+  """Pre-LayerNorm transformer block: x + MHA(LN(x)), then x + MLP(LN(x)), with optional drop-path.
+
+  `parallel`: x + MHA(LN(x)) + MLP(LN(x)) from one LayerNorm (ViT-22B; timm's `ParallelScalingBlock`).
+  `layer_scale_init`: a learned per-channel scale on each residual branch (one on the sum when parallel), from
+  this value (None: none).
+  """
 
   mlp_dim: int
   num_heads: int
@@ -275,23 +327,37 @@ class Encoder1DBlock(Module):
   attention_pad_to_multiple: int = 0
   deterministic: bool = True
   drop_path: bool = False   # static: no rng draws at all when stochastic depth is off
+  qk_norm: bool = False
+  use_bias: bool = True
+  layer_scale_init: Optional[float] = None
+  parallel: bool = False
+  attention_logit_scale: Optional[float] = None
 
   @nn.compact
   def __call__(self, inputs: Array, droppath_rate: Array) -> Tuple[Array, None]:
     x = nn.with_logical_constraint(inputs, ('batch', 'length', 'embed'))
     y = _layer_norm(self.dtype)(x)
-    y = MultiHeadDotProductAttention(
+    a = MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.attention_dropout_rate,
         deterministic=self.deterministic, impl=self.attention_impl,
-        pad_to_multiple=self.attention_pad_to_multiple)(y, y)
-    y = nn.Dropout(rate=self.dropout_rate)(y, deterministic=self.deterministic)
-    x = x + self._maybe_drop_path(y, droppath_rate)
+        pad_to_multiple=self.attention_pad_to_multiple, qk_norm=self.qk_norm, use_bias=self.use_bias,
+        logit_scale=self.attention_logit_scale)(y, y)
+    a = nn.Dropout(rate=self.dropout_rate)(a, deterministic=self.deterministic)
+    if self.parallel:
+      y = a + MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, dropout_rate=self.dropout_rate,
+                       deterministic=self.deterministic, use_bias=self.use_bias)(y)
+      x = x + self._maybe_drop_path(self._maybe_layer_scale(y), droppath_rate)
+      return nn.with_logical_constraint(x, ('batch', 'length', 'embed')), None
+    x = x + self._maybe_drop_path(self._maybe_layer_scale(a), droppath_rate)
 
     y = _layer_norm(self.dtype)(x)
     y = MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, dropout_rate=self.dropout_rate,
-                 deterministic=self.deterministic)(y)
-    x = x + self._maybe_drop_path(y, droppath_rate)
+                 deterministic=self.deterministic, use_bias=self.use_bias)(y)
+    x = x + self._maybe_drop_path(self._maybe_layer_scale(y), droppath_rate)
     return nn.with_logical_constraint(x, ('batch', 'length', 'embed')), None
+
+  def _maybe_layer_scale(self, y: Array) -> Array:
+    return y if self.layer_scale_init is None else LayerScale(self.layer_scale_init)(y)
 
   def _maybe_drop_path(self, y: Array, rate: Array) -> Array:
     if self.deterministic or not self.drop_path:
@@ -315,8 +381,10 @@ class Encoder(Module):
   stochastic_depth: float = 0.
   posemb: str = 'learn'
   grid: Tuple[int, int] = (0, 0)   # patch grid (h, w), for sincos2d embeddings
-  num_prefix_tokens: int = 0       # class token(s) in front of the grid, for sincos2d embeddings
+  num_prefix_tokens: int = 0       # class and register tokens in front of the grid (sincos2d, patch dropout)
   train: bool = False
+  patch_dropout: float = 0.        # training only: drop this fraction of the patch tokens after the posemb
+  block_options: Optional[Mapping[str, Any]] = None  # Encoder1DBlock's qk_norm, use_bias, layer_scale_init, ...
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -327,6 +395,8 @@ class Encoder(Module):
       pe = np.concatenate([np.zeros((1, self.num_prefix_tokens, x.shape[-1]), np.float32), pe], axis=1)
       x = x + jnp.asarray(pe, x.dtype)
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not self.train)
+    if self.train and self.patch_dropout > 0:
+      x = _patch_dropout(x, self.patch_dropout, self.num_prefix_tokens, self.make_rng('dropout'))
 
     # Linearly increasing stochastic depth over the layers (0 for the first, `stochastic_depth` for the last).
     rates = jnp.asarray(np.linspace(0., self.stochastic_depth, self.num_layers), jnp.float32)
@@ -334,7 +404,7 @@ class Encoder(Module):
         mlp_dim=self.mlp_dim, num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.dropout_rate,
         attention_dropout_rate=self.attention_dropout_rate, attention_impl=self.attention_impl,
         attention_pad_to_multiple=self.attention_pad_to_multiple, deterministic=not self.train,
-        drop_path=self.stochastic_depth > 0)
+        drop_path=self.stochastic_depth > 0, **(self.block_options or {}))
     block = Encoder1DBlock
     if self.remat_policy != 'none':
       block = nn.remat(block, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=not self.scan)
@@ -380,6 +450,13 @@ class VisionTransformer(Module):
 
   `__call__(images NHWC in [-1, 1], *, train)` returns float32 logits (B, num_classes), or the pre-logits features
   when `num_classes` is 0/None; for 'unpooled'/'token_unpooled' one output per token.
+
+  Options of current ViT research, all off by default (the published function):
+  `num_registers` learned tokens `reg` after the class token (posemb added, dropped before pooling; "Vision
+  Transformers Need Registers"); `layer_scale_init` (CaiT / DeiT III LayerScale); `qk_norm` and `parallel_block`
+  (ViT-22B); `use_bias=False` drops the q/k/v/out and MLP biases; `patch_dropout` keeps a random
+  1 - patch_dropout of the patch tokens in training (FLIP); `mup_base_width` switches on muP's forward pass (see
+  `vit_jax.training.optim.mup_lr_scales` for the table).
   """
 
   num_classes: Optional[int]
@@ -399,6 +476,13 @@ class VisionTransformer(Module):
   scan: bool = False
   remat_policy: str = 'none'
   stochastic_depth: float = 0.
+  num_registers: int = 0
+  layer_scale_init: Optional[float] = None
+  qk_norm: bool = False
+  parallel_block: bool = False
+  use_bias: bool = True
+  patch_dropout: float = 0.
+  mup_base_width: Optional[int] = None
 
   def _check(self) -> None:
     for name, value, allowed in (('classifier', self.classifier, CLASSIFIERS),
@@ -407,6 +491,19 @@ class VisionTransformer(Module):
                                  ('posemb', self.posemb, POSEMBS)):
       if value not in allowed:
         raise ValueError(f'Unknown {name}={value!r}; choose one of {", ".join(allowed)}.')
+    if not 0 <= self.patch_dropout < 1:
+      raise ValueError(f'patch_dropout={self.patch_dropout} must be in [0, 1); it is the fraction of patch tokens '
+                       'dropped in training.')
+    if self.num_registers < 0:
+      raise ValueError(f'num_registers={self.num_registers} must be >= 0.')
+
+  def _mup_attention_logit_scale(self) -> Optional[float]:
+    """muP: q k^T / head_dim instead of / sqrt(head_dim), equal to the standard scale at the base width."""
+    if not self.mup_base_width:
+      return None
+    heads = _get(self.transformer, 'num_heads')
+    head_dim, base_head_dim = self.hidden_size / heads, self.mup_base_width / heads
+    return float(np.sqrt(base_head_dim) / head_dim)
 
   @nn.compact
   def __call__(self, inputs: Array, *, train: bool) -> Array:
@@ -433,11 +530,23 @@ class VisionTransformer(Module):
         cls = self.param('cls', _logical(nn.initializers.zeros, (None, None, 'embed')), (1, 1, c))
         x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), [n, 1, 1]), x], axis=1)
         prefix = 1
+      num_cls = prefix
+      if self.num_registers:
+        # DINOv2's (and timm's) init; the position embedding gives each register its own start.
+        reg = self.param('reg', _logical(nn.initializers.normal(stddev=1e-6), (None, None, 'embed')),
+                         (1, self.num_registers, c))
+        x = jnp.concatenate([x[:, :num_cls], jnp.tile(reg.astype(x.dtype), [n, 1, 1]), x[:, num_cls:]], axis=1)
+        prefix += self.num_registers
+      block_options = dict(qk_norm=self.qk_norm, use_bias=self.use_bias, layer_scale_init=self.layer_scale_init,
+                           parallel=self.parallel_block, attention_logit_scale=self._mup_attention_logit_scale())
       x = Encoder(name='Transformer', **self.transformer, dtype=self.dtype,
                   attention_impl=self.attention_impl, attention_pad_to_multiple=self.attention_pad_to_multiple,
                   scan=self.scan, remat_policy=self.remat_policy,
                   stochastic_depth=self.stochastic_depth, posemb=self.posemb, grid=(h, w),
-                  num_prefix_tokens=prefix, train=train)(x)
+                  num_prefix_tokens=prefix, train=train, patch_dropout=self.patch_dropout,
+                  block_options=block_options)(x)
+      if self.num_registers:  # registers only carry computation: no output, no pooling
+        x = jnp.concatenate([x[:, :num_cls], x[:, num_cls + self.num_registers:]], axis=1)
 
     if self.classifier == 'token':
       x = x[:, 0]
@@ -455,6 +564,8 @@ class VisionTransformer(Module):
       x = nn.tanh(x)
 
     if self.num_classes:
+      if self.mup_base_width:  # muP's output multiplier (1 at the base width)
+        x = x * (self.mup_base_width / self.hidden_size)
       kernel_init = nn.initializers.zeros if self.head_zeroinit else nn.initializers.lecun_normal()
       x = nn.Dense(self.num_classes, name='head', dtype=jnp.float32,
                    kernel_init=_logical(kernel_init, ('embed', 'classes')),

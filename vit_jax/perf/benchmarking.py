@@ -50,6 +50,7 @@ class BenchConfig:
   dtype: str = 'bfloat16'          # compute dtype; params, norms' statistics, softmax and logits stay float32
   attention_impl: str = 'xla'      # 'xla' | 'dot_product' | 'cudnn' | 'auto'
   attention_pad: int = 0           # pad the attention sequence to a multiple of this (0: off)
+  patch_dropout: float = 0.        # train step only: drop this fraction of the patch tokens (FLIP)
   remat_policy: str = 'none'       # 'none' | 'full' | 'dots' | 'dots_no_batch'
   scan: bool = False
   mu_dtype: Optional[str] = None   # Adam first-moment dtype (None: float32)
@@ -95,7 +96,8 @@ def build_model(cfg: BenchConfig, **overrides: Any) -> nn.Module:
   if cfg.dtype not in DTYPES:
     raise ValueError(f'Unknown dtype {cfg.dtype!r}; choose one of {", ".join(DTYPES)}.')
   kw = dict(dtype=DTYPES[cfg.dtype], attention_impl=cfg.attention_impl, remat_policy=cfg.remat_policy,
-            scan=cfg.scan, attention_pad_to_multiple=cfg.attention_pad, head_zeroinit=False)
+            scan=cfg.scan, attention_pad_to_multiple=cfg.attention_pad, head_zeroinit=False,
+            patch_dropout=cfg.patch_dropout)
   kw.update(overrides)
   mc = model_config(cfg)
   return models.VisionTransformer(num_classes=cfg.num_classes, **mc, **kw)
@@ -275,7 +277,8 @@ def run(cfg: BenchConfig, peak_tflops: Optional[float] = None) -> Dict[str, Any]
   mc = model_config(cfg)
   res: Dict[str, Any] = {
       'model': cfg.model, 'res': cfg.resolution, 'batch': cfg.batch, 'infer_batch': infer_batch,
-      'dtype': cfg.dtype, 'attn': cfg.attention_impl, 'attn_pad': cfg.attention_pad, 'remat': cfg.remat_policy,
+      'dtype': cfg.dtype, 'attn': cfg.attention_impl, 'attn_pad': cfg.attention_pad,
+      'patch_dropout': cfg.patch_dropout, 'remat': cfg.remat_policy,
       'scan': cfg.scan, 'mu_dtype': cfg.mu_dtype or 'float32', 'mesh': cfg.mesh, 'rules': cfg.rules,
       'devices': len(jax.devices()), 'device_kind': jax.devices()[0].device_kind, 'step_source': prog.api.source,
       'layers': mc['transformer']['num_layers'] if mc.get('transformer') else 0,
@@ -358,7 +361,8 @@ def _xla_forward_flops(name: str, resolution: int, num_layers: Optional[int], nu
 # Table layout: (column, result key, format).
 COLUMNS = (
     ('model', 'model', '{}'), ('res', 'res', '{}'), ('batch', 'batch', '{}'), ('dtype', 'dtype', '{}'),
-    ('attn', 'attn', '{}'), ('pad', 'attn_pad', '{}'), ('remat', 'remat', '{}'), ('scan', 'scan', '{}'),
+    ('attn', 'attn', '{}'), ('pad', 'attn_pad', '{}'), ('pdrop', 'patch_dropout', '{}'),
+    ('remat', 'remat', '{}'), ('scan', 'scan', '{}'),
     ('mu', 'mu_dtype', '{}'), ('mesh', 'mesh', '{}'), ('compile s', 'compile_s', '{:.1f}'),
     ('train img/s', 'train_img_s', '{:.1f}'), ('step ms', 'train_step_ms', '{:.2f}'),
     ('±%', 'train_spread_%', '{:.0f}'), ('train MFU%', 'train_mfu_%', '{:.1f}'),

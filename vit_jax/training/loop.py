@@ -61,6 +61,7 @@ def optim_section(config: Any) -> Dict[str, Any]:
   """The keys vit_jax.training.optim reads: `config.optim` plus the schedule keys kept at the top level."""
   section = config.optim.to_dict()
   section.update({k: config[k] for k in _TOP_LEVEL_OPTIM_KEYS})
+  section['mup_base_width'] = config.model.get('mup_base_width')  # muP's per-layer lr needs the model's base width
   return section
 
 

@@ -11,6 +11,9 @@ The chain, per trainable parameter, in order:
   -> * lr multiplier (first matching `lr_mults` regex)
 Frozen parameters (`freeze` regexes) get updates of -0.0 (bitwise no-ops) and carry no optimizer state.
 A `freeze` or `lr_mults` regex that matches no parameter is an error at `tx.init`, not a silent no-op.
+Then, over all parameters (frozen ones stay -0.0):
+  -> * layer-wise lr decay (`layer_decay`; see `layer_decay_scales`)
+  -> * muP's per-layer Adam lr (`mup_base_width`; see `mup_lr_scales`)
 
 Parameter paths are the '/'-joined dict keys, e.g. 'Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel';
 regexes must match the whole path (`re.fullmatch`).
@@ -20,6 +23,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 Schedule = Callable[[Any], jax.Array]
@@ -48,6 +52,8 @@ DEFAULTS = {
     'adafactor_min_dim_to_factor': 32,  # adafactor factors dims at least this large
     'lr_mults': (),              # ((regex, multiplier), ...): first match wins
     'freeze': (),                # (regex, ...): matching params get zero updates
+    'layer_decay': None,         # BEiT/MAE layer-wise lr decay, e.g. 0.75 (None: off); see layer_decay_scales
+    'mup_base_width': None,      # muP: the base width (config.model.mup_base_width; None: off); see mup_lr_scales
 }
 OPTIMIZERS = ('adam', 'adamw', 'sgd', 'adafactor')
 DECAY_TYPES = ('cosine', 'linear', 'rsqrt', 'constant')
@@ -168,6 +174,85 @@ def freeze_transform() -> optax.GradientTransformation:
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+def _num_layers(tree: Any) -> int:
+  """Encoder blocks of a ViT param tree: looped `encoderblock_{i}` keys or the scanned leading axis."""
+  enc = tree['Transformer'] if hasattr(tree, 'keys') and 'Transformer' in tree else {}
+  looped = [k for k in enc if re.fullmatch(r'encoderblock_\d+', k)]
+  if looped:
+    return len(looped)
+  stacked = jax.tree.leaves(enc.get('encoderblock', {}))
+  return stacked[0].shape[0] if stacked else 0
+
+
+# Parameters at the head end (base lr under layer decay); everything outside the blocks and these is an embedding.
+_HEAD_SIDE = ('head/', 'pre_logits/', 'MAPHead_0/', 'Transformer/encoder_norm/')
+
+
+def layer_decay_scales(params: Any, decay: float) -> Any:
+  """Per-leaf lr factors of layer-wise lr decay (BEiT, MAE fine-tuning), for a looped or scanned ViT.
+
+  The head, pre-logits, MAP head and final norm: 1; block i (0-based) of `depth`: decay^(depth - i); the embeddings
+  (patch embedding and any ResNet root, class token, registers, position embedding): decay^(depth + 1). Scanned
+  blocks get a (depth, 1, ...) array, one factor per layer along the stacked axis.
+  """
+  depth = _num_layers(params)
+  if not depth:
+    raise ValueError('config.optim.layer_decay needs a ViT with encoder blocks (Transformer/encoderblock*); '
+                     'unset it for this model.')
+
+  def scale(path, x):
+    m = re.match(r'Transformer/encoderblock_(\d+)/', path)
+    if m:
+      return decay ** (depth - int(m.group(1)))
+    if path.startswith('Transformer/encoderblock/'):
+      factors = decay ** (depth - np.arange(depth, dtype=np.float64))
+      return factors.reshape((depth,) + (1,) * (np.ndim(x) - 1)).astype(np.float32)
+    if path.startswith(_HEAD_SIDE):
+      return 1.
+    return decay ** (depth + 1)
+  return _map_paths(scale, params)
+
+
+def mup_lr_scales(params: Any, base_width: int) -> Any:
+  """Per-leaf Adam lr factors of muP ("Tensor Programs V", Table 3, in the multiplier form of its Table 8).
+
+  With width = hidden_size and m = width / base_width (1 at the base width, where muP is the standard model):
+
+    parameter                                       init                   multiplier    Adam lr
+    input-like: patch embedding, cls, registers,    as standard (var       1             lr
+      posemb, all biases, LayerNorm scales           1/fan_in; fan_in
+                                                     is fixed: 3 p^2)
+    hidden: q/k/v/out, MLP, MAP head and pre-logits  var ~ 1/fan_in          1             lr / m
+      kernels                                        (Xavier)
+    output: head kernel                              zero (head_zeroinit)   1 / m         lr
+                                                     or var 1/fan_in
+    attention logits                                 -                      q.k / d (x sqrt(d_base)) instead of
+                                                                            q.k / sqrt(d)
+
+  The model side (output multiplier, attention scale) is `VisionTransformer(mup_base_width=...)`; this is the
+  optimizer side: `lr / m` on the hidden kernels, 1 on the rest.
+  """
+  widths = {x.shape[-1] for p, x in jax.tree_util.tree_leaves_with_path(params)
+            if path_str(p) in ('embedding/bias', 'Transformer/encoder_norm/scale')}
+  if len(widths) != 1:
+    raise ValueError('config.model.mup_base_width needs a ViT param tree (embedding/bias, '
+                     'Transformer/encoder_norm/scale); unset it for this model.')
+  m = widths.pop() / float(base_width)
+
+  def scale(path, x):
+    hidden = path.endswith('/kernel') and path.startswith(('Transformer/', 'MAPHead_0/', 'pre_logits/'))
+    return 1. / m if hidden and np.ndim(x) >= 2 else 1.
+  return _map_paths(scale, params)
+
+
+def _scale_by(factors: Callable[[Any], Any]) -> optax.GradientTransformation:
+  """Multiplies each update by its leaf's factor from `factors(updates)` (floats or broadcastable arrays)."""
+  def f(updates, params=None):
+    del params
+    return jax.tree.map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, factors(updates))
+  return optax.stateless(f)
+
+
 def make_schedule(section: Mapping[str, Any]) -> Schedule:
   """lr(step): linear warmup over `warmup_steps`, then `decay_type` until `total_steps` (vit_jax's formula).
 
@@ -257,4 +342,16 @@ def make_optimizer(section: Mapping[str, Any]) -> Tuple[optax.GradientTransforma
       _check_all_match('freeze', freeze, params)
       return freeze_labels(params, freeze)
     tx = optax.multi_transform({'trainable': tx, 'frozen': freeze_transform()}, labels)
+  # After freezing: the factors see the whole tree (block count, width); frozen updates stay -0.0.
+  layer_decay = _get(section, 'layer_decay')
+  mup_base_width = _get(section, 'mup_base_width')
+  scales = []
+  if layer_decay is not None:
+    if not 0 < float(layer_decay) <= 1:
+      raise ValueError(f'config.optim.layer_decay={layer_decay} must be in (0, 1], e.g. 0.75; None turns it off.')
+    scales.append(_scale_by(lambda u: layer_decay_scales(u, float(layer_decay))))
+  if mup_base_width:
+    scales.append(_scale_by(lambda u: mup_lr_scales(u, int(mup_base_width))))
+  if scales:
+    tx = optax.chain(tx, *scales)
   return tx, schedule
