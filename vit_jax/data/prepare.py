@@ -265,10 +265,16 @@ def run(input_path: str, output: str, beam_args: Sequence[str] = (), examples_pe
   direct = options.view_as(pipeline_options.DirectOptions)
   runner = options.view_as(pipeline_options.StandardOptions).runner
   if runner in (None, 'DirectRunner', 'direct'):
-    if direct.direct_num_workers in (None, 1) and '--direct_num_workers=1' not in beam_args:
-      direct.direct_num_workers = 0  # 0 = one worker per core.
-    if direct.direct_running_mode == 'in_memory' and not any(a.startswith('--direct_running_mode') for a in beam_args):
+    given = lambda flag: any(a.startswith(flag) for a in beam_args)
+    if not given('--direct_num_workers'):
+      direct.direct_num_workers = 0  # One worker per core.
+    if not given('--direct_running_mode'):
       direct.direct_running_mode = 'multi_processing'
+    # The worker processes start from a fresh interpreter: let them import vit_jax from wherever this one did.
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    paths = os.environ.get('PYTHONPATH', '').split(os.pathsep)
+    if package_root not in paths:
+      os.environ['PYTHONPATH'] = os.pathsep.join([package_root] + [p for p in paths if p])
   options.view_as(pipeline_options.SetupOptions).save_main_session = False
   with beam.Pipeline(options=options) as p:
     build_pipeline(p, input_path, output, examples_per_shard)
