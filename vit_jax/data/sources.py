@@ -332,5 +332,6 @@ def get_source(dataset: str, split: str, data_dir: str | None = None) -> Source:
     return image_folder(dataset, split)
   if os.sep in dataset:
     raise FileNotFoundError(f'Image folder {dataset!r} does not exist (dataset must be a TFDS name, a '
-                            'directory <root>/<split>/<class>/*.jpg, "synthetic" or "digits").')
+                            'directory <root>/<split>/<class>/*.jpg, the output of vit_jax.prepare_data, '
+                            '"synthetic" or "digits").')
   return tfds_source(dataset, split, data_dir)
