@@ -1,9 +1,10 @@
 """ViT-B/16 pre-training on ImageNet-21k with the ViT paper's recipe (table 3, row 'ViT-B/{16,32} ImageNet-21k').
 
 Command:   python -m vit_jax.main --config=configs/vit_b16_i21k.py --workdir=gs://BUCKET/vit_b16_i21k \
-               --config.dataset=/mnt/imagenet21k
-           (ImageNet-21k has no public TFDS builder: extract winter21_whole.tar.gz from image-net.org to
-           <root>/train/<wnid>/*.JPEG on a local or mounted disk; 1% of it is held out for validation.)
+               --config.dataset=/gcs/BUCKET/imagenet21k    (the bucket mounted with gcsfuse on every host)
+           after preparing the release once (it has no TFDS builder; README, "ImageNet-21k"):
+           python -m vit_jax.prepare_data --input=fall11_whole.tar --output=gs://BUCKET/imagenet21k
+           (an extracted folder <root>/train/<wnid>/*.JPEG works too, read file by file); 1% is held out.
 Hardware:  a TPU v3-256 (256 cores); multi-host launch with scripts/launch_tpu_pod.sh.
 Time:      about 1 day (estimate from the paper's TPUv3-core-days).
 Expected:  ImageNet-1k top-1 about 84% after fine-tuning at 384 px (configs/finetune.py:imagenet2012; the ViT paper,

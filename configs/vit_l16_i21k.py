@@ -1,9 +1,10 @@
 """ViT-L/16 pre-training on ImageNet-21k with the ViT paper's recipe (table 3, row 'ViT-L/{16,32} ImageNet-21k').
 
 Command:   python -m vit_jax.main --config=configs/vit_l16_i21k.py --workdir=gs://BUCKET/vit_l16_i21k \
-               --config.dataset=/mnt/imagenet21k
-           (ImageNet-21k has no public TFDS builder: extract winter21_whole.tar.gz from image-net.org to
-           <root>/train/<wnid>/*.JPEG on a local or mounted disk; 1% of it is held out for validation.)
+               --config.dataset=/gcs/BUCKET/imagenet21k    (the bucket mounted with gcsfuse on every host)
+           after preparing the release once (it has no TFDS builder; README, "ImageNet-21k"):
+           python -m vit_jax.prepare_data --input=fall11_whole.tar --output=gs://BUCKET/imagenet21k
+           (an extracted folder <root>/train/<wnid>/*.JPEG works too, read file by file); 1% is held out.
 Hardware:  a TPU v3-512 (512 cores); multi-host launch with scripts/launch_tpu_pod.sh.
 Time:      about 11 hours (estimate: the ViT paper's table 2 gives 0.23k TPUv3-core-days for L/16 on ImageNet-21k).
 Expected:  ImageNet-1k top-1 about 85.3% after fine-tuning at 384 px (the ViT paper, table 2).

@@ -1,9 +1,10 @@
 """ViT-S/16 pre-training on ImageNet-21k with the ViT paper's ImageNet-21k recipe for B (it has no S/16).
 
 Command:   python -m vit_jax.main --config=configs/vit_s16_i21k.py --workdir=gs://BUCKET/vit_s16_i21k \
-               --config.dataset=/mnt/imagenet21k
-           (ImageNet-21k has no public TFDS builder: extract winter21_whole.tar.gz from image-net.org to
-           <root>/train/<wnid>/*.JPEG on a local or mounted disk; 1% of it is held out for validation.)
+               --config.dataset=/gcs/BUCKET/imagenet21k    (the bucket mounted with gcsfuse on every host)
+           after preparing the release once (it has no TFDS builder; README, "ImageNet-21k"):
+           python -m vit_jax.prepare_data --input=fall11_whole.tar --output=gs://BUCKET/imagenet21k
+           (an extracted folder <root>/train/<wnid>/*.JPEG works too, read file by file); 1% is held out.
 Hardware:  a TPU v3-64 (64 cores); multi-host launch with scripts/launch_tpu_pod.sh.
 Time:      about 2 days (estimate).
 Expected:  no published number for this recipe. For comparison, AugReg's S/16 ImageNet-21k checkpoint (a different

@@ -14,6 +14,12 @@ stays meaningful on a shared machine; wall-clock images/s per pinned core is pri
            shrink), with antialias=True (area-like when shrinking, costlier), and with big_vision's
            decode_and_crop_jpeg (decodes only the box) in place of decode_jpeg + slice.
 
+  ours_shards: the same, reading the same JPEGs from shards written by `vit_jax.prepare_data`.
+Ingest: `vit_jax.prepare_data` (Beam DirectRunner, multi-processing, `workers` processes on as many cores)
+over the folder and over a 3x larger one; images per CPU-second (this process and its Beam workers) is the
+marginal rate between the two, i.e. without Beam's fixed start-up cost, and the time for 14 M images on N cores
+is extrapolated from it.
+
   python scripts/bench_input.py [--images 400] [--workers 1 2] [--json out.json]
 """
 import argparse
@@ -92,6 +98,26 @@ def measure_tf(root: str, workers: int, num_images: int, antialias: bool = False
   return _time(map(lambda x: x.numpy(), iter(ds)), num_images)
 
 
+def measure_ingest(root: str, output: str, workers: int) -> dict[str, float]:
+  """Wall and CPU seconds (this process and its Beam worker processes) of prepare_data over `root`."""
+  import resource  # pylint: disable=g-import-not-at-top
+  from vit_jax.data import prepare  # pylint: disable=g-import-not-at-top
+  start, cpu = time.perf_counter(), time.process_time()
+  meta = prepare.run(root, output, [f'--direct_num_workers={workers}', '--direct_running_mode=multi_processing'])
+  children = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return {'images': meta['splits']['train']['num_examples'], 'wall': time.perf_counter() - start,
+          'cpu': time.process_time() - cpu + children.ru_utime + children.ru_stime}
+
+
+def _replicate(src: str, dst: str, copies: int) -> None:
+  """dst/train/<class>/ holding `copies` hard links of each image of src/train/<class>/ (no extra disk)."""
+  for cls in sorted(os.listdir(os.path.join(src, 'train'))):
+    os.makedirs(os.path.join(dst, 'train', cls))
+    for f in os.listdir(os.path.join(src, 'train', cls)):
+      for k in range(copies):
+        os.link(os.path.join(src, 'train', cls, f), os.path.join(dst, 'train', cls, f'{k}_{f}'))
+
+
 def _time(batches, num_images: int) -> dict[str, float]:
   """Wall-clock images/s and images per CPU-second of this process (all its threads)."""
   next(batches)  # Warm-up: thread pools, first files.
@@ -102,12 +128,13 @@ def _time(batches, num_images: int) -> dict[str, float]:
   return {'wall': n / (time.perf_counter() - start), 'cpu': n / (time.process_time() - cpu)}
 
 
-def _child(kind: str, root: str, workers: int, num_images: int) -> dict[str, float]:
-  """Runs one measurement ('ours', 'tf' or 'tf_aa') in a fresh process pinned to `workers` cores."""
+def _child(kind: str, root: str, workers: int, num_images: int, call: str | None = None) -> dict[str, float]:
+  """Runs one measurement ('ours', 'ours_shards', 'tf', 'tf_aa', 'tf_crop' or `call`) pinned to `workers` cores."""
   cores = sorted(os.sched_getaffinity(0))[:workers]
-  call = {'ours': 'b.measure_ours(%r, %d, %d)', 'tf': 'b.measure_tf(%r, %d, %d)',
-          'tf_aa': 'b.measure_tf(%r, %d, %d, antialias=True)',
-          'tf_crop': 'b.measure_tf(%r, %d, %d, crop_first=True)'}[kind] % (root, workers, num_images)
+  if call is None:
+    call = {'ours': 'b.measure_ours(%r, %d, %d)', 'ours_shards': 'b.measure_ours(%r + "_prepared", %d, %d)',
+            'tf': 'b.measure_tf(%r, %d, %d)', 'tf_aa': 'b.measure_tf(%r, %d, %d, antialias=True)',
+            'tf_crop': 'b.measure_tf(%r, %d, %d, crop_first=True)'}[kind] % (root, workers, num_images)
   code = ('import os, sys; sys.path.insert(0, %r); os.sched_setaffinity(0, %r); '
           'import json; from scripts import bench_input as b; print(json.dumps(%s))'
           % (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), cores, call))
@@ -118,8 +145,11 @@ def _child(kind: str, root: str, workers: int, num_images: int) -> dict[str, flo
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+I21K_IMAGES = 14_000_000
+
+
 def main(argv=None) -> list[dict[str, float]]:
-  """Generates the JPEGs, measures both pipelines at each worker count and prints the table."""
+  """Generates the JPEGs, measures the pipelines and the ingest at each worker count and prints the tables."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--images', type=int, default=400, help='distinct JPEGs to generate')
   parser.add_argument('--measure', type=int, default=1024, help='images timed per measurement')
@@ -128,13 +158,17 @@ def main(argv=None) -> list[dict[str, float]]:
   parser.add_argument('--json', help='also write the rows to this file')
   args = parser.parse_args(argv)
   rows = []
-  with tempfile.TemporaryDirectory() as root:
+  with tempfile.TemporaryDirectory() as tmp:
+    root = os.path.join(tmp, 'folder')  # <root>/train/<class>/*.jpg; prepared shards in <root>_prepared.
     make_jpegs(root, args.images)
+    _replicate(root, os.path.join(tmp, 'folder3'), 3)
     for w in args.workers:
       if w > len(os.sched_getaffinity(0)):
         print(f'skipping workers={w}: only {len(os.sched_getaffinity(0))} cores available')
         continue
-      best = {k: {'wall': 0., 'cpu': 0.} for k in ('ours', 'tf', 'tf_aa', 'tf_crop')}
+      ingest = [_child('ingest', root, w, 0, f'b.measure_ingest({d!r}, {d + "_prepared"!r}, {w})')
+                for d in (root, os.path.join(tmp, 'folder3'))]
+      best = {k: {'wall': 0., 'cpu': 0.} for k in ('ours', 'ours_shards', 'tf', 'tf_aa', 'tf_crop')}
       for _ in range(args.repeats):  # Interleaved, so all see the same machine load.
         for kind in best:
           r = _child(kind, root, w, args.measure)
@@ -147,21 +181,42 @@ def main(argv=None) -> list[dict[str, float]]:
       row['ratio_aa'] = row['ours_cpu'] / row['tf_aa_cpu']
       row['ratio_crop'] = row['ours_cpu'] / row['tf_crop_cpu']
       row['ratio_wall'] = row['ours_wall_core'] / row['tf_wall_core']
+      row['ratio_shards'] = row['ours_shards_cpu'] / row['ours_cpu']
+      extra = ingest[1]['images'] - ingest[0]['images']
+      # Marginal rate; when load noise makes the larger run no costlier, the larger run's overall rate (a lower bound).
+      cpu, wall = ingest[1]['cpu'] - ingest[0]['cpu'], ingest[1]['wall'] - ingest[0]['wall']
+      row['ingest_cpu'] = extra / cpu if cpu > 0 else ingest[1]['images'] / ingest[1]['cpu']
+      row['ingest_wall_core'] = (extra / wall if wall > 0 else ingest[1]['images'] / ingest[1]['wall']) / w
       rows.append(row)
   cols = [('workers', 'workers'), ('ours_cpu', 'ours'), ('tf_cpu', 'tf.data'), ('ratio', 'ours/tf.data'),
           ('tf_aa_cpu', 'tf.data antialias'), ('ratio_aa', 'ours/tf.data aa'),
           ('tf_crop_cpu', 'tf.data decode_and_crop'), ('ratio_crop', 'ours/tf.data crop'),
+          ('ours_shards_cpu', 'ours from shards'), ('ratio_shards', 'shards/folder'),
           ('ours_wall_core', 'ours wall/core'), ('tf_wall_core', 'tf.data wall/core'),
           ('ratio_wall', 'ours/tf.data wall')]
-  print('images per CPU-second (first columns) and wall-clock images/s per pinned core (last three)')
-  print(' | '.join(h for _, h in cols))
+  load = os.getloadavg()
+  print(f'load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs')
+  print('training preprocessing: images per CPU-second (first columns), wall-clock images/s per pinned core '
+        '(last three)')
+  _table(rows, cols)
+  print(f'ingest (prepare_data, DirectRunner): marginal images per CPU-second and per pinned core (wall); '
+        f'hours for {I21K_IMAGES / 1e6:.0f} M images on N cores at that rate')
+  cores = (16, 64, 256, 1024)
   for r in rows:
-    print(' | '.join(f'{r[k]:>{len(h)}.2f}' if isinstance(r[k], float) else f'{r[k]:>{len(h)}}'
-                     for k, h in cols))
+    r.update({f'ingest_hours_{n}': I21K_IMAGES / (r['ingest_cpu'] * n) / 3600 for n in cores})
+  _table(rows, [('workers', 'workers'), ('ingest_cpu', 'ingest img/CPU-s'), ('ingest_wall_core', 'img/s/core')]
+         + [(f'ingest_hours_{n}', f'h on {n}') for n in cores])
   if args.json:
     with open(args.json, 'w') as f:
       json.dump(rows, f, indent=1)
   return rows
+
+
+def _table(rows, cols):
+  print(' | '.join(h for _, h in cols))
+  for r in rows:
+    print(' | '.join(f'{r[k]:>{len(h)}.2f}' if isinstance(r[k], float) else f'{r[k]:>{len(h)}}'
+                     for k, h in cols))
 
 
 if __name__ == '__main__':

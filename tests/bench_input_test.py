@@ -1,4 +1,4 @@
-"""Runs scripts/bench_input.py's measuring functions on a handful of images (speed is not asserted)."""
+"""Runs scripts/bench_input.py's measuring functions (pipelines, prepared shards, ingest) on a handful of images."""
 import os
 
 import pytest
@@ -22,3 +22,14 @@ def test_measuring_functions_run_both_pipelines(tmp_path):
   pytest.importorskip('tensorflow')
   tf_ = bench_input.measure_tf(str(tmp_path), workers=1, num_images=32)
   assert tf_['wall'] > 0 and tf_['cpu'] > 0
+
+
+def test_ingest_and_shard_measurements_run_on_the_same_jpegs(tmp_path):
+  root = str(tmp_path / 'folder')
+  bench_input.make_jpegs(root, 6)
+  bench_input._replicate(root, str(tmp_path / 'folder3'), 3)  # pylint: disable=protected-access
+  assert sum(len(fs) for _, _, fs in os.walk(tmp_path / 'folder3')) == 18
+  ingest = bench_input.measure_ingest(root, root + '_prepared', workers=1)
+  assert ingest['images'] == 6 and ingest['wall'] > 0 and ingest['cpu'] > 0
+  ours = bench_input.measure_ours(root + '_prepared', workers=1, num_images=32)
+  assert ours['wall'] > 0 and ours['cpu'] > 0

@@ -17,7 +17,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- Data (vit_jax.data.pipeline). `pp` keys are documented in vit_jax/data/preprocess.py; None = the dataset's
   # default.
-  c.dataset = 'digits'             # TFDS name | directory of class folders | 'digits' | 'synthetic'
+  c.dataset = 'digits'             # TFDS name | class folders | prepare_data output | 'digits' | 'synthetic'
   c.tfds_data_dir = _ph(str)
   c.pp = ml_collections.ConfigDict(dict(
       train='train', test='test', crop=_ph(int), train_crop=_ph(str), area_range=_ph(tuple),
@@ -105,7 +105,7 @@ def pretrain_i21k(model_name: str) -> ml_collections.ConfigDict:
   grad clip 1 (global norm), 90 epochs at 224 px, and a pre-logits layer as wide as the model.
   """
   c = get_config()
-  c.dataset = 'imagenet21k'        # no public TFDS builder: pass the image folder <root>/train/<wnid>/*.JPEG
+  c.dataset = 'imagenet21k'        # no TFDS builder: pass the output of vit_jax.prepare_data (or a folder)
   c.pp.train = 'train[:99%]'       # the release has one split: hold out a fixed random 1% for validation
   c.pp.test = 'train[99%:]'
   c.pp.crop = 224

@@ -20,6 +20,10 @@ Image folders ('<root>/<split>/<class>/*.{jpg,jpeg,png}', extension case ignored
 folder names; the files are put in a fixed pseudo-random order (seed 0), so that 'train[:99%]' and
 'train[99%:]' are disjoint random subsets (a held-out set for ImageNet-21k, which has no test split).
 
+Prepared datasets (a folder holding `vit_jax_dataset.json`, local or gs://, written by
+`python -m vit_jax.prepare_data`): ArrayRecord shards of encoded images read at random by grain, in the
+same fixed order as the image folder they came from, so both give the same batches for a seed.
+
 Split strings for in-memory sources and folders follow TFDS: 'train', 'test[:100]', 'train[10%:]'.
 """
 import dataclasses
@@ -33,6 +37,7 @@ import numpy as np
 from etils import epath
 
 from vit_jax import storage
+from vit_jax.data import prepare
 
 DIGITS_NUM_TRAIN = 1500
 DIGITS_NUM_TOTAL = 1797
@@ -213,6 +218,41 @@ def _folder_listing(split_dir: str, classes: tuple, stamps: tuple) -> tuple:
   return tuple(files[i] for i in np.random.default_rng(0).permutation(len(files)))
 
 
+class _PreparedRecords(Sequence):
+  """A prepared split's ArrayRecord shards, in the image folders' fixed random order."""
+
+  def __init__(self, shard_paths: Sequence[str], num_examples: int):
+    import grain  # pylint: disable=g-import-not-at-top
+    try:
+      self._src = grain.sources.ArrayRecordDataSource(list(shard_paths))
+    except RuntimeError as e:  # array_record opens local files only (google/array_record#120).
+      raise FileNotFoundError(f'Cannot open the prepared shards {shard_paths[0]}...: {e}. For a bucket, mount it '
+                              '(gcsfuse) and set dataset to the mounted path.') from None
+    if len(self._src) != num_examples:
+      raise ValueError(f'Prepared shards {shard_paths[0]}... hold {len(self._src)} records, the metadata says '
+                       f'{num_examples}: the dataset is damaged; run prepare_data again.')
+    self._order = prepare.sorted_permutation(num_examples).astype(np.int32)
+
+  def __len__(self):
+    return len(self._order)
+
+  def __getitem__(self, i):
+    label, name, data = prepare.decode_record(self._src[int(self._order[i])])
+    return {'image_bytes': data, 'label': label, 'id': i, 'name': name}
+
+
+def prepared_source(root: str, split: str, meta: dict[str, Any]) -> Source:
+  """A dataset written by `python -m vit_jax.prepare_data` (see vit_jax/data/prepare.py)."""
+  if meta.get('format') != prepare.FORMAT:
+    raise ValueError(f'{root}/{prepare.METADATA} has format {meta.get("format")!r}, not {prepare.FORMAT!r}: '
+                     'prepare the dataset again with this version of vit_jax.prepare_data.')
+  sizes = {k: v['num_examples'] for k, v in meta['splits'].items()}
+  name, start, stop = parse_split(split, sizes)
+  paths = [os.fspath(epath.Path(root) / s) for s in meta['splits'][name]['shards']]
+  return Source(_Slice(_PreparedRecords(paths, sizes[name]), start, stop), num_classes=len(meta['classes']),
+                image_size=None)
+
+
 def _tfds_prepare_hint(builder, data_dir: str | None) -> str:
   d = f' --data_dir={data_dir}' if data_dir else ''
   cmd = f'tfds build {builder.name}{d} --file_format=array_record'
@@ -224,10 +264,9 @@ def _tfds_prepare_hint(builder, data_dir: str | None) -> str:
 
 def _imagenet21k_hint(data_dir: str | None) -> str:
   return (
-      "'imagenet21k' is not in the TFDS catalog: download winter21_whole.tar.gz from image-net.org by hand, "
-      'extract it to <root>/train/<wnid>/*.JPEG and set dataset=<root>, pp.train="train[:99%]", '
-      'pp.test="train[99%:]"; or write a TFDS builder for it and run `tfds build <builder_dir> '
-      f'--data_dir={data_dir or "<data_dir>"} --manual_dir=<dir with the archive> --file_format=array_record`.')
+      "'imagenet21k' is not in the TFDS catalog: download the release tar from image-net.org by hand, run "
+      '`python -m vit_jax.prepare_data --input=<the .tar> --output=<dir>` and set dataset=<dir>, '
+      'pp.train="train[:99%]", pp.test="train[99%:]" (see the README, "ImageNet-21k").')
 
 
 class _TfdsRecords(Sequence):
@@ -289,9 +328,13 @@ def get_source(dataset: str, split: str, data_dir: str | None = None) -> Source:
   """The random-access source for a dataset name ('digits', an image folder path, or a TFDS name)."""
   if dataset == 'digits':
     return digits(split)
+  meta = prepare.read_metadata(dataset) if '/' in dataset or epath.Path(dataset).is_dir() else None
+  if meta is not None:
+    return prepared_source(dataset, split, meta)
   if epath.Path(dataset).is_dir():
     return image_folder(dataset, split)
   if '/' in dataset:
     raise FileNotFoundError(f'Image folder {dataset!r} does not exist (dataset must be a TFDS name, a '
-                            'directory <root>/<split>/<class>/*.jpg, "synthetic" or "digits").')
+                            'directory <root>/<split>/<class>/*.jpg, the output of vit_jax.prepare_data, '
+                            '"synthetic" or "digits").')
   return tfds_source(dataset, split, data_dir)
