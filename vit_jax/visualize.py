@@ -427,16 +427,17 @@ def _images(args, size) -> np.ndarray:
 def _distance(args, model, params, size) -> List[str]:
   images = _images(args, size)
   distances = attention_distances(model, params, images)
-  path = os.path.join(args.out, 'attention_distance.json')
-  os.makedirs(args.out, exist_ok=True)
-  with open(path, 'w') as f:
+  out = epath.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  path = out / 'attention_distance.json'
+  with path.open('w') as f:
     json.dump({'model': model.model_name, 'checkpoint': args.checkpoint, 'image_size': size,
                'token_pixels': token_pixels(model), 'grid': list(inference.grid_shape(model, size)),
                'num_images': len(images), 'prefix_tokens_excluded': inference.num_prefix_tokens(model),
                'layers': int(distances.shape[0]), 'heads': int(distances.shape[1]),
                'mean_distance_pixels': distances.tolist()}, f, indent=1)
   title = f'{model.model_name}, {len(images)} images at {size} px'
-  return [plot_distance(distances, os.path.join(args.out, 'attention_distance.png'), size, title), path]
+  return [plot_distance(distances, str(out / 'attention_distance.png'), size, title), str(path)]
 
 
 def _posemb(args, model, params, size) -> List[str]:

@@ -2,12 +2,10 @@
 import json
 import os
 import sys
-import warnings
 
 import jax
 import numpy as np
 import pytest
-from PIL import Image
 
 from vit_jax.data import pipeline as ip
 from vit_jax.data import sources as data_sources

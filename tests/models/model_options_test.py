@@ -225,7 +225,7 @@ def test_patch_dropout_trains_on_fewer_tokens_and_evaluates_on_all():
 
 
 def test_config_model_options_reach_the_model():
-  from configs import common  # pylint: disable=g-import-not-at-top
+  from vit_jax.configs import common  # pylint: disable=g-import-not-at-top
   from vit_jax.models import build  # pylint: disable=g-import-not-at-top
   config = common.get_config()
   default = build.build_model('testing', config.model, 3)

@@ -223,8 +223,8 @@ def test_reads_config_dict():
 def _tiny_vit_params(scan=False, **kw):
   model = models.get_model('S/8', num_classes=3, hidden_size=16, scan=scan, num_registers=1,
                            transformer={'num_layers': 3, 'mlp_dim': 32, 'num_heads': 2}, **kw)
-  shapes = nn.meta.unbox(jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
-                                        jnp.zeros((1, 16, 16, 3)))['params'])
+  shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
+                          jnp.zeros((1, 16, 16, 3)))['params']
   return jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), shapes)
 
 

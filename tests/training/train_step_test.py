@@ -1,7 +1,6 @@
 """The pure train/eval step: accumulation, rng, EMA, metrics, eval masking, sharded equality and golden values."""
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +8,6 @@ import optax
 import pytest
 
 from vit_jax import models
-from vit_jax.models import vit
 from vit_jax.training import losses
 from vit_jax.training import optim
 from vit_jax.training import sharding

@@ -19,7 +19,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from vit_jax import models
 from vit_jax.models import flops as model_flops
