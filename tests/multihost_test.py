@@ -1,6 +1,7 @@
 """Multi-host, proven locally: 2 processes x 4 CPU devices (gloo) train like 1 process x 8 devices.
 
-Also checks that a SIGTERM sent to one process only makes both save the same step and exit 0.
+Also: a SIGTERM sent to one process only makes both save the same step and exit 0; `config.model_init` loads into
+FSDP params that span both processes.
 """
 import os
 import re
@@ -9,9 +10,14 @@ import socket
 import subprocess
 import time
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 import loop_testlib as lib
+from vit_jax import checkpoint
+from vit_jax.models import build
 from vit_jax.training import checkpointing
 from vit_jax.training import loop
 
@@ -28,20 +34,36 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+def _start_two_processes(workdir, overrides):
+  port = _free_port()
+  return [subprocess.Popen(
+      lib.main_command(workdir, overrides, extra=[f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+                                                  f'--process_id={i}']),
+      cwd=lib.REPO, env=lib.env(4, JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo'), stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i in range(2)]
+
+
+def _run_two_processes(workdir, overrides, timeout=300):
+  """Runs main as 2 processes x 4 devices to the end; fails with the stderr of a process that did not exit 0."""
+  procs = _start_two_processes(workdir, overrides)
+  try:
+    outputs = [p.communicate(timeout=timeout) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+  return outputs
+
+
 def test_two_processes_match_one_process_and_agree_on_the_preemption_step(tmp_path):
   ref_dir = str(tmp_path / 'one_process')
   loop.train_and_evaluate(lib.tiny_config(total_steps=STEPS, **OVERRIDES), ref_dir)
   expected = lib.train_losses(ref_dir)
 
   workdir = str(tmp_path / 'two_processes')
-  port = _free_port()
-  procs = []
-  for i in range(2):
-    cmd = lib.main_command(workdir, {**OVERRIDES, 'total_steps': 100_000},
-                           extra=[f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
-                                  f'--process_id={i}'])
-    procs.append(subprocess.Popen(cmd, cwd=lib.REPO, env=lib.env(4, JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo'),
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  procs = _start_two_processes(workdir, {**OVERRIDES, 'total_steps': 100_000})
   try:
     deadline = time.time() + 300
     while time.time() < deadline and all(p.poll() is None for p in procs):
@@ -70,3 +92,25 @@ def test_two_processes_match_one_process_and_agree_on_the_preemption_step(tmp_pa
   # The same mixed examples per global batch, summed in another order across processes: float32 rounding only.
   np.testing.assert_allclose([got[s] for s in range(1, STEPS + 1)],
                              [expected[s] for s in range(1, STEPS + 1)], rtol=1e-5, atol=1e-6)
+
+
+def test_model_init_into_fsdp_params_that_span_both_processes(tmp_path):
+  """Published .npz -> FSDP params sharded over 8 devices of 2 processes: the losses are those of 1 process.
+
+  The file's head has 5 classes, digits 10: the head comes from the fresh init, as `load_pretrained` does.
+  """
+  config = lib.tiny_config()
+  model = build.build_model(config.model_name, config.model, num_classes=5)
+  params = model.init(jax.random.PRNGKey(7), jnp.zeros((1, 8, 8, 3)), train=False)['params']
+  npz = str(tmp_path / 'published.npz')
+  checkpoint.save_npz(jax.tree.map(np.asarray, nn.meta.unbox(params)), npz)
+  overrides = {'sharding_rules': 'fsdp', 'mesh.data': 1, 'mesh.fsdp': 8, 'model_init': npz, 'total_steps': 2,
+               'decay_type': 'constant', 'warmup_steps': 0, 'checkpoint_every': 100_000}
+  ref_dir = str(tmp_path / 'one_process')
+  loop.train_and_evaluate(lib.tiny_config(**{k.replace('.', '__'): v for k, v in overrides.items()}), ref_dir)
+  workdir = str(tmp_path / 'two_processes')
+  outputs = _run_two_processes(workdir, overrides)
+  assert all(f'Initialised the params from {npz}.' in out for out, _ in outputs)
+  expected, got = lib.train_losses(ref_dir), lib.train_losses(workdir)
+  assert sorted(got) == [1, 2]
+  np.testing.assert_allclose([got[1], got[2]], [expected[1], expected[2]], rtol=1e-5, atol=1e-6)

@@ -118,13 +118,24 @@ def _compile_step(step_fn, state_shardings, batch_sharding, replicated, abstract
 
 def _load_model_init(state: train_step.TrainState, config: Any,
                      model: vit.VisionTransformer) -> train_step.TrainState:
-  """Replaces fresh params (and EMA) with a published checkpoint's (square images: posemb grid resampled)."""
+  """Replaces fresh params (and EMA) with a published checkpoint's (square images: posemb grid resampled).
+
+  Nothing is gathered but the (small) head and pre-logits, which `load_pretrained` may keep from the fresh init:
+  it gets the other params' shapes only, every process reads the file and fills its own shards, so FSDP params
+  that no process fully holds work too.
+  """
   model_config = {'representation_size': model.representation_size, 'classifier': model.classifier,
                   'transformer': model.transformer}
-  params = checkpoint.load_pretrained(
-      pretrained_path=config.model_init, init_params=jax.device_get(state.params), model_config=model_config)
-  shardings = jax.tree.map(lambda x: x.sharding, state.params)
-  params = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x, np.float32), s), params, shardings)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  def init_value(path, x):
+    if jax.tree_util.keystr(path[:1], simple=True) in ('head', 'pre_logits'):
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return jax.ShapeDtypeStruct(x.shape, x.dtype)
+  params = checkpoint.load_pretrained(pretrained_path=config.model_init, model_config=model_config,
+                                      init_params=jax.tree_util.tree_map_with_path(init_value, state.params))
+  params = jax.tree.map(lambda host, x: jax.make_array_from_callback(
+      x.shape, x.sharding, lambda index: np.asarray(host[index], x.dtype)), params, state.params)
   ema = jax.tree.map(lambda x: x + 0., params) if state.ema_params is not None else None
   print(f'Initialised the params from {config.model_init}.', flush=True)
   return state.replace(params=params, ema_params=ema)
