@@ -1,8 +1,10 @@
 """Multi-host, proven locally: 2 processes x 4 CPU devices (gloo) train like 1 process x 8 devices.
 
-Also: a SIGTERM sent to one process only makes both save the same step and exit 0; `config.model_init` loads into
-FSDP params that span both processes.
+Also: a SIGTERM sent to one process only makes both save the same step and exit 0;
+`config.model_init` loads into FSDP params that span both processes; few-shot metrics (raw and EMA) are those of
+one process.
 """
+import json
 import os
 import re
 import signal
@@ -14,11 +16,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import loop_testlib as lib
 from vit_jax import checkpoint
+from vit_jax.evaluation import fewshot
 from vit_jax.models import build
 from vit_jax.training import checkpointing
+from vit_jax.training import config_checks
 from vit_jax.training import loop
 
 # Constant lr: the losses of the first steps do not depend on total_steps, so a long preemptible run and a short
@@ -114,3 +119,30 @@ def test_model_init_into_fsdp_params_that_span_both_processes(tmp_path):
   expected, got = lib.train_losses(ref_dir), lib.train_losses(workdir)
   assert sorted(got) == [1, 2]
   np.testing.assert_allclose([got[1], got[2]], [expected[1], expected[2]], rtol=1e-5, atol=1e-6)
+
+
+def test_fewshot_raw_and_ema_on_two_processes_equal_one_process(tmp_path):
+  """Few-shot batches sharded over the mesh of 2 processes: the same metrics as 1 process, and the EMA ones
+  (`fewshot_ema/`, `knn_ema/`) are the evaluator's on the (1-process) checkpoint's EMA params."""
+  overrides = {'fewshot.datasets': (('digits', 'train', 'test'),), 'fewshot.shots': (1, 5), 'fewshot.num_draws': 2,
+               'fewshot.batch': 64, 'ema_decay': 0.5, 'total_steps': 2, 'warmup_steps': 1,
+               'checkpoint_every': 100_000}
+  config = lib.tiny_config(**{k.replace('.', '__'): v for k, v in overrides.items()})
+  ref_dir = str(tmp_path / 'one_process')
+  expected = loop.train_and_evaluate(config, ref_dir)
+  workdir = str(tmp_path / 'two_processes')
+  _run_two_processes(workdir, overrides)
+  with open(os.path.join(workdir, 'final_metrics.json')) as f:
+    got = json.load(f)
+  keys = [f'{kind}{ema}/digits/{m}' for kind, m in (('fewshot', '1shot'), ('fewshot', '5shot'), ('knn', 'k10'))
+          for ema in ('', '_ema')]
+  for key in keys:
+    assert got[key] == pytest.approx(expected[key], abs=1e-6), key
+  _, state, _ = checkpointing.Checkpointer(os.path.join(ref_dir, 'checkpoints'), save_every=1,
+                                           read_only=True).restore(None)
+  evaluator = fewshot.FewShotEvaluator(build.build_model(config.model_name, config.model, 10), 'digits',
+                                       config_checks.fewshot_pp(config), shots=(1, 5), num_draws=2, batch_size=64,
+                                       seed=config.seed)
+  on_ema = evaluator.run(state['ema_params'])
+  for key, value in on_ema.items():
+    assert got[key.replace('/', '_ema/', 1)] == pytest.approx(value, abs=1e-6), key

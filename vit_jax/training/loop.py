@@ -240,7 +240,7 @@ def train_and_evaluate(config: Any, workdir: str) -> Dict[str, float]:
                                test_split=test_split, batch_size=config.fewshot.batch, shots=config.fewshot.shots,
                                num_draws=config.fewshot.num_draws, l2_reg=config.fewshot.l2_reg,
                                knn_k=config.fewshot.knn_k, seed=config.seed, data_dir=config.tfds_data_dir,
-                               name=os.path.basename(dataset.rstrip('/')))
+                               name=os.path.basename(dataset.rstrip('/')), mesh=mesh)
       for dataset, train_split, test_split in config_checks.fewshot_datasets(config)]
   tx, schedule = optim.make_optimizer(optim_section(config))
   loss_fn = losses.get_loss_fn(config.loss)
@@ -314,7 +314,7 @@ def _train(config: Any, workdir: str, state: train_step.TrainState, programs: _P
         metrics = evaluate.evaluate_all(programs.eval_step, state, make_eval_batches)
         writer.write_scalars(step, metrics)
       if fewshot_due:
-        fewshot_metrics = {k: v for e in fewshot_evaluators for k, v in e.run(state.params).items()}
+        fewshot_metrics = fewshot.evaluate_all(fewshot_evaluators, state)
         writer.write_scalars(step, fewshot_metrics)
         if last:
           metrics = {**metrics, **fewshot_metrics}
