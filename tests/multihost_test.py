@@ -1,6 +1,6 @@
 """Multi-host, proven locally: 2 processes x 4 CPU devices (gloo) train like 1 process x 8 devices.
 
-Also: a SIGTERM sent to one process only makes both save the same step and exit 0;
+Also: a SIGTERM sent to one process only makes both save the same step and exit 0 (JAX's preemption sync point);
 `config.model_init` loads into FSDP params that span both processes; few-shot metrics (raw and EMA) are those of
 one process.
 """
@@ -10,6 +10,8 @@ import re
 import signal
 import socket
 import subprocess
+import sys
+import textwrap
 import time
 
 import flax.linen as nn
@@ -29,7 +31,7 @@ from vit_jax.training import loop
 # Constant lr: the losses of the first steps do not depend on total_steps, so a long preemptible run and a short
 # reference run can be compared step by step.
 # The default's mixup (0.2) stays on: its pairs are the same for any process count (preprocess.mix_partner).
-OVERRIDES = {'decay_type': 'constant', 'warmup_steps': 0, 'checkpoint_every': 100_000, 'preemption_sync_every': 2}
+OVERRIDES = {'decay_type': 'constant', 'warmup_steps': 0, 'checkpoint_every': 100_000}
 STEPS = 6
 
 
@@ -146,3 +148,33 @@ def test_fewshot_raw_and_ema_on_two_processes_equal_one_process(tmp_path):
   on_ema = evaluator.run(state['ema_params'])
   for key, value in on_ema.items():
     assert got[key.replace('/', '_ema/', 1)] == pytest.approx(value, abs=1e-6), key
+
+
+_PREEMPTION_SCRIPT = textwrap.dedent("""
+    import os, signal, sys, time
+    import jax
+    jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=1, process_id=0)
+    from jax.experimental import multihost_utils
+    from vit_jax.training import loop
+    handler = signal.getsignal(signal.SIGTERM)
+    preemption = loop.Preemption()
+    assert signal.getsignal(signal.SIGTERM) is handler, 'our handler would hide SIGTERM from JAX'
+    os.kill(os.getpid(), signal.SIGTERM)
+    for step in range(1, 3000):
+      time.sleep(0.01)  # a training step
+      if preemption.due(step):
+        print('due at', step, flush=True)
+        break
+    preemption.close()
+""")
+
+
+def test_preemption_with_a_distributed_client_is_jax_coordination_service(tmp_path):
+  """With jax.distributed up, SIGTERM goes to JAX's preemption sync manager (our handler stays off): `due` turns
+  True at the step JAX's sync point agrees on, after the notice went through the coordination service."""
+  del tmp_path
+  proc = subprocess.run([sys.executable, '-c', _PREEMPTION_SCRIPT, f'127.0.0.1:{_free_port()}'], cwd=lib.REPO,
+                        env=lib.env(1), capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  # JAX's listener polls for the signal every second: the agreed step is well past the first.
+  assert int(re.search(r'due at (\d+)', proc.stdout).group(1)) > 1

@@ -59,29 +59,35 @@ def optim_section(config: Any) -> Dict[str, Any]:
 
 
 class Preemption:
-  """SIGTERM sets a flag; `due(step)` is True on every process at the same step once any process got one."""
+  """`due(step)`: True on every process at the same step once a preemption notice (SIGTERM) reached any of them.
 
-  def __init__(self, sync_every: int):
+  Multi-process (a `jax.distributed` client): JAX's preemption sync manager, which `jax.distributed.initialize`
+  starts, takes the SIGTERM itself and agrees on the step through the coordination service
+  (`multihost_utils.reached_preemption_sync_point`, which must be asked at every step; it only reads a local
+  flag until a notice arrives, so it costs no host sync). Our own handler stays off there: it would replace
+  JAX's and hide the notice. Single process without a client: SIGTERM sets a local flag.
+  """
+
+  def __init__(self):
+    self._jax_sync = jax.distributed.is_initialized()
     self._flag = False
-    self._sync_every = sync_every
-    self._previous = signal.signal(signal.SIGTERM, self._handler)
+    if not self._jax_sync:
+      self._previous = signal.signal(signal.SIGTERM, self._handler)
 
   def _handler(self, signum, frame):
     del signum, frame
     self._flag = True
-    logging.warning('SIGTERM: saving a checkpoint at the next agreed step, then exiting.')
+    logging.warning('SIGTERM: saving a checkpoint at the next step, then exiting.')
 
   def due(self, step: int) -> bool:
-    if jax.process_count() == 1:
-      return self._flag
-    if step % self._sync_every:
-      return False
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    flags = multihost_utils.process_allgather(np.asarray([self._flag], np.int32))
-    return bool(np.any(flags))
+    if self._jax_sync:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._flag
 
   def close(self) -> None:
-    signal.signal(signal.SIGTERM, self._previous)
+    if not self._jax_sync:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 def _first_bad_step(first_bad: jax.Array, step: jax.Array, metrics: Dict[str, jax.Array]) -> jax.Array:
@@ -284,7 +290,7 @@ def _train(config: Any, workdir: str, state: train_step.TrainState, programs: _P
       peak=metric_logging.peak_flops(jax.devices()[0].device_kind, config.peak_flops),
       use_clu=config.tensorboard)
   profiler = metric_logging.Profiler(workdir, step + 5, config.profile_steps) if config.profile_steps else None
-  preemption = Preemption(config.preemption_sync_every)
+  preemption = Preemption()
   first_bad = jax.device_put(np.int32(-1), replicated)
   sums, window_steps = _zero_sums(replicated), 0
 
