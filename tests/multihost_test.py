@@ -50,7 +50,7 @@ def _start_two_processes(workdir, overrides):
       stderr=subprocess.PIPE, text=True) for i in range(2)]
 
 
-def _run_two_processes(workdir, overrides, timeout=300):
+def _run_two_processes(workdir, overrides, timeout=600):
   """Runs main as 2 processes x 4 devices to the end; fails with the stderr of a process that did not exit 0."""
   procs = _start_two_processes(workdir, overrides)
   try:
