@@ -1,24 +1,37 @@
 """Multi-host, proven locally: 2 processes x 4 CPU devices (gloo) train like 1 process x 8 devices.
 
-Also checks that a SIGTERM sent to one process only makes both save the same step and exit 0.
+Also: a SIGTERM sent to one process only makes both save the same step and exit 0 (JAX's preemption sync point);
+`config.model_init` loads into FSDP params that span both processes; few-shot metrics (raw and EMA) are those of
+one process.
 """
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
+import sys
+import textwrap
 import time
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import loop_testlib as lib
+from vit_jax import checkpoint
+from vit_jax.evaluation import fewshot
+from vit_jax.models import build
 from vit_jax.training import checkpointing
+from vit_jax.training import config_checks
 from vit_jax.training import loop
 
 # Constant lr: the losses of the first steps do not depend on total_steps, so a long preemptible run and a short
 # reference run can be compared step by step.
 # The default's mixup (0.2) stays on: its pairs are the same for any process count (preprocess.mix_partner).
-OVERRIDES = {'decay_type': 'constant', 'warmup_steps': 0, 'checkpoint_every': 100_000, 'preemption_sync_every': 2}
+OVERRIDES = {'decay_type': 'constant', 'warmup_steps': 0, 'checkpoint_every': 100_000}
 STEPS = 6
 
 
@@ -28,20 +41,36 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+def _start_two_processes(workdir, overrides):
+  port = _free_port()
+  return [subprocess.Popen(
+      lib.main_command(workdir, overrides, extra=[f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+                                                  f'--process_id={i}']),
+      cwd=lib.REPO, env=lib.env(4, JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo'), stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i in range(2)]
+
+
+def _run_two_processes(workdir, overrides, timeout=600):
+  """Runs main as 2 processes x 4 devices to the end; fails with the stderr of a process that did not exit 0."""
+  procs = _start_two_processes(workdir, overrides)
+  try:
+    outputs = [p.communicate(timeout=timeout) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+  return outputs
+
+
 def test_two_processes_match_one_process_and_agree_on_the_preemption_step(tmp_path):
   ref_dir = str(tmp_path / 'one_process')
   loop.train_and_evaluate(lib.tiny_config(total_steps=STEPS, **OVERRIDES), ref_dir)
   expected = lib.train_losses(ref_dir)
 
   workdir = str(tmp_path / 'two_processes')
-  port = _free_port()
-  procs = []
-  for i in range(2):
-    cmd = lib.main_command(workdir, {**OVERRIDES, 'total_steps': 100_000},
-                           extra=[f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
-                                  f'--process_id={i}'])
-    procs.append(subprocess.Popen(cmd, cwd=lib.REPO, env=lib.env(4, JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo'),
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+  procs = _start_two_processes(workdir, {**OVERRIDES, 'total_steps': 100_000})
   try:
     deadline = time.time() + 300
     while time.time() < deadline and all(p.poll() is None for p in procs):
@@ -70,3 +99,82 @@ def test_two_processes_match_one_process_and_agree_on_the_preemption_step(tmp_pa
   # The same mixed examples per global batch, summed in another order across processes: float32 rounding only.
   np.testing.assert_allclose([got[s] for s in range(1, STEPS + 1)],
                              [expected[s] for s in range(1, STEPS + 1)], rtol=1e-5, atol=1e-6)
+
+
+def test_model_init_into_fsdp_params_that_span_both_processes(tmp_path):
+  """Published .npz -> FSDP params sharded over 8 devices of 2 processes: the losses are those of 1 process.
+
+  The file's head has 5 classes, digits 10: the head comes from the fresh init, as `load_pretrained` does.
+  """
+  config = lib.tiny_config()
+  model = build.build_model(config.model_name, config.model, num_classes=5)
+  params = model.init(jax.random.PRNGKey(7), jnp.zeros((1, 8, 8, 3)), train=False)['params']
+  npz = str(tmp_path / 'published.npz')
+  checkpoint.save_npz(jax.tree.map(np.asarray, nn.meta.unbox(params)), npz)
+  overrides = {'sharding_rules': 'fsdp', 'mesh.data': 1, 'mesh.fsdp': 8, 'model_init': npz, 'total_steps': 2,
+               'decay_type': 'constant', 'warmup_steps': 0, 'checkpoint_every': 100_000}
+  ref_dir = str(tmp_path / 'one_process')
+  loop.train_and_evaluate(lib.tiny_config(**{k.replace('.', '__'): v for k, v in overrides.items()}), ref_dir)
+  workdir = str(tmp_path / 'two_processes')
+  outputs = _run_two_processes(workdir, overrides)
+  assert all(f'Initialised the params from {npz}.' in out for out, _ in outputs)
+  expected, got = lib.train_losses(ref_dir), lib.train_losses(workdir)
+  assert sorted(got) == [1, 2]
+  np.testing.assert_allclose([got[1], got[2]], [expected[1], expected[2]], rtol=1e-5, atol=1e-6)
+
+
+def test_fewshot_raw_and_ema_on_two_processes_equal_one_process(tmp_path):
+  """Few-shot batches sharded over the mesh of 2 processes: the same metrics as 1 process, and the EMA ones
+  (`fewshot_ema/`, `knn_ema/`) are the evaluator's on the (1-process) checkpoint's EMA params."""
+  overrides = {'fewshot.datasets': (('digits', 'train', 'test'),), 'fewshot.shots': (1, 5), 'fewshot.num_draws': 2,
+               'fewshot.batch': 64, 'ema_decay': 0.5, 'total_steps': 2, 'warmup_steps': 1,
+               'checkpoint_every': 100_000}
+  config = lib.tiny_config(**{k.replace('.', '__'): v for k, v in overrides.items()})
+  ref_dir = str(tmp_path / 'one_process')
+  expected = loop.train_and_evaluate(config, ref_dir)
+  workdir = str(tmp_path / 'two_processes')
+  _run_two_processes(workdir, overrides)
+  with open(os.path.join(workdir, 'final_metrics.json')) as f:
+    got = json.load(f)
+  keys = [f'{kind}{ema}/digits/{m}' for kind, m in (('fewshot', '1shot'), ('fewshot', '5shot'), ('knn', 'k10'))
+          for ema in ('', '_ema')]
+  for key in keys:
+    assert got[key] == pytest.approx(expected[key], abs=1e-6), key
+  _, state, _ = checkpointing.Checkpointer(os.path.join(ref_dir, 'checkpoints'), save_every=1,
+                                           read_only=True).restore(None)
+  evaluator = fewshot.FewShotEvaluator(build.build_model(config.model_name, config.model, 10), 'digits',
+                                       config_checks.fewshot_pp(config), shots=(1, 5), num_draws=2, batch_size=64,
+                                       seed=config.seed)
+  on_ema = evaluator.run(state['ema_params'])
+  for key, value in on_ema.items():
+    assert got[key.replace('/', '_ema/', 1)] == pytest.approx(value, abs=1e-6), key
+
+
+_PREEMPTION_SCRIPT = textwrap.dedent("""
+    import os, signal, sys, time
+    import jax
+    jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=1, process_id=0)
+    from jax.experimental import multihost_utils
+    from vit_jax.training import loop
+    handler = signal.getsignal(signal.SIGTERM)
+    preemption = loop.Preemption()
+    assert signal.getsignal(signal.SIGTERM) is handler, 'our handler would hide SIGTERM from JAX'
+    os.kill(os.getpid(), signal.SIGTERM)
+    for step in range(1, 3000):
+      time.sleep(0.01)  # a training step
+      if preemption.due(step):
+        print('due at', step, flush=True)
+        break
+    preemption.close()
+""")
+
+
+def test_preemption_with_a_distributed_client_is_jax_coordination_service(tmp_path):
+  """With jax.distributed up, SIGTERM goes to JAX's preemption sync manager (our handler stays off): `due` turns
+  True at the step JAX's sync point agrees on, after the notice went through the coordination service."""
+  del tmp_path
+  proc = subprocess.run([sys.executable, '-c', _PREEMPTION_SCRIPT, f'127.0.0.1:{_free_port()}'], cwd=lib.REPO,
+                        env=lib.env(1), capture_output=True, text=True, timeout=120, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  # JAX's listener polls for the signal every second: the agreed step is well past the first.
+  assert int(re.search(r'due at (\d+)', proc.stdout).group(1)) > 1

@@ -90,7 +90,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.tensorboard = True             # TensorBoard event files beside metrics.jsonl (needs clu + TensorFlow)
   c.profile_steps = 0              # > 0: capture a profiler trace of this many steps, after the first eval
   c.peak_flops = _ph(float)        # per-device peak FLOP/s for the MFU estimate (None: a table by device)
-  c.preemption_sync_every = 10     # multi-host: steps between the all-processes check for SIGTERM
   return c
 
 

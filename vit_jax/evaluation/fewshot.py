@@ -15,6 +15,7 @@ import logging
 from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -102,10 +103,11 @@ def evaluate_features(train: Tuple[np.ndarray, np.ndarray], test: Tuple[np.ndarr
 # ------------------------------------------------------------------------------------------------ features
 def _eval_batches(dataset: str, pp: Mapping[str, Any], split: str, batch_size: int,
                   data_dir: Optional[str]) -> Iterator[Dict[str, np.ndarray]]:
-  """Every example of `split` once, eval-preprocessed, in padded batches with a `mask`."""
+  """This process's share of `split`, eval-preprocessed, in padded batches with a `mask` and the example `id`."""
   from vit_jax.data import pipeline as input_pipeline  # pylint: disable=g-import-not-at-top
-  return input_pipeline.make_eval_iterator(dataset, {**pp, 'test': split}, global_batch=batch_size,
-                                           data_dir=data_dir)
+  for batch in input_pipeline.make_eval_iterator(dataset, {**pp, 'test': split}, global_batch=batch_size,
+                                                 data_dir=data_dir, with_ids=True):
+    yield {**batch, 'id': batch['id'].astype(np.int32)}
 
 
 class FewShotEvaluator:
@@ -114,13 +116,15 @@ class FewShotEvaluator:
   `model`: the (classifier) VisionTransformer being trained; its features come from the same module with
   `num_classes=0`, applied to the same params. `pp`: the data pipeline's preprocessing section; `pp['crop']` must
   be the model's resolution. Training examples come from `train_split` (default `pp['train']`), test examples
-  from `test_split` (default `pp['test']`), both with eval preprocessing.
+  from `test_split` (default `pp['test']`), both with eval preprocessing. `mesh`: the batches are global arrays
+  sharded over its data axes, as in the eval step (default: all devices along one axis); `batch_size` is global.
   """
 
   def __init__(self, model, dataset: str, pp: Mapping[str, Any], *, train_split: Optional[str] = None,
                test_split: Optional[str] = None, batch_size: int = 256, shots: Sequence[int] = DEFAULT_SHOTS,
                num_draws: int = 5, l2_reg: float = 2.**10, knn_k: Sequence[int] = (10,), seed: int = 0,
-               data_dir: Optional[str] = None, name: Optional[str] = None):
+               data_dir: Optional[str] = None, name: Optional[str] = None,
+               mesh: Optional[jax.sharding.Mesh] = None):
     self.features_model = model.clone(num_classes=0)
     self.dataset, self.pp, self.data_dir = dataset, dict(pp), data_dir
     self.train_split = train_split or self.pp.get('train', 'train')
@@ -128,25 +132,38 @@ class FewShotEvaluator:
     self.batch_size = batch_size
     self.options = dict(shots=tuple(shots), num_draws=num_draws, l2_reg=l2_reg, knn_k=tuple(knn_k), seed=seed,
                         name=dataset if name is None else name)
-    self._apply = jax.jit(lambda p, x: self.features_model.apply({'params': p}, x, train=False))
+    self.mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ('data',)) if mesh is None else mesh
+
+    def apply(params, batch):
+      feats = self.features_model.apply({'params': params}, batch['image'], train=False)
+      return feats, jnp.argmax(batch['label'], axis=-1), batch['mask'] > 0, batch['id']
+    # Replicated outputs: XLA gathers every process's examples, so each process reads all of them.
+    self._apply = jax.jit(apply, out_shardings=jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec()))
 
   def features(self, params: Any, split: str) -> Tuple[np.ndarray, np.ndarray, int]:
-    """(features, integer labels, number of classes) of every example of `split`, on every process."""
-    feats, labels, masks = [], [], []
-    for batch in _eval_batches(self.dataset, self.pp, split, self.batch_size, self.data_dir):
-      feats.append(np.asarray(self._apply(params, batch['image'])))
-      labels.append(np.argmax(np.asarray(batch['label']), axis=-1))
-      masks.append(np.asarray(batch['mask']) > 0)
-    num_classes = batch['label'].shape[-1]
-    feats, labels, masks = np.concatenate(feats), np.concatenate(labels), np.concatenate(masks)
-    if jax.process_count() > 1:  # Each process read its own shard of the split, all of the same padded length.
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      feats, labels, masks = (np.asarray(multihost_utils.process_allgather(x, tiled=True))
-                              for x in (feats, labels, masks))
-    return feats[masks], labels[masks], num_classes
+    """(features, integer labels, number of classes) of every example of `split` in split order, on every
+    process."""
+    from vit_jax.data import pipeline as input_pipeline  # pylint: disable=g-import-not-at-top
+    outs = []
+    for batch in input_pipeline.prefetch_to_mesh(
+        _eval_batches(self.dataset, self.pp, split, self.batch_size, self.data_dir), self.mesh):
+      outs.append([np.asarray(x.addressable_data(0)) for x in self._apply(params, batch)])
+      num_classes = batch['label'].shape[-1]
+    feats, labels, masks, ids = (np.concatenate(x) for x in zip(*outs))
+    order = np.argsort(ids[masks])  # Each process read its own examples: back to the split's order.
+    return feats[masks][order], labels[masks][order], num_classes
 
   def run(self, params: Any) -> Dict[str, float]:
     """The few-shot and kNN metrics of `params` (see `evaluate_features`)."""
     train_x, train_y, num_classes = self.features(params, self.train_split)
     test_x, test_y, _ = self.features(params, self.test_split)
     return evaluate_features((train_x, train_y), (test_x, test_y), num_classes, **self.options)
+
+
+def evaluate_all(evaluators: Sequence[FewShotEvaluator], state: Any) -> Dict[str, float]:
+  """Every evaluator's metrics of the raw params, plus 'fewshot_ema/...', 'knn_ema/...' of the EMA params when the
+  state has them (as classification's 'val/' and 'val_ema/')."""
+  out = {k: v for e in evaluators for k, v in e.run(state.params).items()}
+  if getattr(state, 'ema_params', None) is not None:
+    out.update({k.replace('/', '_ema/', 1): v for e in evaluators for k, v in e.run(state.ema_params).items()})
+  return out

@@ -20,7 +20,7 @@ class ConfigError(ValueError):
 
 
 _POSITIVE_INTS = ('total_steps', 'batch', 'batch_eval', 'accum_steps', 'eval_every', 'progress_every',
-                  'checkpoint_every', 'keep_checkpoints', 'preemption_sync_every')
+                  'checkpoint_every', 'keep_checkpoints')
 _NON_NEGATIVE_INTS = ('warmup_steps', 'keep_checkpoint_every', 'profile_steps', 'seed',
                       'fewshot.every')
 _ENUMS = {

@@ -66,29 +66,35 @@ def optim_section(config: Any) -> Dict[str, Any]:
 
 
 class Preemption:
-  """SIGTERM sets a flag; `due(step)` is True on every process at the same step once any process got one."""
+  """`due(step)`: True on every process at the same step once a preemption notice (SIGTERM) reached any of them.
 
-  def __init__(self, sync_every: int):
+  Multi-process (a `jax.distributed` client): JAX's preemption sync manager, which `jax.distributed.initialize`
+  starts, takes the SIGTERM itself and agrees on the step through the coordination service
+  (`multihost_utils.reached_preemption_sync_point`, which must be asked at every step; it only reads a local
+  flag until a notice arrives, so it costs no host sync). Our own handler stays off there: it would replace
+  JAX's and hide the notice. Single process without a client: SIGTERM sets a local flag.
+  """
+
+  def __init__(self):
+    self._jax_sync = jax.distributed.is_initialized()
     self._flag = False
-    self._sync_every = sync_every
-    self._previous = signal.signal(signal.SIGTERM, self._handler)
+    if not self._jax_sync:
+      self._previous = signal.signal(signal.SIGTERM, self._handler)
 
   def _handler(self, signum, frame):
     del signum, frame
     self._flag = True
-    logging.warning('SIGTERM: saving a checkpoint at the next agreed step, then exiting.')
+    logging.warning('SIGTERM: saving a checkpoint at the next step, then exiting.')
 
   def due(self, step: int) -> bool:
-    if jax.process_count() == 1:
-      return self._flag
-    if step % self._sync_every:
-      return False
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    flags = multihost_utils.process_allgather(np.asarray([self._flag], np.int32))
-    return bool(np.any(flags))
+    if self._jax_sync:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._flag
 
   def close(self) -> None:
-    signal.signal(signal.SIGTERM, self._previous)
+    if not self._jax_sync:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 def _first_bad_step(first_bad: jax.Array, step: jax.Array, metrics: Dict[str, jax.Array]) -> jax.Array:
@@ -130,13 +136,24 @@ def jit_step(step_fn, state_shardings, batch_sharding, replicated):
 
 def _load_model_init(state: train_step.TrainState, config: Any,
                      model: vit.VisionTransformer) -> train_step.TrainState:
-  """Replaces fresh params (and EMA) with a published checkpoint's (square images: posemb grid resampled)."""
+  """Replaces fresh params (and EMA) with a published checkpoint's (square images: posemb grid resampled).
+
+  Nothing is gathered but the (small) head and pre-logits, which `load_pretrained` may keep from the fresh init:
+  it gets the other params' shapes only, every process reads the file and fills its own shards, so FSDP params
+  that no process fully holds work too.
+  """
   model_config = {'representation_size': model.representation_size, 'classifier': model.classifier,
                   'transformer': model.transformer}
-  params = checkpoint.load_pretrained(
-      pretrained_path=config.model_init, init_params=jax.device_get(state.params), model_config=model_config)
-  shardings = jax.tree.map(lambda x: x.sharding, state.params)
-  params = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x, np.float32), s), params, shardings)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  def init_value(path, x):
+    if jax.tree_util.keystr(path[:1], simple=True) in ('head', 'pre_logits'):
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return jax.ShapeDtypeStruct(x.shape, x.dtype)
+  params = checkpoint.load_pretrained(pretrained_path=config.model_init, model_config=model_config,
+                                      init_params=jax.tree_util.tree_map_with_path(init_value, state.params))
+  params = jax.tree.map(lambda host, x: jax.make_array_from_callback(
+      x.shape, x.sharding, lambda index: np.asarray(host[index], x.dtype)), params, state.params)
   ema = jax.tree.map(lambda x: x + 0., params) if state.ema_params is not None else None
   print(f'Initialised the params from {config.model_init}.', flush=True)
   return state.replace(params=params, ema_params=ema)
@@ -250,7 +267,7 @@ def train_and_evaluate(config: Any, workdir: epath.PathLike) -> Dict[str, float]
                                test_split=test_split, batch_size=config.fewshot.batch, shots=config.fewshot.shots,
                                num_draws=config.fewshot.num_draws, l2_reg=config.fewshot.l2_reg,
                                knn_k=config.fewshot.knn_k, seed=config.seed, data_dir=config.tfds_data_dir,
-                               name=epath.Path(dataset).name)
+                               name=epath.Path(dataset).name, mesh=mesh)
       for dataset, train_split, test_split in config_checks.fewshot_datasets(config)]
   tx, schedule = optim.make_optimizer(optim_section(config))
   loss_fn = losses.get_loss_fn(config.loss)
@@ -305,7 +322,7 @@ def _train(config: Any, workdir: epath.Path, state: train_step.TrainState, progr
       peak=metric_logging.peak_flops(jax.devices()[0].device_kind, config.peak_flops),
       use_clu=config.tensorboard)
   profiler = metric_logging.Profiler(workdir, step + 5, config.profile_steps) if config.profile_steps else None
-  preemption = Preemption(config.preemption_sync_every)
+  preemption = Preemption()
   first_bad = jax.device_put(np.int32(-1), replicated)
   sums, window_steps = _zero_sums(replicated), 0
 
@@ -336,7 +353,7 @@ def _train(config: Any, workdir: epath.Path, state: train_step.TrainState, progr
         metrics = {k: v for e in due for k, v in e.run(programs.eval_step, state).items()}
         writer.write_scalars(step, metrics)
       if fewshot_due:
-        fewshot_metrics = {k: v for e in fewshot_evaluators for k, v in e.run(state.params).items()}
+        fewshot_metrics = fewshot.evaluate_all(fewshot_evaluators, state)
         writer.write_scalars(step, fewshot_metrics)
         if last:
           metrics = {**metrics, **fewshot_metrics}
