@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax.training import sharding
+
 
 BIAS_FEATURE = 100.  # Large, so the bias is hardly regularised (as in big_vision).
 DEFAULT_SHOTS = (1, 5, 10, 25)
@@ -132,13 +134,13 @@ class FewShotEvaluator:
     self.batch_size = batch_size
     self.options = dict(shots=tuple(shots), num_draws=num_draws, l2_reg=l2_reg, knn_k=tuple(knn_k), seed=seed,
                         name=dataset if name is None else name)
-    self.mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ('data',)) if mesh is None else mesh
+    self.mesh = sharding.make_mesh({'data': -1}) if mesh is None else mesh
 
     def apply(params, batch):
       feats = self.features_model.apply({'params': params}, batch['image'], train=False)
       return feats, jnp.argmax(batch['label'], axis=-1), batch['mask'] > 0, batch['id']
     # Replicated outputs: XLA gathers every process's examples, so each process reads all of them.
-    self._apply = jax.jit(apply, out_shardings=jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec()))
+    self._apply = jax.jit(apply, out_shardings=sharding.replicated(self.mesh))
 
   def features(self, params: Any, split: str) -> Tuple[np.ndarray, np.ndarray, int]:
     """(features, integer labels, number of classes) of every example of `split` in split order, on every
@@ -146,7 +148,8 @@ class FewShotEvaluator:
     from vit_jax.data import pipeline as input_pipeline  # pylint: disable=g-import-not-at-top
     outs = []
     for batch in input_pipeline.prefetch_to_mesh(
-        _eval_batches(self.dataset, self.pp, split, self.batch_size, self.data_dir), self.mesh):
+        _eval_batches(self.dataset, self.pp, split, self.batch_size, self.data_dir),
+        sharding.batch_sharding(self.mesh)):
       outs.append([np.asarray(x.addressable_data(0)) for x in self._apply(params, batch)])
       num_classes = batch['label'].shape[-1]
     feats, labels, masks, ids = (np.concatenate(x) for x in zip(*outs))
