@@ -110,6 +110,20 @@ def run_main_killed(workdir: str, overrides: Dict[str, Any], after_checkpoint: i
   return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+def communicate_all(procs: Sequence[subprocess.Popen], timeout: float) -> List[str]:
+  """Waits for every process (killing what is left on a timeout); fails with the stderr of one that did not exit 0.
+  Returns their stdouts."""
+  try:
+    outputs = [p.communicate(timeout=timeout) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+  return [out for out, _ in outputs]
+
+
 def read_metrics(workdir: str) -> List[Dict[str, Any]]:
   text = (epath.Path(workdir) / 'metrics.jsonl').read_text()
   return [json.loads(line) for line in text.splitlines() if line.strip()]

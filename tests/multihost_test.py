@@ -52,16 +52,7 @@ def _start_two_processes(workdir, overrides):
 
 def _run_two_processes(workdir, overrides, timeout=600):
   """Runs main as 2 processes x 4 devices to the end; fails with the stderr of a process that did not exit 0."""
-  procs = _start_two_processes(workdir, overrides)
-  try:
-    outputs = [p.communicate(timeout=timeout) for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  for p, (_, err) in zip(procs, outputs):
-    assert p.returncode == 0, err[-3000:]
-  return outputs
+  return lib.communicate_all(_start_two_processes(workdir, overrides), timeout)
 
 
 def test_two_processes_match_one_process_and_agree_on_the_preemption_step(tmp_path):
@@ -78,14 +69,12 @@ def test_two_processes_match_one_process_and_agree_on_the_preemption_step(tmp_pa
         break
       time.sleep(0.2)
     procs[1].send_signal(signal.SIGTERM)  # Only one process gets the notice.
-    outputs = [p.communicate(timeout=180) for p in procs]
-  finally:
+  except BaseException:
     for p in procs:
-      if p.poll() is None:
-        p.kill()
-  for p, (_, err) in zip(procs, outputs):
-    assert p.returncode == 0, err[-3000:]
-  saved = [int(re.search(r'Preempted \(SIGTERM\): saved step (\d+)', out).group(1)) for out, _ in outputs]
+      p.kill()
+    raise
+  outputs = lib.communicate_all(procs, timeout=180)
+  saved = [int(re.search(r'Preempted \(SIGTERM\): saved step (\d+)', out).group(1)) for out in outputs]
   assert saved[0] == saved[1] and saved[0] >= STEPS
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), save_every=1, read_only=True)
   assert ckpt.all_steps() == [saved[0]]
@@ -117,7 +106,7 @@ def test_model_init_into_fsdp_params_that_span_both_processes(tmp_path):
   loop.train_and_evaluate(lib.tiny_config(**{k.replace('.', '__'): v for k, v in overrides.items()}), ref_dir)
   workdir = str(tmp_path / 'two_processes')
   outputs = _run_two_processes(workdir, overrides)
-  assert all(f'Initialised the params from {npz}.' in out for out, _ in outputs)
+  assert all(f'Initialised the params from {npz}.' in out for out in outputs)
   expected, got = lib.train_losses(ref_dir), lib.train_losses(workdir)
   assert sorted(got) == [1, 2]
   np.testing.assert_allclose([got[1], got[2]], [expected[1], expected[2]], rtol=1e-5, atol=1e-6)

@@ -3,6 +3,7 @@
 The main job runs in a subprocess with STORAGE_EMULATOR_HOST as its only storage setting, as a user runs it.
 """
 import json
+import functools
 import os
 import subprocess
 import sys
@@ -201,16 +202,7 @@ def test_two_processes_share_a_bucket_workdir_like_one_process_and_both_resume_t
                          extra=[f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}']),
         cwd=lib.REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
 
-  def finish(procs):
-    try:
-      outputs = [p.communicate(timeout=240) for p in procs]
-    finally:
-      for p in procs:
-        if p.poll() is None:
-          p.kill()
-    for p, (_, err) in zip(procs, outputs):
-      assert p.returncode == 0, err[-3000:]
-    return [out for out, _ in outputs]
+  finish = functools.partial(lib.communicate_all, timeout=240)
 
   procs = start(100_000)
   deadline = time.time() + 300
