@@ -336,12 +336,11 @@ def _train(config: Any, workdir: epath.Path, state: train_step.TrainState, progr
                              f'{where}. Lower config.base_lr or raise config.warmup_steps.')
 
   def periodic_work(last: bool, preempted: bool) -> Dict[str, float]:
-    """Checkpoint, evaluation and few-shot when due; returns the new eval metrics (empty when none ran)."""
+    """Checkpoint, evaluations and few-shot when due; returns the metrics of those that ran."""
     saving = step % config.checkpoint_every == 0 or last or preempted
     due = [e for e in evaluators if last or step % e.every == 0]
-    evaluating = bool(due)
     fewshot_due = fewshot_evaluators and (last or (config.fewshot.every and step % config.fewshot.every == 0))
-    if not (saving or evaluating or fewshot_due):
+    if not (saving or due or fewshot_due):
       return {}
     jax.block_until_ready(state)  # Training time ends here; what follows is left out of the rates.
     metrics: Dict[str, float] = {}
@@ -349,7 +348,7 @@ def _train(config: Any, workdir: epath.Path, state: train_step.TrainState, progr
       if saving:
         check_finite()
         ckpt.save(step, state, train_iter.get_state(), force=True)
-      if evaluating:
+      if due:
         metrics = {k: v for e in due for k, v in e.run(programs.eval_step, state).items()}
         writer.write_scalars(step, metrics)
       if fewshot_due:
@@ -380,7 +379,8 @@ def _train(config: Any, workdir: epath.Path, state: train_step.TrainState, progr
         scalars.update({f'train/{k}': float(v) / window_steps for k, v in jax.device_get(sums).items()})
         sums, window_steps = _zero_sums(replicated), 0
         writer.write_scalars(step, {**scalars, **progress.report(step)})
-      eval_metrics = periodic_work(last, preempted) or eval_metrics
+      # Each evaluator's metrics carry its name: keep the newest of every one (their cadences differ).
+      eval_metrics = {**eval_metrics, **periodic_work(last, preempted)}
       if preempted:
         print(f'Preempted (SIGTERM): saved step {step}; exiting.', flush=True)
         break
