@@ -1,10 +1,10 @@
 """Paths: every path the project reads or writes is an `etils.epath.Path`, local or a URL (gs://, s3://, ...).
 
-`configure()` runs first in every command. It routes gs:// file I/O through fsspec/gcsfs rather than
-TensorFlow's GCS filesystem (etils' default when TF is installed), because TF's endpoints are fixed to
-www.googleapis.com and cannot be pointed at an emulator; gcsfs, google-cloud-storage and tensorstore (Orbax's
-array I/O) can. With `STORAGE_EMULATOR_HOST=http://127.0.0.1:PORT` set, it also derives tensorstore's own
-variable from it, so that one variable points every client at the emulator. TensorFlow's writers (TensorBoard
+gs:// file I/O goes through fsspec/gcsfs rather than TensorFlow's GCS filesystem (etils' default when TF is
+installed; `vit_jax/__init__.py` sets EPATH_USE_TF=false), because TF's endpoints are fixed to www.googleapis.com and
+cannot be pointed at an emulator; gcsfs, google-cloud-storage and tensorstore (Orbax's array I/O) can.
+`configure()` runs first in every command: with `STORAGE_EMULATOR_HOST=http://127.0.0.1:PORT` set, it derives
+tensorstore's own variable from it, so that one variable points every client at the emulator. TensorFlow's writers (TensorBoard
 events) cannot follow; `emulated(path)` tells the callers to leave them out for such paths.
 """
 import logging
@@ -14,8 +14,10 @@ from etils import epath
 
 
 def configure() -> None:
-  """gs:// through gcsfs; an emulator named by STORAGE_EMULATOR_HOST reaches tensorstore too. Idempotent."""
-  os.environ.setdefault('EPATH_USE_TF', 'false')  # Read once, at etils' first remote path.
+  """An emulator named by STORAGE_EMULATOR_HOST reaches tensorstore too. Idempotent.
+
+  (gs:// through gcsfs, EPATH_USE_TF=false, is set by `vit_jax/__init__.py`, before any module can open a path.)
+  """
   host = os.environ.get('STORAGE_EMULATOR_HOST')
   if host:
     os.environ.setdefault('TENSORSTORE_GCS_HTTP_URL', host if '://' in host else f'http://{host}')
