@@ -181,6 +181,32 @@ def test_prefetch_to_mesh_builds_sharded_global_arrays_and_tracks_state():
   g.close()
 
 
+@pytest.mark.parametrize('dataset', ['digits', 'synthetic'])
+def test_uint8_batches_scaled_on_the_devices_equal_the_host_floats(dataset):
+  """The loop's path (uint8 over the wire, value_range on the devices) gives the host path's batches."""
+  mesh = sharding.make_mesh({'data': 4, 'fsdp': 2})
+  pp = {'value_range': (0., 1.)} if dataset == 'digits' else {'crop': 8, 'num_classes': 5, 'value_range': (0., 1.)}
+  host = _take(ip.make_train_iterator(dataset, pp, global_batch=16, seed=3), 3)
+  local = ip.make_train_iterator(dataset, pp, global_batch=16, seed=3, uint8=True)
+  assert next(local)['image'].dtype == np.uint8
+  local.set_state(ip.make_train_iterator(dataset, pp, global_batch=16, seed=3, uint8=True).get_state())
+  g = ip.prefetch_to_mesh(local, sharding.batch_sharding(mesh), value_range=(0., 1.))
+  for want in host:
+    got = next(g)
+    assert got['image'].dtype == np.float32 and got['image'].sharding == sharding.batch_sharding(mesh)
+    np.testing.assert_allclose(np.asarray(got['image']), want['image'], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(got['label']), want['label'])
+  g.close()
+
+
+def test_uint8_is_ignored_when_mixup_needs_host_floats():
+  pp = {'mixup': 0.5}
+  mixed = next(ip.make_train_iterator('digits', pp, global_batch=16, seed=0, uint8=True))
+  host = next(ip.make_train_iterator('digits', pp, global_batch=16, seed=0))
+  np.testing.assert_array_equal(mixed['image'], host['image'])
+  assert mixed['image'].dtype == np.float32
+
+
 def test_prefetch_to_mesh_ends_with_eval_stream():
   mesh = sharding.make_mesh({'data': 8})
   g = ip.prefetch_to_mesh(ip.make_eval_iterator('digits', {}, global_batch=128), sharding.batch_sharding(mesh))

@@ -103,6 +103,74 @@ def test_fast_jpeg_path_matches_the_pil_path(monkeypatch, size, area):
     assert np.abs(f.astype(np.int32) - s).mean() < 5  # Measured <= 3.2; a wrong box or flip is off by >= 6.
 
 
+def _window_cases(width, height, rng):
+  """Windows at the edges, on iMCU boundaries and at random inside a width x height image."""
+  yield 0, 0, width, height
+  yield 0, 0, 1, 1
+  yield width - 3, height - 2, 3, 2
+  yield 16, 8, 32, 16
+  for _ in range(40):
+    w, h = int(rng.integers(1, width + 1)), int(rng.integers(1, height + 1))
+    yield int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h
+
+
+@pytest.mark.parametrize('kind', ['4:2:0', '4:2:2', '4:4:4', 'progressive', 'gray'])
+@pytest.mark.parametrize('reduce', [1, 2, 4, 8])
+def test_window_decode_equals_slicing_a_whole_decode(kind, reduce):
+  """_jpegcrop decodes exactly the pixels simplejpeg's whole decode has there, edges and chroma included."""
+  if pp_ops._jpegcrop is None or pp_ops.simplejpeg is None:
+    pytest.skip('the _jpegcrop extension was not built (no libjpeg-turbo headers; see setup.py)')
+  img = np.clip(_photo(331, 213).astype(np.int16)
+                + np.random.default_rng(1).normal(0, 20, (213, 331, 3)), 0, 255).astype(np.uint8)
+  buf = io.BytesIO()
+  options = {'4:2:0': {'subsampling': 2}, '4:2:2': {'subsampling': 1}, '4:4:4': {'subsampling': 0},
+             'progressive': {'progressive': True}, 'gray': {}}[kind]
+  Image.fromarray(img[..., 0] if kind == 'gray' else img).save(buf, 'JPEG', quality=90, **options)
+  data = buf.getvalue()
+  width, height = -(-331 // reduce), -(-213 // reduce)
+  whole = pp_ops.simplejpeg.decode_jpeg(data, 'RGB', fastdct=True, fastupsample=False,
+                                        min_height=height, min_width=width)
+  assert whole.shape == (height, width, 3)
+  for left, top, w, h in _window_cases(width, height, np.random.default_rng(reduce)):
+    got = pp_ops._decode_window(data, reduce, left, top, w, h, width)
+    np.testing.assert_array_equal(got, whole[top:top + h, left:left + w], err_msg=f'{(left, top, w, h)}')
+
+
+def test_window_decode_rejects_a_window_outside_and_names_libjpeg_errors():
+  if pp_ops._jpegcrop is None:
+    pytest.skip('the _jpegcrop extension was not built (no libjpeg-turbo headers; see setup.py)')
+  data = _jpeg(_photo(64, 48))
+  with pytest.raises(ValueError, match=r'window 8x8\+60\+0 outside the 64x48 image at 1/1'):
+    pp_ops._jpegcrop.decode(data, 1, 60, 0, 8, 8)
+  with pytest.raises(ValueError, match='Not a JPEG file'):
+    pp_ops._jpegcrop.decode(b'PNG, not a JPEG', 1, 0, 0, 1, 1)
+  with pytest.raises(ValueError, match='Premature end of JPEG file'):
+    pp_ops._jpegcrop.decode(data[:len(data) // 2], 1, 0, 40, 8, 8)  # A window in the missing half.
+
+
+@pytest.mark.parametrize('size,area', [((500, 375), (0.08, 1.)), ((1024, 768), (0.9, 1.))])
+def test_fast_jpeg_path_gives_the_same_crops_with_and_without_window_decode(monkeypatch, size, area):
+  if pp_ops._jpegcrop is None or pp_ops.cv2 is None or pp_ops.simplejpeg is None:
+    pytest.skip('needs the _jpegcrop extension, opencv-python-headless and simplejpeg')
+  rec = {'image_bytes': _jpeg(_photo(*size)), 'label': 0, 'id': 0, 'name': 'x.jpg'}
+  pp = {'crop': 64, 'area_range': area}  # (1024, 768) at area >= 0.9: decoded at 1/4 or 1/8 DCT scale.
+  window = [pp_ops.train_example(rec, np.random.default_rng(s), pp, 2)['image'] for s in range(16)]
+  monkeypatch.setattr(pp_ops, '_jpegcrop', None)
+  whole = [pp_ops.train_example(rec, np.random.default_rng(s), pp, 2)['image'] for s in range(16)]
+  for a, b in zip(window, whole):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_fast_jpeg_path_names_a_truncated_file_whatever_box_is_drawn():
+  """Cut near the end: boxes in the intact top would decode; the missing end marker sends it to the strict path."""
+  data = _jpeg(_photo(500, 375))
+  data = data[:len(data) * 9 // 10]
+  for seed in range(8):
+    with pytest.raises(pp_ops.CorruptImageError, match='cut.jpg'):
+      pp_ops.train_example({'image_bytes': data, 'label': 0, 'id': 0, 'name': 'cut.jpg'},
+                           np.random.default_rng(seed), {'crop': 32}, 2)
+
+
 @pytest.mark.parametrize('cut', [300, 2000])
 def test_fast_jpeg_path_names_truncated_files(cut):
   data = _jpeg(_photo(500, 375))[:cut]  # 2000: a valid header, pixel data cut short.

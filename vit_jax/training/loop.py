@@ -248,9 +248,11 @@ def train_and_evaluate(config: Any, workdir: epath.PathLike) -> Dict[str, float]
 
   # --- Data: per-process batches become global arrays sharded over the mesh's batch axes.
   pp = config_checks.pp_dict(config.pp)
+  # uint8 over the wire, scaled to pp.value_range on the devices (unless mixup/cutmix needs host floats).
   train_iter = input_pipeline.prefetch_to_mesh(
       input_pipeline.make_train_iterator(config.dataset, pp, global_batch=config.batch, seed=config.seed,
-                                         data_dir=config.tfds_data_dir), batch_sharding)
+                                         data_dir=config.tfds_data_dir, uint8=True),
+      batch_sharding, value_range=pp.get('value_range', (-1., 1.)))
 
   def make_eval_batches(dataset: str, eval_pp: Dict[str, Any]):  # A fresh pass over an eval split, padded, masked.
     return input_pipeline.prefetch_to_mesh(input_pipeline.make_eval_iterator(
