@@ -1,4 +1,5 @@
 """vit_jax.prepare_data on Beam's DirectRunner: folder and ImageNet-21k tar inputs, and training on the output."""
+import gzip
 import io
 import json
 import os
@@ -121,12 +122,33 @@ def test_the_command_on_all_cores_rewrites_the_same_shards_over_a_half_finished_
     assert (out / f).read_bytes() == (root / 'from_tar' / f).read_bytes(), f
 
 
-def test_gzip_and_missing_inputs_are_one_line_errors(data, tmp_path):
+def test_the_gzipped_release_is_streamed_into_byte_identical_shards(data, tmp_path):
+  """winter21_whole.tar.gz's layout: read once as a stream (nothing extracted), the same shards as the tar."""
   root, _ = data
-  import gzip  # pylint: disable=g-import-not-at-top
   (tmp_path / 'w.tar.gz').write_bytes(gzip.compress((root / 'i21k.tar').read_bytes()))
-  with pytest.raises(ValueError, match=r'gzip-compressed.*gunzip -c w.tar.gz > w.tar'):
-    prepare.list_units(str(tmp_path / 'w.tar.gz'))
+  out = tmp_path / 'from_gz'
+  meta = prepare.run(str(tmp_path / 'w.tar.gz'), str(out), IN_MEMORY, examples_per_shard=5)
+  assert meta['splits']['train']['num_examples'] == 24
+  assert sorted(os.listdir(tmp_path)) == ['from_gz', 'w.tar.gz']  # No extracted copy beside the input.
+  for f in sorted(os.listdir(root / 'from_tar')):
+    if f != prepare.METADATA and f != prepare.REPORT:
+      assert (out / f).read_bytes() == (root / 'from_tar' / f).read_bytes(), f
+  skipped = json.loads((out / prepare.REPORT).read_text())['skipped']
+  assert {(s['class'], s['name']) for s in skipped} == BAD
+
+
+def test_bad_gzip_and_missing_inputs_are_one_line_errors(tmp_path):
+  (tmp_path / 'notatar.gz').write_bytes(gzip.compress(b'plain text, not a tar'))
+  with pytest.raises(ValueError, match='notatar.gz is gzip-compressed but not a readable tar'):
+    prepare.run(str(tmp_path / 'notatar.gz'), str(tmp_path / 'out'), IN_MEMORY)
+  buf = io.BytesIO()
+  with tarfile.open(fileobj=buf, mode='w') as t:
+    info = tarfile.TarInfo('readme.txt')
+    info.size = 2
+    t.addfile(info, io.BytesIO(b'hi'))
+  (tmp_path / 'other.tar.gz').write_bytes(gzip.compress(buf.getvalue()))
+  with pytest.raises(ValueError, match='other.tar.gz holds no per-class tars'):
+    prepare.run(str(tmp_path / 'other.tar.gz'), str(tmp_path / 'out'), IN_MEMORY)
   with pytest.raises(FileNotFoundError, match='does not exist'):
     prepare.list_units(str(tmp_path / 'nope'))
 

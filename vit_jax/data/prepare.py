@@ -1,9 +1,10 @@
 """Builds a prepared dataset (ArrayRecord shards + metadata) from an image folder or the ImageNet-21k tar, on Beam.
 
 Input: an image folder `<root>/<split>/<class>/*.{jpg,jpeg,png}`, or the ImageNet-21k release tar (a tar of
-per-class tars `n01440764.tar` holding `n01440764_10026.JPEG`, ...; all of it becomes split 'train'). The
-tar is read in place (headers, then byte ranges), never extracted; it must be uncompressed, because a gzip
-stream cannot be read at random (and so not in parallel): `gunzip` a `.tar.gz` first.
+per-class tars `n01440764.tar` holding `n01440764_10026.JPEG`, ...; all of it becomes split 'train'). An
+uncompressed tar is read in place (headers, then byte ranges), never extracted. A `.tar.gz` (winter21_whole.tar.gz)
+cannot be read at random, so one worker streams it once and hands each per-class tar's bytes to the pipeline;
+nothing is written to disk but the output, and the shards are byte-identical to those of the uncompressed tar.
 
 Output (`--output`, local or gs://):
   <split>.array_record-<k>-of-<n>   ArrayRecord shards; record i of a split = its i-th image in
@@ -17,6 +18,7 @@ A record is `<int64 label><uint32 len(name)><name, utf-8><encoded image bytes>` 
 The Beam pipeline has no shuffle of image bytes: (1) each class (a folder or an inner tar) is scanned and its
 images decoded once to find the corrupt ones, giving a sorted list of (name, byte range); (2) from the counts
 per class every shard's list of members is derived; (3) each shard reads its members and writes its file.
+A streamed `.tar.gz` is the exception: its classes' bytes travel with them from the reading worker through (3).
 """
 import dataclasses
 import io
@@ -62,8 +64,9 @@ class Unit:
   split: str
   cls: str
   path: str  # The class folder, or the outer tar.
-  offset: int = -1  # Inner tar's data offset in the outer tar (-1: a folder).
+  offset: int = -1  # Inner tar's data offset in the outer tar (-1: a folder; 0: streamed).
   size: int = 0
+  streamed: bool = False  # A member of a .tar.gz: its bytes travel with it (Scan.data).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +75,7 @@ class Scan:
   unit: Unit
   good: tuple[tuple[str, int, int], ...]
   skipped: tuple[tuple[str, str], ...]
+  data: bytes | None = None  # A streamed unit's inner tar (`good`'s offsets index into it).
 
 
 def _is_image_name(name: str) -> bool:
@@ -107,9 +111,8 @@ def list_units(input_path: str) -> list[Unit]:
                               f'{input_path}/train/<class>/*.jpg.')
     return units
   with root.open('rb') as f:
-    if f.read(2) == b'\x1f\x8b':
-      raise ValueError(f'--input={input_path} is gzip-compressed, which cannot be read at random (in parallel): '
-                       f'decompress it first, e.g. `gunzip -c {root.name} > {root.name.removesuffix(".gz")}`.')
+    if f.read(2) == _GZIP_MAGIC:
+      raise ValueError(f'--input={input_path} is gzip-compressed: it is read as a stream (stream_gzip_units).')
     f.seek(0)
     try:
       members = [m for m in tarfile.open(fileobj=f, mode='r:') if m.isfile()]
@@ -122,20 +125,55 @@ def list_units(input_path: str) -> list[Unit]:
   return sorted(units, key=lambda u: (u.split, u.cls))
 
 
+_GZIP_MAGIC = b'\x1f\x8b'
+
+
+def is_gzip(input_path: str) -> bool:
+  """Whether --input is a gzip file (the .tar.gz release), which is streamed rather than read at random."""
+  root = epath.Path(input_path)
+  if not root.exists() or root.is_dir():
+    return False
+  with root.open('rb') as f:
+    return f.read(2) == _GZIP_MAGIC
+
+
+def stream_gzip_units(input_path: str, first_only: bool = False) -> Iterable[tuple[Unit, bytes]]:
+  """(unit, inner tar bytes) of each per-class tar of a .tar.gz, in one sequential pass (never extracted).
+
+  first_only: stop after the first per-class tar (a cheap check of the input before the pipeline starts).
+  """
+  found = False
+  try:
+    with epath.Path(input_path).open('rb') as f, tarfile.open(fileobj=f, mode='r|gz') as outer:
+      for m in outer:
+        if m.isfile() and m.name.endswith('.tar'):
+          cls = os.path.basename(m.name).removesuffix('.tar')
+          yield Unit('train', cls, input_path, 0, m.size, streamed=True), outer.extractfile(m).read()
+          found = True
+          if first_only:
+            return
+  except (tarfile.TarError, OSError, EOFError) as e:
+    raise ValueError(f'--input={input_path} is gzip-compressed but not a readable tar ({e}).') from None
+  if not found:
+    raise ValueError(f'--input={input_path} holds no per-class tars (<wnid>.tar): is it the ImageNet-21k release?')
+
+
 def _read_range(path: str, offset: int, size: int) -> bytes:
   with epath.Path(path).open('rb') as f:
     f.seek(offset)
     return f.read(size)
 
 
-def _members(unit: Unit) -> Iterable[tuple[str, int, int, bytes]]:
-  """(file name, offset, size, bytes) of every file of a unit (offset/size in the outer tar; -1/0 for folders)."""
+def _members(unit: Unit, data: bytes | None = None) -> Iterable[tuple[str, int, int, bytes]]:
+  """(file name, offset, size, bytes) of every file of a unit (offset/size in the outer tar, or in `data` for a
+  streamed unit; -1/0 for folders)."""
   if unit.offset < 0:
     for p in epath.Path(unit.path).iterdir():
       if not p.is_dir():
         yield p.name, -1, 0, p.read_bytes() if _is_image_name(p.name) else b''
     return
-  data = _read_range(unit.path, unit.offset, unit.size)
+  if data is None:
+    data = _read_range(unit.path, unit.offset, unit.size)
   with tarfile.open(fileobj=io.BytesIO(data), mode='r:') as inner:
     for m in inner:
       if m.isfile():
@@ -143,17 +181,17 @@ def _members(unit: Unit) -> Iterable[tuple[str, int, int, bytes]]:
         yield os.path.basename(m.name), unit.offset + start, m.size, data[start:start + m.size]
 
 
-def scan_unit(unit: Unit) -> Scan:
-  """Decodes every image of a unit once; keeps the good ones sorted by name."""
+def scan_unit(unit: Unit, inner: bytes | None = None) -> Scan:
+  """Decodes every image of a unit once; keeps the good ones sorted by name (`inner`: a streamed unit's bytes)."""
   good, skipped = [], []
-  for name, offset, size, data in _members(unit):
+  for name, offset, size, data in _members(unit, inner):
     reason = None if _is_image_name(name) else 'not an image file name (.jpg/.jpeg/.png)'
     reason = reason or check_image(data, f'{unit.cls}/{name}')
     if reason:
       skipped.append((name, reason))
     else:
       good.append((name, offset, size))
-  return Scan(unit, tuple(sorted(good)), tuple(sorted(skipped)))
+  return Scan(unit, tuple(sorted(good)), tuple(sorted(skipped)), inner)
 
 
 def class_offsets(counts: Sequence[tuple[str, str, int]]) -> tuple[dict[tuple[str, str], int], dict[str, int]]:
@@ -166,14 +204,17 @@ def class_offsets(counts: Sequence[tuple[str, str, int]]) -> tuple[dict[tuple[st
 
 
 def shard_pieces(scan: Scan, counts: Sequence[tuple[str, str, int]], examples_per_shard: int):
-  """((split, shard), (first index, unit, members)) for the runs of this class falling into each shard."""
+  """((split, shard), (first index, unit, members, member bytes or None)) for the runs of this class falling into
+  each shard; the bytes only for a streamed unit, which cannot be read again."""
   offsets, _ = class_offsets(counts)
   first = offsets[(scan.unit.split, scan.unit.cls)]
   r = 0
   while r < len(scan.good):
     shard = (first + r) // examples_per_shard
     end = min(len(scan.good), (shard + 1) * examples_per_shard - first)
-    yield (scan.unit.split, shard), (first + r, scan.unit, scan.good[r:end])
+    members = scan.good[r:end]
+    payload = None if scan.data is None else tuple(scan.data[o:o + n] for _, o, n in members)
+    yield (scan.unit.split, shard), (first + r, scan.unit, members, payload)
     r = end
 
 
@@ -200,12 +241,15 @@ def write_shard(group: tuple[tuple[str, int], Iterable[Any]], counts: Sequence[t
     local = os.path.join(tmp, 'shard')
     writer = array_record_module.ArrayRecordWriter(local, 'group_size:1')
     n = 0
-    for first, unit, members in pieces:
+    for first, unit, members, payload in pieces:
       if first != expected + n:
         raise RuntimeError(f'Shard {split}/{shard}: records {expected + n}..{first} are missing.')
-      # A piece's members are sorted by name; reading them in offset order keeps tar reads sequential.
-      order = sorted(range(len(members)), key=lambda j: members[j][1])
-      data = dict(zip(order, _member_bytes(unit, [members[j] for j in order])))
+      if payload is not None:
+        data = dict(enumerate(payload))
+      else:
+        # A piece's members are sorted by name; reading them in offset order keeps tar reads sequential.
+        order = sorted(range(len(members)), key=lambda j: members[j][1])
+        data = dict(zip(order, _member_bytes(unit, [members[j] for j in order])))
       for j, (name, _, _) in enumerate(members):
         writer.write(encode_record(label[unit.cls], f'{unit.cls}/{name}', data[j]))
       n += len(members)
@@ -242,10 +286,16 @@ def write_metadata(written: Sequence[tuple[str, int, int]], counts: Sequence[tup
 def build_pipeline(pipeline, input_path: str, output: str, examples_per_shard: int = 10_000):
   """Adds the prepare stages to a Beam pipeline (see the module docstring)."""
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
-  units = list_units(input_path)
-  epath.Path(output).mkdir(parents=True, exist_ok=True)
-  scans = (pipeline | 'Units' >> beam.Create(units) | 'SpreadUnits' >> beam.Reshuffle()
-           | 'Scan' >> beam.Map(scan_unit))
+  if is_gzip(input_path):
+    next(iter(stream_gzip_units(input_path, first_only=True)))  # A bad input fails here, in one line.
+    epath.Path(output).mkdir(parents=True, exist_ok=True)
+    scans = (pipeline | 'Input' >> beam.Create([input_path]) | 'Stream' >> beam.FlatMap(stream_gzip_units)
+             | 'SpreadUnits' >> beam.Reshuffle() | 'Scan' >> beam.MapTuple(scan_unit))
+  else:
+    units = list_units(input_path)
+    epath.Path(output).mkdir(parents=True, exist_ok=True)
+    scans = (pipeline | 'Units' >> beam.Create(units) | 'SpreadUnits' >> beam.Reshuffle()
+             | 'Scan' >> beam.Map(scan_unit))
   counts = beam.pvalue.AsList(scans | 'Count' >> beam.Map(lambda s: (s.unit.split, s.unit.cls, len(s.good))))
   skipped = scans | 'Skipped' >> beam.FlatMap(lambda s: [(s.unit.split, s.unit.cls, n, r) for n, r in s.skipped])
   written = (scans
