@@ -1,7 +1,7 @@
 """ViT-S/16 pre-training on ImageNet-21k with the ViT paper's ImageNet-21k recipe for B (it has no S/16).
 
 Command:   python -m vit_jax.main --config=configs/vit_s16_i21k.py --workdir=gs://BUCKET/vit_s16_i21k \
-               --config.dataset=/gcs/BUCKET/imagenet21k    (the bucket mounted with gcsfuse on every host)
+               --config.dataset=gs://BUCKET/imagenet21k    (read in place: array_record opens gs://)
            after preparing the release once (it has no TFDS builder; README, "ImageNet-21k"):
            python -m vit_jax.prepare_data --input=fall11_whole.tar --output=gs://BUCKET/imagenet21k
            (an extracted folder <root>/train/<wnid>/*.JPEG works too, read file by file); 1% is held out.

@@ -223,3 +223,27 @@ def test_two_processes_share_a_bucket_workdir_like_one_process_and_both_resume_t
   outputs = finish(start(saved[0] + 1))  # Both hosts restart on the bucket and continue from the same step.
   for out in outputs:
     assert f'Resumed from step {saved[0]} of {workdir}' in out
+
+
+def test_prepare_data_into_the_bucket_then_training_batches_read_in_place_equal_the_folder(emulator, tmp_path):
+  """prepare_data writes its shards to gs://; array_record reads them there (no mount); same batches as the folder."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from vit_jax.data import pipeline as ip  # pylint: disable=g-import-not-at-top
+  from vit_jax.data import prepare  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  for i in range(24):
+    d = tmp_path / 'folder' / 'train' / f'c{i % 3}'
+    d.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(d / f'{i}.jpg', quality=90)
+  meta = prepare.run(str(tmp_path / 'folder'), 'gs://bucket/prepared',
+                     ['--direct_running_mode=in_memory', '--direct_num_workers=1'], examples_per_shard=5)
+  assert meta['splits']['train']['num_examples'] == 24
+  assert {prepare.METADATA, 'train.array_record-00004-of-00005'} <= _objects(emulator, 'prepared/')
+  pp = {'crop': 16}
+  from_bucket = ip.make_train_iterator('gs://bucket/prepared', pp, global_batch=8, seed=4, with_ids=True)
+  from_folder = ip.make_train_iterator(str(tmp_path / 'folder'), pp, global_batch=8, seed=4, with_ids=True)
+  for _ in range(4):  # > 1 epoch.
+    a, b = next(from_bucket), next(from_folder)
+    np.testing.assert_array_equal(a['id'], b['id'])
+    np.testing.assert_array_equal(a['image'], b['image'])
+    np.testing.assert_array_equal(a['label'], b['label'])

@@ -14,13 +14,16 @@ from etils import epath
 
 
 def configure() -> None:
-  """An emulator named by STORAGE_EMULATOR_HOST reaches tensorstore too. Idempotent.
+  """An emulator named by STORAGE_EMULATOR_HOST reaches tensorstore and array_record too. Idempotent.
 
   (gs:// through gcsfs, EPATH_USE_TF=false, is set by `vit_jax/__init__.py`, before any module can open a path.)
   """
   host = os.environ.get('STORAGE_EMULATOR_HOST')
   if host:
-    os.environ.setdefault('TENSORSTORE_GCS_HTTP_URL', host if '://' in host else f'http://{host}')
+    url = host if '://' in host else f'http://{host}'
+    os.environ.setdefault('TENSORSTORE_GCS_HTTP_URL', url)
+    # array_record reads gs:// through google-cloud-cpp (riegeli), which has its own variable.
+    os.environ.setdefault('CLOUD_STORAGE_EMULATOR_ENDPOINT', url)
     # gcsfs asks the storage-control API (not emulated) for the bucket type at each open and warns.
     logging.getLogger('gcsfs').setLevel(logging.ERROR)
 

@@ -225,9 +225,9 @@ class _PreparedRecords(Sequence):
     import grain  # pylint: disable=g-import-not-at-top
     try:
       self._src = grain.sources.ArrayRecordDataSource(list(shard_paths))
-    except RuntimeError as e:  # array_record opens local files only (google/array_record#120).
-      raise FileNotFoundError(f'Cannot open the prepared shards {shard_paths[0]}...: {e}. For a bucket, mount it '
-                              '(gcsfuse) and set dataset to the mounted path.') from None
+    except RuntimeError as e:  # array_record reads local and gs:// paths itself.
+      raise FileNotFoundError(f'Cannot open the prepared shards {shard_paths[0]}...: {e}. Check the path and, '
+                              'for gs://, the credentials; or run prepare_data again.') from None
     if len(self._src) != num_examples:
       raise ValueError(f'Prepared shards {shard_paths[0]}... hold {len(self._src)} records, the metadata says '
                        f'{num_examples}: the dataset is damaged; run prepare_data again.')
