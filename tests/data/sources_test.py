@@ -213,3 +213,12 @@ def test_tfds_not_prepared_names_dataset_dir_and_command(tmp_path):
     ip.get_dataset_info('imagenet2012', {}, data_dir=str(tmp_path))
   with pytest.raises(FileNotFoundError, match=r'imagenet21k.*python -m vit_jax.prepare_data --input=<the .tar>'):
     ip.get_dataset_info('imagenet21k', {}, data_dir=str(tmp_path))
+
+
+def test_a_folder_of_only_undecodable_files_stops_instead_of_skipping_forever(tmp_path):
+  for i in range(3):
+    (tmp_path / 'train' / 'c').mkdir(parents=True, exist_ok=True)
+    (tmp_path / 'train' / 'c' / f'{i}.jpg').write_bytes(b'\xff\xd8\xff\xe0 truncated garbage')
+  it = ip.make_train_iterator(str(tmp_path), {'crop': 16}, global_batch=8, seed=0)
+  with pytest.raises(preprocess.CorruptImageError, match=r'1000 images in a row could not be decoded.*unreadable'):
+    next(it)

@@ -171,17 +171,27 @@ class _SyntheticEvalRecords:
 
 
 # --------------------------------------------------------------------------------------- grain stages
+# This many undecodable images in a row is an unreadable dataset (or a broken decoder), not a few bad files: stop
+# rather than skip forever without ever filling a batch.
+MAX_CORRUPT_IN_A_ROW = 1000
+
+
 @dataclasses.dataclass
 class CorruptImages:
   """Counts (and names, in warnings) the images dropped because they could not be decoded."""
   strict: bool = False
   count: int = 0
+  in_a_row: int = 0
 
   def check(self, msg: str) -> None:
     if self.strict:
       raise preprocess.CorruptImageError(f'{msg} (strict=True: fix or remove the file, or set strict=False '
                                          'to skip such images).')
     self.count += 1
+    self.in_a_row += 1
+    if self.in_a_row >= MAX_CORRUPT_IN_A_ROW:
+      raise preprocess.CorruptImageError(f'{self.in_a_row} images in a row could not be decoded, the last: {msg}. '
+                                         'The dataset is unreadable: check its path and format.')
     logging.warning('Skipping corrupt image (%d so far): %s', self.count, msg)
 
 
@@ -209,6 +219,7 @@ class _DropCorrupt:
     if 'corrupt' in ex:
       self.corrupt.check(ex['corrupt'])
       return False
+    self.corrupt.in_a_row = 0
     return True
 
 

@@ -47,11 +47,12 @@ def encode_record(label: int, name: str, image: bytes) -> bytes:
   return _HEADER.pack(label, len(n)) + n + image
 
 
-def decode_record(record: bytes) -> tuple[int, str, bytes]:
-  """(label, name, encoded image) of a record written by `encode_record`."""
+def decode_record(record: bytes | memoryview) -> tuple[int, str, bytes | memoryview]:
+  """(label, name, encoded image) of a record written by `encode_record`; given a memoryview, the image is a view
+  into it (no copy)."""
   label, n = _HEADER.unpack_from(record)
   start = _HEADER.size
-  return label, record[start:start + n].decode('utf-8'), record[start + n:]
+  return label, bytes(record[start:start + n]).decode('utf-8'), record[start + n:]
 
 
 def shard_name(split: str, k: int, n: int) -> str:
@@ -239,7 +240,8 @@ def write_shard(group: tuple[tuple[str, int], Iterable[Any]], counts: Sequence[t
   expected = shard * examples_per_shard
   with tempfile.TemporaryDirectory() as tmp:
     local = os.path.join(tmp, 'shard')
-    writer = array_record_module.ArrayRecordWriter(local, 'group_size:1')
+    # One record per chunk (random access) and no compression: JPEG bytes do not compress, and reading skips a pass.
+    writer = array_record_module.ArrayRecordWriter(local, 'group_size:1,uncompressed')
     n = 0
     for first, unit, members, payload in pieces:
       if first != expected + n:

@@ -83,13 +83,13 @@ class CorruptImageError(ValueError):
   """An image that cannot be decoded; the message names the file."""
 
 
-def decode(data: bytes | str | np.ndarray, name: str = '<image>') -> Image.Image:
+def decode(data: bytes | memoryview | str | np.ndarray, name: str = '<image>') -> Image.Image:
   """Opens an encoded image (bytes or a path) or wraps a uint8 array, lazily (pixels not decoded yet)."""
   if isinstance(data, np.ndarray):
     return Image.fromarray(data)
   import io  # pylint: disable=g-import-not-at-top
   try:
-    return Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+    return Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data)
   except Exception as e:  # pylint: disable=broad-except
     raise CorruptImageError(f'Cannot read image {name}: {e}') from None
 
