@@ -6,9 +6,10 @@ ahead approximately. grain reads random-access sources (TFDS array_record, image
 shuffles *indices* with a seeded permutation per epoch, so the example at stream position i, and its
 augmentation (drawn from `np.random.default_rng([seed, i])`), are pure functions of (seed, i). The
 iterator state is a few integers (JSON), saved with every checkpoint; restored at step N it yields
-exactly the batches an uninterrupted run yields from step N. Decoding runs in threads (PIL, simplejpeg and
-OpenCV release the GIL; JPEGs use the fast integer IDCT and, when the crop allows, reduced DCT scale) or
-in grain worker processes (`pp.workers`). Speed against plain tf.data: see scripts/bench_input.py.
+exactly the batches an uninterrupted run yields from step N. Decoding runs in threads (PIL, simplejpeg,
+_jpegcrop and OpenCV release the GIL; JPEGs use the fast integer IDCT, the training crop decodes only its
+window and, when the crop allows, at reduced DCT scale) or in grain worker processes (`pp.workers`).
+Speed against plain tf.data: see scripts/bench_input.py.
 
 Layout. Training: the split is shuffled once per epoch (seed), repeated forever, and process p of P takes
 stream positions p, p + P, p + 2P, ... (it reads nothing else); corrupt images are dropped in the main
