@@ -173,6 +173,16 @@ def test_training_and_eval_batches_equal_the_extracted_folder(data, split):
       np.testing.assert_array_equal(a[k], b[k])
 
 
+def test_grain_worker_processes_read_the_shards_as_the_main_process_does(data):
+  """pp.workers > 0 pickles the source into grain's worker processes: the same batches as threads."""
+  root, _ = data
+  pp = {'crop': 16}
+  threads = ip.make_train_iterator(str(root / 'from_tar'), pp, global_batch=8, seed=2)
+  workers = ip.make_train_iterator(str(root / 'from_tar'), {**pp, 'workers': 1}, global_batch=8, seed=2)
+  for _ in range(4):
+    np.testing.assert_array_equal(next(threads)['image'], next(workers)['image'])
+
+
 def test_a_damaged_prepared_dataset_is_named(data, tmp_path):
   root, _ = data
   meta = json.loads((root / 'from_tar' / prepare.METADATA).read_text())
