@@ -128,7 +128,7 @@ class SyntheticIterator:
   def __init__(self, pp: Mapping[str, Any], local_batch: int, seed: int, process_index: int,
                uint8: bool = False):
     self._pp, self._b, self._seed, self._p = pp, local_batch, seed, process_index
-    self._uint8 = uint8 and not _mixes(pp)
+    self._finish = _MixBatch(pp, seed, with_ids=True, uint8=uint8)  # The grain iterators' batch stage.
     self._step = 0
 
   def __iter__(self):
@@ -143,10 +143,7 @@ class SyntheticIterator:
     k, s = self._pp['num_classes'], self._pp.get('label_smoothing', 0.)
     onehot = np.full((self._b, k), s / k, np.float32)
     onehot[np.arange(self._b), labels] += 1 - s
-    if self._uint8:
-      return {'image': pixels, 'label': onehot}
-    batch = preprocess.finish_batch({'image': pixels, 'label': onehot}, self._pp)
-    return preprocess.mix_batch(batch, np.random.default_rng([self._seed, self._step - 1, 1]), self._pp)
+    return self._finish(self._step - 1, {'image': pixels, 'label': onehot})
 
   def get_state(self) -> dict[str, int]:
     return {'step': self._step}

@@ -29,7 +29,7 @@ import re
 import struct
 import tarfile
 import tempfile
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from etils import epath
 import numpy as np
@@ -65,9 +65,8 @@ class Unit:
   split: str
   cls: str
   path: str  # The class folder, or the outer tar.
-  offset: int = -1  # Inner tar's data offset in the outer tar (-1: a folder; 0: streamed).
+  offset: int = -1  # Inner tar's data offset in the outer tar (-1: a folder; 0: streamed, bytes in Scan.data).
   size: int = 0
-  streamed: bool = False  # A member of a .tar.gz: its bytes travel with it (Scan.data).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,21 +137,16 @@ def is_gzip(input_path: str) -> bool:
     return f.read(2) == _GZIP_MAGIC
 
 
-def stream_gzip_units(input_path: str, first_only: bool = False) -> Iterable[tuple[Unit, bytes]]:
-  """(unit, inner tar bytes) of each per-class tar of a .tar.gz, in one sequential pass (never extracted).
-
-  first_only: stop after the first per-class tar (a cheap check of the input before the pipeline starts).
-  """
+def stream_gzip_units(input_path: str) -> Iterator[tuple[Unit, bytes]]:
+  """(unit, inner tar bytes) of each per-class tar of a .tar.gz, in one sequential pass (never extracted)."""
   found = False
   try:
     with epath.Path(input_path).open('rb') as f, tarfile.open(fileobj=f, mode='r|gz') as outer:
       for m in outer:
         if m.isfile() and m.name.endswith('.tar'):
           cls = os.path.basename(m.name).removesuffix('.tar')
-          yield Unit('train', cls, input_path, 0, m.size, streamed=True), outer.extractfile(m).read()
           found = True
-          if first_only:
-            return
+          yield Unit('train', cls, input_path, 0, m.size), outer.extractfile(m).read()
   except (tarfile.TarError, OSError, EOFError) as e:
     raise ValueError(f'--input={input_path} is gzip-compressed but not a readable tar ({e}).') from None
   if not found:
@@ -289,15 +283,14 @@ def build_pipeline(pipeline, input_path: str, output: str, examples_per_shard: i
   """Adds the prepare stages to a Beam pipeline (see the module docstring)."""
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
   if is_gzip(input_path):
-    next(iter(stream_gzip_units(input_path, first_only=True)))  # A bad input fails here, in one line.
-    epath.Path(output).mkdir(parents=True, exist_ok=True)
-    scans = (pipeline | 'Input' >> beam.Create([input_path]) | 'Stream' >> beam.FlatMap(stream_gzip_units)
-             | 'SpreadUnits' >> beam.Reshuffle() | 'Scan' >> beam.MapTuple(scan_unit))
+    next(stream_gzip_units(input_path))  # Only the first class: a bad input fails here, in one line.
+    units = pipeline | 'Input' >> beam.Create([input_path]) | 'Stream' >> beam.FlatMap(stream_gzip_units)
+    scan = beam.MapTuple(scan_unit)
   else:
-    units = list_units(input_path)
-    epath.Path(output).mkdir(parents=True, exist_ok=True)
-    scans = (pipeline | 'Units' >> beam.Create(units) | 'SpreadUnits' >> beam.Reshuffle()
-             | 'Scan' >> beam.Map(scan_unit))
+    units = pipeline | 'Units' >> beam.Create(list_units(input_path))
+    scan = beam.Map(scan_unit)
+  epath.Path(output).mkdir(parents=True, exist_ok=True)
+  scans = units | 'SpreadUnits' >> beam.Reshuffle() | 'Scan' >> scan
   counts = beam.pvalue.AsList(scans | 'Count' >> beam.Map(lambda s: (s.unit.split, s.unit.cls, len(s.good))))
   skipped = scans | 'Skipped' >> beam.FlatMap(lambda s: [(s.unit.split, s.unit.cls, n, r) for n, r in s.skipped])
   written = (scans

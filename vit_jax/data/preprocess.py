@@ -57,6 +57,8 @@ from PIL import Image
 from PIL import ImageEnhance
 from PIL import ImageOps
 
+from vit_jax import storage
+
 # Optional speed-ups of the training crop (see the module docstring); PIL does everything without them.
 try:
   import cv2  # pylint: disable=g-import-not-at-top
@@ -135,8 +137,7 @@ def sample_inception_box(rng: np.random.Generator, width: int, height: int,
 def read_bytes(path: Any) -> bytes:
   """A file's bytes: a URL (an image folder in a bucket) through epath, a local path with plain open (3x cheaper
   per small file than epath's path object)."""
-  path = str(path)
-  if '://' in path:
+  if storage.is_remote(path):
     return epath.Path(path).read_bytes()
   with open(path, 'rb') as f:
     return f.read()
@@ -514,9 +515,14 @@ def cutmix(batch: Record, rng: np.random.Generator, alpha: float) -> Record:
   return out
 
 
+def pixel_range(pp: Any) -> tuple[float, float]:
+  """pp.value_range, the range float images are scaled to (default (-1, 1))."""
+  return tuple(pp.get('value_range', (-1., 1.)))
+
+
 def finish_batch(batch: Record, pp: Any) -> Record:
   """uint8 images -> float32 in pp.value_range, once per batch (one vectorised pass)."""
-  return {**batch, 'image': value_range(batch['image'], *pp.get('value_range', (-1., 1.)))}
+  return {**batch, 'image': value_range(batch['image'], *pixel_range(pp))}
 
 
 def mix_batch(batch: Record, rng: np.random.Generator, pp: Any) -> Record:

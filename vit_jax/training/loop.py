@@ -35,6 +35,7 @@ from etils import epath
 from vit_jax import checkpoint
 from vit_jax import storage
 from vit_jax.data import pipeline as input_pipeline
+from vit_jax.data import preprocess
 from vit_jax.evaluation import classification as evaluate
 from vit_jax.evaluation import fewshot
 from vit_jax.models import build
@@ -252,7 +253,7 @@ def train_and_evaluate(config: Any, workdir: epath.PathLike) -> Dict[str, float]
   train_iter = input_pipeline.prefetch_to_mesh(
       input_pipeline.make_train_iterator(config.dataset, pp, global_batch=config.batch, seed=config.seed,
                                          data_dir=config.tfds_data_dir, uint8=True),
-      batch_sharding, value_range=pp.get('value_range', (-1., 1.)))
+      batch_sharding, value_range=preprocess.pixel_range(pp))
 
   def make_eval_batches(dataset: str, eval_pp: Dict[str, Any]):  # A fresh pass over an eval split, padded, masked.
     return input_pipeline.prefetch_to_mesh(input_pipeline.make_eval_iterator(
