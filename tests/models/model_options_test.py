@@ -140,14 +140,20 @@ def test_scan_remat_dot_product_and_bf16_compute_the_same_function(name):
   params = _random_params(ref_model, images)
   rngs = {'dropout': jax.random.key(3)}
   # In training (patch dropout draws its subset), so the gradient goes through every new parameter.
-  loss = lambda m: jax.jit(jax.value_and_grad(
-      lambda p: jnp.sum(jnp.sin(m.apply({'params': p}, images, train=True, rngs=rngs)))))
-  ref_loss, ref_grads = loss(ref_model)(params)
+  def loss(m):
+    def f(p):
+      out = m.apply({'params': p}, images, train=True, rngs=rngs)
+      return jnp.sum(jnp.sin(out)), out
+    return jax.jit(jax.value_and_grad(f, has_aux=True))
+  (_, ref_out), ref_grads = loss(ref_model)(params)
   fast = _tiny(options, scan=True, remat_policy='dots', attention_impl='dot_product')
-  fast_loss, fast_grads = loss(fast)(models.stack_encoder_blocks(params))
-  np.testing.assert_allclose(fast_loss, ref_loss, rtol=1e-5)
+  (_, fast_out), fast_grads = loss(fast)(models.stack_encoder_blocks(params))
+  # Elementwise, scaled by the largest value: float32 reduction order differs between the two programs (and
+  # between installs and thread counts), so each output carries an error of a few ulps of the largest term; a
+  # scalar sum of terms that cancel would magnify it.
+  np.testing.assert_allclose(fast_out, ref_out, rtol=0, atol=1e-5 * float(jnp.abs(ref_out).max()))
   for a, b in zip(jax.tree.leaves(models.unstack_encoder_blocks(fast_grads)), jax.tree.leaves(ref_grads)):
-    np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
+    np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)  # Observed: at most 4e-7 apart.
   assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(ref_grads))  # every parameter is used
   logits = lambda m: jax.jit(lambda p: m.apply({'params': p}, images, train=False))(params)
   ref, half = logits(ref_model), logits(_tiny(options, dtype=jnp.bfloat16))

@@ -34,6 +34,8 @@ from typing import Any, Iterable, Iterator, Sequence
 from etils import epath
 import numpy as np
 
+from vit_jax import extras
+
 METADATA = 'vit_jax_dataset.json'
 REPORT = 'prepare_report.json'
 FORMAT = 'vit_jax.prepared/1'
@@ -281,7 +283,7 @@ def write_metadata(written: Sequence[tuple[str, int, int]], counts: Sequence[tup
 
 def build_pipeline(pipeline, input_path: str, output: str, examples_per_shard: int = 10_000):
   """Adds the prepare stages to a Beam pipeline (see the module docstring)."""
-  import apache_beam as beam  # pylint: disable=g-import-not-at-top
+  beam = extras.require('apache_beam', 'prepare', 'vit_jax.prepare_data')
   if is_gzip(input_path):
     next(stream_gzip_units(input_path))  # Only the first class: a bad input fails here, in one line.
     units = pipeline | 'Input' >> beam.Create([input_path]) | 'Stream' >> beam.FlatMap(stream_gzip_units)
@@ -304,7 +306,7 @@ def build_pipeline(pipeline, input_path: str, output: str, examples_per_shard: i
 
 def run(input_path: str, output: str, beam_args: Sequence[str] = (), examples_per_shard: int = 10_000) -> dict:
   """Runs the pipeline with Beam options `beam_args` (DirectRunner on all cores by default); returns the metadata."""
-  import apache_beam as beam  # pylint: disable=g-import-not-at-top
+  beam = extras.require('apache_beam', 'prepare', 'vit_jax.prepare_data')
   from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
   options = pipeline_options.PipelineOptions(list(beam_args))
   direct = options.view_as(pipeline_options.DirectOptions)

@@ -36,6 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 from etils import epath
 
+from vit_jax import extras
 from vit_jax import storage
 from vit_jax.data import prepare
 
@@ -290,7 +291,7 @@ class _TfdsRecords(Sequence):
 
 def tfds_source(name: str, split: str, data_dir: str | None) -> Source:
   """A prepared TFDS image-classification dataset read through `tfds.data_source` (array_record)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds = extras.require('tensorflow_datasets', 'tfds', f'Dataset {name!r} (a TFDS name)')
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # pylint: disable=broad-except

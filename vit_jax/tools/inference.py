@@ -14,6 +14,7 @@ import numpy as np
 from etils import epath
 
 from vit_jax import checkpoint
+from vit_jax import extras
 from vit_jax import models
 from vit_jax import storage
 from vit_jax.data import preprocess
@@ -183,6 +184,6 @@ def run_cli(main: Callable[[Sequence[str]], int], argv: Optional[Sequence[str]] 
   storage.configure()
   try:
     return main(sys.argv[1:] if argv is None else argv)
-  except (ValueError, OSError) as e:  # FileNotFoundError is an OSError.
+  except (ValueError, OSError, extras.MissingExtra) as e:  # FileNotFoundError is an OSError.
     print(f'error: {e}', file=sys.stderr)
     return 2

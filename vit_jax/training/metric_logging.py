@@ -1,15 +1,17 @@
-"""Metric writers (metrics.jsonl + TensorBoard via clu, process 0 only), progress reports with MFU, profiling.
+"""Metric writers (metrics.jsonl + TensorBoard event files, process 0 only), progress reports with MFU, profiling.
 
 `metrics.jsonl` holds one JSON object per write, `{"step": 500, "train/loss": 0.41, "val/top1": 0.97}`, readable
 without TensorFlow. In a bucket (gs://...), where objects cannot be appended to, the file is rewritten whole at
-each write (a few hundred bytes per report). TensorBoard events go through TensorFlow's own GCS client, which
-cannot reach an emulator: with STORAGE_EMULATOR_HOST set, a gs:// workdir gets no TensorBoard events. clu (and TensorFlow, for TensorBoard) is imported lazily and optional: without it, only the
-JSON-lines file and the log are written. The model and the train step never import this module's dependencies.
+each write (a few hundred bytes per report). TensorBoard events are written by the `tensorboard` package's own
+writer, which needs no TensorFlow (where TensorFlow is installed it uses TF's file system, whose GCS client cannot
+reach an emulator: with STORAGE_EMULATOR_HOST set, a gs:// workdir gets no TensorBoard events). The model and the
+train step never import this module's dependencies.
 """
 import contextlib
 import json
 import logging
 import math
+import os
 import tempfile
 import time
 from typing import Callable, ContextManager, Dict, Iterator, Mapping, Optional
@@ -57,13 +59,13 @@ def truncate_jsonl(path: epath.PathLike, last_step: int) -> None:
 
 
 class MetricWriter:
-  """Writes scalars to `<workdir>/metrics.jsonl`, TensorBoard (clu) and the log; a no-op off process 0."""
+  """Writes scalars to `<workdir>/metrics.jsonl`, TensorBoard event files and the log; a no-op off process 0."""
 
   def __init__(self, workdir: epath.PathLike, *, tensorboard: bool = True):
     self._active = jax.process_index() == 0
     self._jsonl = None
     self._lines = None  # A bucket's file, rewritten whole at each write.
-    self._clu = None
+    self._tb = None
     if not self._active:
       return
     workdir = epath.Path(workdir)
@@ -74,14 +76,12 @@ class MetricWriter:
     else:
       self._jsonl = self.path.open('a')  # pylint: disable=consider-using-with
     if tensorboard and storage.emulated(workdir):
-      logging.warning('No TensorBoard events in %s: TensorFlow cannot reach the emulator at '
+      logging.warning('No TensorBoard events in %s: the event writer may not reach the emulator at '
                       'STORAGE_EMULATOR_HOST; metrics.jsonl only.', workdir)
     elif tensorboard:
-      try:
-        from clu import metric_writers  # pylint: disable=g-import-not-at-top
-        self._clu = metric_writers.SummaryWriter(str(workdir))
-      except ImportError as e:
-        logging.warning('No TensorBoard output (%s); metrics.jsonl only.', e)
+      # tensorboard's own event writer: the same event files as clu's SummaryWriter, without TensorFlow.
+      from tensorboard import summary as tb_summary  # pylint: disable=g-import-not-at-top
+      self._tb = tb_summary.Writer(os.fspath(workdir))
 
   def write_scalars(self, step: int, scalars: Scalars) -> None:
     if not self._active:
@@ -94,21 +94,22 @@ class MetricWriter:
     else:
       self._jsonl.write(line)
       self._jsonl.flush()
-    if self._clu is not None:
-      self._clu.write_scalars(int(step), values)
+    if self._tb is not None:
+      for tag, value in values.items():
+        self._tb.add_scalar(tag, value, int(step))
     logging.info('[%d] %s', step, ', '.join(f'{k}={v:.6g}' for k, v in values.items()))
 
   def flush(self) -> None:
-    if self._clu is not None:
-      self._clu.flush()
+    if self._tb is not None:
+      self._tb.flush()
 
   def close(self) -> None:
     if self._jsonl is not None:
       self._jsonl.close()
       self._jsonl = None
-    if self._clu is not None:
-      self._clu.close()
-      self._clu = None
+    if self._tb is not None:
+      self._tb.close()
+      self._tb = None
 
 
 class Progress:
