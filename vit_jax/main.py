@@ -25,6 +25,9 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\'s index (w
 _DISTRIBUTED = flags.DEFINE_bool(
     'distributed', None, 'Call jax.distributed.initialize() with cluster auto-detection (Cloud TPU pods, SLURM). '
     'Default: only when SLURM_NTASKS > 1; the launch scripts in scripts/ pass it.')
+_PRINT_CONFIG = flags.DEFINE_bool(
+    'print_config', False, 'Print every config key with its default, this config\'s value and its meaning '
+    '(generated from vit_jax/configs/common.py), then exit; no --workdir needed.')
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
@@ -92,6 +95,10 @@ def _quiet_orbax() -> None:
 def main(argv) -> None:
   if len(argv) > 1:
     _fail(f'Unexpected arguments {argv[1:]}; use --config=... --workdir=... --config.key=value.')
+  if _CONFIG.value is not None and _PRINT_CONFIG.value:
+    from vit_jax.configs import describe  # pylint: disable=g-import-not-at-top
+    print(describe.markdown_table(_CONFIG.value))
+    return
   if _CONFIG.value is None or not _WORKDIR.value:
     _fail('Both --config (e.g. configs/default.py) and --workdir (e.g. /tmp/vit_default) are required.')
   # Only where TensorFlow will be imported anyway (TensorBoard, TFDS): importing it costs seconds.

@@ -1,5 +1,4 @@
 """muP's coordinate check ("Tensor Programs V", fig. 5): activation updates stay O(1) as the width grows 4x."""
-import pathlib
 
 import flax.linen as nn
 import jax
@@ -67,18 +66,21 @@ def test_coordinate_check(mup):
     assert np.all(growth > 1.8), growth
 
 
-def _readme_mup_commands():
-  readme = (pathlib.Path(__file__).parents[2] / 'README.md').read_text()
-  return [line for line in readme.splitlines() if 'mup_base_width' in line and line.startswith('python -m')]
+# docs/models.md's two commands (tests/docs_test.py checks that every documented command is in a test).
+MUP_COMMANDS = [
+    'python -m vit_jax.main --config=configs/default.py --workdir=/tmp/mup32 --config.model.hidden_size=32 '
+    '--config.model.mlp_dim=128 --config.model.mup_base_width=32 --config.base_lr=3e-3',
+    'python -m vit_jax.main --config=configs/default.py --workdir=/tmp/mup128 --config.model.hidden_size=128 '
+    '--config.model.mlp_dim=512 --config.model.mup_base_width=32 --config.base_lr=3e-3',
+]
 
 
-def test_readme_mup_commands_give_the_same_lr_and_mup_scales():
-  """The README's two commands: one base_lr, and the wider model's hidden matrices at base_width / width of it."""
+def test_documented_mup_commands_give_the_same_lr_and_mup_scales():
+  """docs/models.md's two commands: one base_lr, and the wider model's hidden matrices at base_width / width of it."""
   import loop_testlib  # pylint: disable=g-import-not-at-top
   from vit_jax.models import build  # pylint: disable=g-import-not-at-top
   from vit_jax.training import loop  # pylint: disable=g-import-not-at-top
-  commands = _readme_mup_commands()
-  assert len(commands) == 2
+  commands = MUP_COMMANDS
   ratios = []
   for command in commands:
     config = loop_testlib.load_config('default')

@@ -14,80 +14,130 @@ _ph = config_dict.placeholder
 def get_config() -> ml_collections.ConfigDict:
   """Every key, with defaults that train the embedded 'digits' set; presets start from this."""
   c = ml_collections.ConfigDict()
+  # Every key has its meaning as the trailing comment of its line: `python -m vit_jax.main --print_config` and
+  # docs/config.md are generated from these comments (vit_jax/configs/describe.py), so write one per key.
 
-  # --- Data (vit_jax.data.pipeline). `pp` keys are documented in vit_jax/data/preprocess.py; None = the dataset's
-  # default.
-  c.dataset = 'digits'             # TFDS name | class folders | prepare_data output | 'digits' | 'synthetic'
-  c.tfds_data_dir = _ph(str)
+  # --- Data (vit_jax.data.pipeline; per-example ops in vit_jax/data/preprocess.py). pp: None = the dataset's default.
+  c.dataset = 'digits'             # TFDS name | image folder <root>/<split>/<class>/* | prepare_data output | 'digits' | 'synthetic'
+  c.tfds_data_dir = _ph(str)       # TFDS data_dir (None: TFDS's default, ~/tensorflow_datasets)
   c.pp = ml_collections.ConfigDict(dict(
-      train='train', test='test', crop=_ph(int), train_crop=_ph(str), area_range=_ph(tuple),
-      aspect_range=_ph(tuple), resize=_ph(int), eval_crop=_ph(str), flip=_ph(bool), randaug=_ph(tuple),
-      randaug_variant=_ph(str), mixup=_ph(float), cutmix=_ph(float), mix_prob=_ph(float),
-      label_smoothing=_ph(float), value_range=_ph(tuple), num_classes=_ph(int), num_train=_ph(int),
-      num_eval=_ph(int), workers=_ph(int), threads=_ph(int)))
-  c.batch = 512                    # global batch (all devices, all processes)
-  c.batch_eval = 512
-  c.seed = 0
+      train='train',               # training split, TFDS split syntax ('train[:99%]')
+      test='test',                 # split of the 'val' evaluator
+      crop=_ph(int),               # image side in pixels (default 224; digits 8)
+      train_crop=_ph(str),         # 'inception' (random resized crop) | 'resize_crop' | 'resize'
+      area_range=_ph(tuple),       # inception crop: fraction of the area kept (default (0.08, 1.0))
+      aspect_range=_ph(tuple),     # inception crop: width/height range (default (3/4, 4/3))
+      resize=_ph(int),             # 'resize_crop' train side; eval smaller side (default crop * 8 / 7)
+      eval_crop=_ph(str),          # 'resize_small_crop' (resize smaller side, central crop) | 'resize'
+      flip=_ph(bool),              # random horizontal flip in training (default True; digits False)
+      randaug=_ph(tuple),          # RandAugment (num_layers, magnitude), e.g. (2, 15); None = off
+      randaug_variant=_ph(str),    # 'tf' (big_vision's level mapping) | 'increasing' (timm's -inc1)
+      mixup=_ph(float),            # mixup Beta(a, a) concentration; 0 = off
+      cutmix=_ph(float),           # cutmix Beta(a, a) concentration; 0 = off (both on: one per batch)
+      mix_prob=_ph(float),         # probability that a batch is mixed at all (default 1.0)
+      label_smoothing=_ph(float),  # y * (1 - s) + s / num_classes (multi-hot: s / 2); default 0
+      value_range=_ph(tuple),      # pixel range the model sees (default (-1, 1))
+      num_classes=_ph(int),        # synthetic only: number of classes (default 1000)
+      num_train=_ph(int),          # synthetic only: training examples (default 1,281,167)
+      num_eval=_ph(int),           # synthetic only: evaluation examples (default 50,000)
+      workers=_ph(int),            # grain worker processes decoding images (0: threads in this process)
+      threads=_ph(int),            # grain reader threads per process (default: the CPU count)
+  ))
+  c.batch = 512                    # global training batch (all devices, all processes)
+  c.batch_eval = 512               # global evaluation batch (the last one padded and masked)
+  c.seed = 0                       # seeds init, data order, augmentation and dropout
 
-  # --- Model (vit_jax.models): a registered name or variant ('ViT-B_16', 'B/16', 'testing'), then overrides.
-  c.model_name = 'ViT-B_16'
+  # --- Model (vit_jax.models): a registered name or variant, then overrides (None: the registered value).
+  c.model_name = 'ViT-B_16'        # registered name or variant: 'ViT-B_16', 'B/16', 'R50+ViT-B_16', 'testing'
   c.model = ml_collections.ConfigDict(dict(
-      patch_size=_ph(int), hidden_size=_ph(int), num_layers=_ph(int), num_heads=_ph(int), mlp_dim=_ph(int),
-      dropout_rate=_ph(float), attention_dropout_rate=_ph(float), classifier=_ph(str),
-      representation_size=_ph(int),  # 0 removes the pre-logits layer of a model that has one
+      patch_size=_ph(int),         # patch side in pixels (hybrids: after the ResNet stem)
+      hidden_size=_ph(int),        # token width D
+      num_layers=_ph(int),         # encoder blocks
+      num_heads=_ph(int),          # attention heads
+      mlp_dim=_ph(int),            # MLP hidden width
+      dropout_rate=_ph(float),     # dropout after the MLP and the position embeddings
+      attention_dropout_rate=_ph(float),  # dropout on the attention weights
+      classifier=_ph(str),         # 'token' | 'gap' | 'map' | 'unpooled' | 'token_unpooled'
+      representation_size=_ph(int),  # pre-logits layer width; 0 removes the one a model has
       resnet_num_layers=_ph(tuple),  # hybrids: units per ResNet stage after the root, e.g. (3, 4, 9)
-      posemb='learn', head_bias_init=0., head_zeroinit=True, stochastic_depth=0.,
-      dtype='float32', attention_impl='xla', scan=False, remat_policy='none',
-      # Options of current ViT research (README, "Model options"); the defaults compute the published function.
+      posemb='learn',              # position embeddings: 'learn' | 'sincos2d'
+      head_bias_init=0.,           # initial bias of the classification head (e.g. -10 for sigmoid xent)
+      head_zeroinit=True,          # zero-initialise the head kernel
+      stochastic_depth=0.,         # drop-path rate of the last block (linear from 0 over depth)
+      dtype='float32',             # compute dtype ('bfloat16'); parameters stay float32
+      attention_impl='xla',        # 'xla' | 'dot_product' | 'cudnn' | 'auto' (cuDNN on GPU, else XLA)
+      scan=False,                  # nn.scan over the blocks (compile time independent of depth)
+      remat_policy='none',         # rematerialisation: 'none' | 'full' | 'dots' | 'dots_no_batch'
       num_registers=0,             # learned register tokens after the class token ("ViTs Need Registers")
-      layer_scale_init=_ph(float),  # LayerScale on every residual branch from this value, e.g. 1e-4 (CaiT/DeiT III)
+      layer_scale_init=_ph(float),  # LayerScale on every residual branch from this value, e.g. 1e-4 (CaiT)
       qk_norm=False,               # LayerNorm on each head's queries and keys (ViT-22B)
       parallel_block=False,        # attention and MLP in parallel from one LayerNorm (ViT-22B)
       use_bias=True,               # False: no biases in the q/k/v/out and MLP projections
       patch_dropout=0.,            # training: drop this fraction of the patch tokens (FLIP), e.g. 0.5
-      mup_base_width=_ph(int)))    # muP (with optim): the width whose tuned lr carries over to wider models
-  c.model_init = _ph(str)          # published .npz to start from (fine-tuning); see the resume order in train.py
+      mup_base_width=_ph(int),     # muP: the width whose tuned lr carries over to wider models
+  ))
+  c.model_init = _ph(str)          # checkpoint to fine-tune from (published .npz, a workdir): head reset, posemb resampled
 
   # --- Optimisation (vit_jax.training.optim): schedule keys at the top level as in vit_jax, the rest in `optim`.
-  c.total_steps = 10_000
-  c.base_lr = 1e-3
-  c.warmup_steps = 500
+  c.total_steps = 10_000           # training steps
+  c.base_lr = 1e-3                 # peak learning rate (after warmup)
+  c.warmup_steps = 500             # linear warmup from 0
   c.decay_type = 'cosine'          # 'cosine' | 'linear' | 'rsqrt' | 'constant'
-  c.grad_norm_clip = 1.0
-  c.accum_steps = 1
+  c.grad_norm_clip = 1.0           # clip the gradient's global norm to this (0: off)
+  c.accum_steps = 1                # gradient accumulation: micro-batches per step
   c.optim = ml_collections.ConfigDict(dict(
-      optimizer='adam', weight_decay=0., b1=0.9, b2=0.999, eps=1e-8, momentum=0.9, nesterov=False,
-      mu_dtype=_ph(str), linear_end=1e-5, rsqrt_timescale=10_000, adafactor_decay_rate=0.8,
-      adafactor_b2_cap=0.999, adafactor_min_dim_to_factor=32,
+      optimizer='adam',            # 'adam' | 'adamw' (the same chain) | 'sgd' | 'adafactor'
+      weight_decay=0.,             # decoupled weight decay (kernels only), scaled by lr(step) as optax.adamw
+      b1=0.9,                      # Adam beta1; adafactor momentum (None: none)
+      b2=0.999,                    # Adam second-moment decay
+      eps=1e-8,                    # Adam epsilon
+      momentum=0.9,                # sgd momentum (None or 0: plain sgd)
+      nesterov=False,              # sgd: Nesterov momentum
+      mu_dtype=_ph(str),           # dtype of Adam's first moment / momentum (e.g. 'bfloat16')
+      linear_end=1e-5,             # lr at the end of 'linear' decay
+      rsqrt_timescale=10_000,      # 'rsqrt' decay timescale in steps
+      adafactor_decay_rate=0.8,    # adafactor second-moment decay exponent
+      adafactor_b2_cap=0.999,      # adafactor cap on the second-moment decay
+      adafactor_min_dim_to_factor=32,  # adafactor: factor only dimensions at least this large
       lr_mults=(),                 # ((regex, multiplier), ...) over '/'-joined param paths
       freeze=(),                   # (regex, ...): params that get no updates
-      layer_decay=_ph(float)))     # layer-wise lr decay (BEiT/MAE fine-tuning), e.g. 0.75: block i at decay^(depth-i)
+      layer_decay=_ph(float),      # layer-wise lr decay (BEiT/MAE fine-tuning), e.g. 0.75
+  ))
   c.loss = 'softmax_xent'          # 'softmax_xent' | 'sigmoid_xent' (multi-label, ImageNet-21k)
   c.ema_decay = 0.                 # > 0: keep an EMA of the params and evaluate it beside the raw params
 
   # --- Evaluators beside the default 'val' (config.dataset's pp.test split, logged as val/...), big_vision style:
   # name -> dict(split=..., dataset=... (default config.dataset), pp=dict(...) (eval pp overrides), every=...
   # (default eval_every)), logged as <name>/top1, <name>/top5, <name>/loss. Example: configs/vit_b16_i1k_augreg.py.
-  c.evals = ml_collections.ConfigDict()
+  c.evals = ml_collections.ConfigDict()  # name -> dict(split, dataset, pp, every): more evaluators
 
   # --- Few-shot linear evaluation of the pre-logits features during training (vit_jax.fewshot; big_vision's).
   c.fewshot = ml_collections.ConfigDict(dict(
       datasets=(),                 # ((dataset, train split, test split), ...): ('cifar100', 'train[:9000]', 'test')
       every=0,                     # steps between evaluations (0: at the end of training only)
-      shots=(1, 5, 10, 25), num_draws=5, l2_reg=2.**10, knn_k=(10,), batch=256))
+      shots=(1, 5, 10, 25),        # examples per class of each few-shot problem
+      num_draws=5,                 # random draws of the shots, averaged
+      l2_reg=2.**10,               # ridge regularisation of the closed-form linear classifier
+      knn_k=(10,),                 # k of the cosine kNN evaluations
+      batch=256,                   # feature-extraction batch
+  ))
 
   # --- Devices (vit_jax.training.sharding): mesh axis sizes (-1 = the rest) and the logical-axis rule table.
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.mesh = ml_collections.ConfigDict(dict(
+      data=-1,                     # data-parallel axis size (-1: the devices left)
+      fsdp=1,                      # parameter-sharding (FSDP) axis size
+      tensor=1,                    # tensor-parallel axis size
+  ))
   c.sharding_rules = 'dp'          # 'dp' | 'fsdp' | 'tp', or ((logical axis, mesh axes), ...)
 
   # --- Loop, checkpoints, metrics.
-  c.eval_every = 1000
-  c.progress_every = 100
-  c.checkpoint_every = 1000
+  c.eval_every = 1000              # steps between evaluations (and at the end)
+  c.progress_every = 100           # steps between progress reports (loss, img/s, MFU)
+  c.checkpoint_every = 1000        # steps between checkpoints (and at the end, and on SIGTERM)
   c.keep_checkpoints = 3           # keep the last K checkpoints ...
   c.keep_checkpoint_every = 0      # ... plus every M-th step's (0: none)
   c.resume = _ph(str)              # another workdir or checkpoint directory to continue from
-  c.tensorboard = True             # TensorBoard event files beside metrics.jsonl (needs clu + TensorFlow)
+  c.tensorboard = True             # TensorBoard event files beside metrics.jsonl
   c.profile_steps = 0              # > 0: capture a profiler trace of this many steps, after the first eval
   c.peak_flops = _ph(float)        # per-device peak FLOP/s for the MFU estimate (None: a table by device)
   return c
