@@ -148,7 +148,7 @@ def test_preset_docstring_gives_command_hardware_time_and_expected(preset):
 
 def test_print_config_lists_every_key_with_the_preset_value():
   out = subprocess.run([sys.executable] + shlex.split(PRINT_CONFIG_COMMAND)[1:], cwd=lib.REPO,
-                       env=lib.env(), capture_output=True, text=True, timeout=120)
+                       env=lib.env(), capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-2000:]
   cells = [[c.strip() for c in re.split(r'(?<!\\)\|', l.strip()[1:-1])] for l in out.stdout.splitlines()
            if l.startswith('| `')]
@@ -189,7 +189,7 @@ def test_documented_commands_run(tmp_path_factory, capsys):
   short = ['--config.total_steps=2', '--config.warmup_steps=1', '--config.batch=32', '--config.eval_every=2',
            '--config.checkpoint_every=2', '--config.tensorboard=False']
   done = subprocess.run([sys.executable] + shlex.split(ft)[1:] + short, cwd=lib.REPO, env=lib.env(),
-                        capture_output=True, text=True, timeout=300)
+                        capture_output=True, text=True, timeout=900)
   assert done.returncode == 0, done.stderr[-3000:]
   assert f'Initialised the params from {workdir}/model.npz.' in done.stdout
   assert done.stdout.strip().splitlines()[-1].startswith('Final test accuracy:')
