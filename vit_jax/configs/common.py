@@ -131,6 +131,7 @@ def pretrain_i21k(model_name: str) -> ml_collections.ConfigDict:
   c.optim.weight_decay = 0.03
   c.optim.mu_dtype = 'bfloat16'
   c.model.dtype = 'bfloat16'
+  c.model.attention_impl = 'auto'  # cuDNN fused attention on GPUs that run it, XLA on TPU and CPU
   c.eval_every = 10_000
   c.progress_every = 500
   c.checkpoint_every = 2_000
