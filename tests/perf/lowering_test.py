@@ -12,8 +12,13 @@ import pytest
 
 import loop_testlib as lib
 from vit_jax import models
+from vit_jax.models import build
 from vit_jax.perf import benchmarking
 from vit_jax.perf import lowering
+from vit_jax.training import loop
+from vit_jax.training import losses
+from vit_jax.training import optim
+from vit_jax.training import sharding
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, 'scripts'))
@@ -81,6 +86,14 @@ def test_summarize_follows_calls():
       lowering_platforms=('cuda',)).as_text()
   assert text.count('dot_general') == 1  # one private function, called twice
   assert lowering.summarize(text)['dots_bf16_in'] == 2
+
+
+def test_summarize_counts_host_callbacks():
+  def step(x):
+    jax.debug.print('{}', x.sum())  # a host round trip (lowered for this CPU: a callback needs its backend)
+    return x * 2
+  c = lowering.summarize(jax.jit(step).trace(jnp.ones(4)).lower().as_text())
+  assert (c['host_callbacks'], c['other_custom_calls']) == (1, 0)
 
 
 def test_assume_gpu_restores_jax():
@@ -191,3 +204,30 @@ def test_preset_train_step_lowers_with_its_pins(name, platform):
     assert c['spmd_partitioned_calls'] == 0
     assert c['dots_bf16_in'] == 3 * (DENSE_PER_LAYER + 2) * layers + (layers if remat else 0)
     assert c['dots_by_type']['bf16xbf16->f32'] == (2 if remat else 1) * layers
+
+
+@pytest.mark.skipif(jax.default_backend() == 'cpu' or len(jax.devices()) < 2,
+                    reason='needs 2+ GPUs/TPUs: XLA partitions (inserts all-gathers) when it compiles for a backend, '
+                           'and its CPU compiler gathers bf16 work in float32')
+def test_fsdp_preset_gathers_its_bf16_computed_weights_in_bf16():
+  # configs/vit_h14_i21k.py (fsdp, remat, scan) over every local device as one fsdp axis, compiled, not run.
+  n = len(jax.devices())
+  config = lib.apply(lib.load_config('vit_h14_i21k'), {'model.num_layers': 1, 'batch': 4 * n, 'mesh.data': 1,
+                                                       'mesh.fsdp': -1})
+  mesh = sharding.make_mesh(dict(config.mesh))
+  model = build.build_model(config.model_name, config.model, 1000)
+  tx, schedule = optim.make_optimizer(loop.optim_section(config))
+  program = loop.step_program(config, config.pp.crop, 1000, model, tx, schedule,
+                                       losses.get_loss_fn(config.loss), mesh,
+                                       sharding.get_rules(config.sharding_rules))
+  gathers = lowering.all_gathers(program.step.lower(*program.args).compile().as_text())
+  # The patch embedding and the encoder's kernels are computed in bf16 (the scanned stack is gathered one layer
+  # at a time: its leading axis goes).
+  params = {optim.path_str(p): x.shape
+            for p, x in jax.tree_util.tree_leaves_with_path(program.abstract_state.params)}
+  encoder = {s[1:] for p, s in params.items() if p.startswith('Transformer/encoderblock/') and len(s) > 2}
+  encoder.add(params['embedding/kernel'])
+  float32_layers = {s for p, s in params.items() if p.startswith(('head/', 'pre_logits/'))}
+  weights = encoder - float32_layers
+  assert weights and gathers, (weights, gathers)
+  assert not [k for k in gathers if k[0] == 'f32' and k[1] in weights], sorted(gathers.items())

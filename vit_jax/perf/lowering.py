@@ -190,3 +190,21 @@ COLUMNS = tuple(
     (f'{mode} {title}', f'{mode}_{key}', '{}') for mode in ('train', 'infer') for title, key in (
         ('fMHA fwd', 'fmha_fwd'), ('fMHA bwd', 'fmha_bwd'), ('dots bf16', 'dots_bf16_in'),
         ('dots f32', 'dots_f32_in'), ('transposes', 'transposes'), ('while', 'while_loops'), ('ops', 'ops')))
+
+
+_GATHER = re.compile(r'= (.*?) all-gather(?:-start)?\(')
+_ARRAY = re.compile(r'(\w+)\[([\d,]*)\]')
+
+
+def all_gathers(hlo: str) -> collections.Counter:
+  """(dtype, shape) -> count of the arrays all-gathered in a compiled (partitioned) HLO module's text.
+
+  Async (`all-gather-start`) and combined gathers list several arrays, the shards and the gathered results; a
+  gathered weight appears with its full shape.
+  """
+  found = collections.Counter()
+  for m in _GATHER.finditer(hlo):
+    for dtype, dims in _ARRAY.findall(m.group(1)):
+      found[(dtype, tuple(int(d) for d in dims.split(',') if d))] += 1
+  return found
+

@@ -238,12 +238,9 @@ def _check_int(config: Any, key: str, minimum: int) -> None:
     raise ConfigError(f'config.{key}={value} must be >= {minimum}; change it.')
 
 
-def _patch_grid_divisor(config: Any) -> Optional[int]:
-  """How many pixels each token covers along one side, or None when the model is unknown."""
-  try:
-    model_cfg = registry.get_config(config.model_name)
-  except ValueError as e:
-    raise ConfigError(f'config.model_name={config.model_name!r}: {e}') from None
+def _patch_grid_divisor(config: Any) -> int:
+  """How many pixels each token covers along one side (`check_model` has checked the model name)."""
+  model_cfg = registry.get_config(config.model_name)  # known: check_model ran first
   patch = config.model.patch_size or model_cfg['patches']['size'][0]
   resnet = model_cfg.get('resnet')
   stages = build.resnet_override(config.model)
