@@ -1,4 +1,9 @@
-"""The GPU program of a benchmark point, built on any machine: lower for CUDA, count what the GPU would run.
+"""The GPU (and TPU) program of a benchmark point or an experiment config, built on any machine: lower for CUDA
+or TPU, count what the accelerator would run.
+
+`lower_config` lowers the training loop's own step for a config (`loop.step_program`); tests/perf/lowering_test.py
+pins every preset's counts for CUDA and TPU (docs/sharding.md reads them). `all_gathers` lists the gathers of a
+program compiled on the accelerators themselves.
 
 `jax.jit(...).trace(...).lower(lowering_platforms=('cuda',))` produces the StableHLO that a GPU would compile,
 on a CPU-only install. Without a GPU, jax's cuDNN attention rule cannot ask for the cuDNN version and compute

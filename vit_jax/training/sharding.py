@@ -90,7 +90,8 @@ def axis_sizes(shape: Mapping[str, Any], count: int, where: str = 'config.mesh',
 
 
 def granule(device: jax.Device) -> int:
-  """The device's unit of the slow network: its TPU slice or GPU partition (`slice_index`), else its process."""
+  """The device's unit of the slow network: `slice_index` (a TPU slice; a GPU host or NVLink domain), else its
+  process."""
   index = getattr(device, 'slice_index', None)
   return device.process_index if index is None else index
 
