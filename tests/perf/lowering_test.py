@@ -12,13 +12,9 @@ import pytest
 
 import loop_testlib as lib
 from vit_jax import models
-from vit_jax.models import build
 from vit_jax.perf import benchmarking
 from vit_jax.perf import lowering
-from vit_jax.training import loop
-from vit_jax.training import losses
 from vit_jax.training import optim
-from vit_jax.training import sharding
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, 'scripts'))
@@ -214,12 +210,7 @@ def test_fsdp_preset_gathers_its_bf16_computed_weights_in_bf16():
   n = len(jax.devices())
   config = lib.apply(lib.load_config('vit_h14_i21k'), {'model.num_layers': 1, 'batch': 4 * n, 'mesh.data': 1,
                                                        'mesh.fsdp': -1})
-  mesh = sharding.make_mesh(dict(config.mesh))
-  model = build.build_model(config.model_name, config.model, 1000)
-  tx, schedule = optim.make_optimizer(loop.optim_section(config))
-  program = loop.step_program(config, config.pp.crop, 1000, model, tx, schedule,
-                                       losses.get_loss_fn(config.loss), mesh,
-                                       sharding.get_rules(config.sharding_rules))
+  program = lowering.config_program(config, 1000)
   gathers = lowering.all_gathers(program.step.lower(*program.args).compile().as_text())
   # The patch embedding and the encoder's kernels are computed in bf16 (the scanned stack is gathered one layer
   # at a time: its leading axis goes).

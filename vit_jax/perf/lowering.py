@@ -68,19 +68,22 @@ def traced_as_on(platform: str) -> Iterator[None]:
     jax.default_backend = saved
 
 
-def lower_config(config: Any, num_classes: int, platform: str = 'cuda',
-                 devices: Optional[Sequence[jax.Device]] = None) -> str:
-  """StableHLO of the training loop's own step for an experiment config, lowered for `platform`.
-
-  The loop's pieces, not the benchmark's: `config.mesh` over `devices` (default: all), `config.sharding_rules`,
-  the model of `config.model` (dtype, remat, scan, attention), the optimizer and loss, at `config.batch` images of
-  `config.pp.crop` pixels.
-  """
+def config_program(config: Any, num_classes: int, image_size: Optional[int] = None,
+                   devices: Optional[Sequence[jax.Device]] = None) -> loop.StepProgram:
+  """The training loop's own step for an experiment config, not compiled: `config.mesh` over `devices` (default:
+  all), `config.sharding_rules`, the model of `config.model` (dtype, remat, scan, attention), the optimizer and
+  loss, at `config.batch` images of `image_size` (default `config.pp.crop`) pixels."""
   mesh = sharding.make_mesh(dict(config.mesh), devices)
   model = build.build_model(config.model_name, config.model, num_classes)
   tx, schedule = optim.make_optimizer(loop.optim_section(config))
-  program = loop.step_program(config, config.pp.crop, num_classes, model, tx, schedule,
-                              losses.get_loss_fn(config.loss), mesh, sharding.get_rules(config.sharding_rules))
+  return loop.step_program(config, image_size or config.pp.crop, num_classes, model, tx, schedule,
+                           losses.get_loss_fn(config.loss), mesh, sharding.get_rules(config.sharding_rules))
+
+
+def lower_config(config: Any, num_classes: int, platform: str = 'cuda',
+                 devices: Optional[Sequence[jax.Device]] = None) -> str:
+  """StableHLO of `config_program(config, ...)`'s step lowered for `platform`, traced as on it."""
+  program = config_program(config, num_classes, devices=devices)
   with traced_as_on(platform):
     return program.step.trace(*program.args).lower(lowering_platforms=(platform,)).as_text()
 
