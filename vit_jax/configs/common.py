@@ -78,8 +78,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- Devices (vit_jax.training.sharding): mesh axis sizes (-1 = the rest) and the logical-axis rule table.
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-  # How many TPU slices / GPU nodes each axis spans (-1 = the rest); the default keeps fsdp and tensor in a slice.
-  c.mesh.dcn = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.mesh.dcn = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # TPU slices / GPU nodes per axis (-1: all)
   c.sharding_rules = 'dp'          # 'dp' | 'fsdp' | 'tp', or ((logical axis, mesh axes), ...)
 
   # --- Loop, checkpoints, metrics.
