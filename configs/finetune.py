@@ -5,6 +5,8 @@ Command:   python -m vit_jax.main --config=configs/finetune.py:cifar10 --workdir
            (arg: cifar10 | cifar100 | oxford_iiit_pet | oxford_flowers102 | imagenet2012; the checkpoint is
            gs://vit_models/imagenet21k/ViT-B_16.npz, downloaded beforehand; other models: --config.model_name.)
 Hardware:  one TPU v3-8 or 8 GPUs (A100/H100); one GPU works with --config.accum_steps=8.
+           GPUs and multi-slice TPU: attention_impl='auto' (cuDNN fused attention on Ampere or later GPUs, XLA
+           elsewhere) and a hybrid mesh over slices/nodes (config.mesh.dcn); docs/sharding.md.
 Time:      cifar10/cifar100 (10k steps) about 3 hours on a TPU v3-8; pets/flowers (500 steps) about 10 minutes;
            imagenet2012 (20k steps) about 7 hours.
 Expected:  top-1 (vit_jax README, ViT-B/16 from ImageNet-21k at 384 px): cifar10 ~99.0%, cifar100 ~92.4%,
@@ -45,6 +47,7 @@ def get_config(dataset: str = 'cifar10'):
   c.model_name = 'ViT-B_16'
   c.model_init = 'ViT-B_16.npz'
   c.model.dtype = 'bfloat16'
+  c.model.attention_impl = 'auto'  # cuDNN fused attention on GPUs that run it, XLA on TPU and CPU
   c.total_steps = total_steps
   c.base_lr = base_lr
   c.warmup_steps = 500 if total_steps > 500 else 50

@@ -3,6 +3,8 @@
 Command:   python -m vit_jax.main --config=configs/vit_b16_i1k_augreg.py --workdir=gs://BUCKET/vit_b16_i1k \
                --config.tfds_data_dir=gs://BUCKET/tfds
 Hardware:  a TPU v3-32 (or 8x A100/H100 with scripts/launch_slurm.sh).
+           GPUs and multi-slice TPU: attention_impl='auto' (cuDNN fused attention on Ampere or later GPUs, XLA
+           elsewhere) and a hybrid mesh over slices/nodes (config.mesh.dcn); docs/sharding.md.
 Time:      about 2 days on a TPU v3-32 (300 epochs; estimate).
 Expected:  ImageNet-1k validation top-1 about 79-80% (AugReg, B/16 from scratch, 300 epochs; not reproduced here),
            logged as val/top1; minival/ (train[99%:]), v2/ (ImageNet-v2) and real/ (ReaL labels) beside it.
@@ -41,6 +43,7 @@ def get_config():
   c.model.dropout_rate = 0.1
   c.model.stochastic_depth = 0.1
   c.model.dtype = 'bfloat16'
+  c.model.attention_impl = 'auto'  # cuDNN fused attention on GPUs that run it, XLA on TPU and CPU
   c.total_steps = 300 * IMAGENET_TRAIN_99 // 4096  # 92,897
   c.base_lr = 1e-3
   c.warmup_steps = 10_000

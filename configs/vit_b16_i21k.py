@@ -6,6 +6,8 @@ Command:   python -m vit_jax.main --config=configs/vit_b16_i21k.py --workdir=gs:
            python -m vit_jax.prepare_data --input=fall11_whole.tar --output=gs://BUCKET/imagenet21k
            (an extracted folder <root>/train/<wnid>/*.JPEG works too, read file by file); 1% is held out.
 Hardware:  a TPU v3-256 (256 cores); multi-host launch with scripts/launch_tpu_pod.sh.
+           GPUs and multi-slice TPU: attention_impl='auto' (cuDNN fused attention on Ampere or later GPUs, XLA
+           elsewhere) and a hybrid mesh over slices/nodes (config.mesh.dcn); docs/sharding.md.
 Time:      about 1 day (estimate from the paper's TPUv3-core-days).
 Expected:  ImageNet-1k top-1 about 84% after fine-tuning at 384 px (configs/finetune.py:imagenet2012; the ViT paper,
            table 5 / the vit_jax README).

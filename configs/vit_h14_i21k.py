@@ -6,6 +6,8 @@ Command:   python -m vit_jax.main --config=configs/vit_h14_i21k.py --workdir=gs:
            python -m vit_jax.prepare_data --input=fall11_whole.tar --output=gs://BUCKET/imagenet21k
            (an extracted folder <root>/train/<wnid>/*.JPEG works too, read file by file); 1% is held out.
 Hardware:  a TPU v3-1024 or v4-512 (FSDP); multi-host launch with scripts/launch_tpu_pod.sh.
+           GPUs and multi-slice TPU: attention_impl='auto' (cuDNN fused attention on Ampere or later GPUs, XLA
+           elsewhere) and a hybrid mesh over slices/nodes (config.mesh.dcn); docs/sharding.md.
 Time:      about 3-4 days (estimate from the paper's core-days).
 Expected:  ImageNet-1k top-1 about 85-86% after fine-tuning at 384/518 px (estimate; the paper reports H/14 from JFT
            only).

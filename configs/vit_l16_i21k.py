@@ -6,6 +6,8 @@ Command:   python -m vit_jax.main --config=configs/vit_l16_i21k.py --workdir=gs:
            python -m vit_jax.prepare_data --input=fall11_whole.tar --output=gs://BUCKET/imagenet21k
            (an extracted folder <root>/train/<wnid>/*.JPEG works too, read file by file); 1% is held out.
 Hardware:  a TPU v3-512 (512 cores); multi-host launch with scripts/launch_tpu_pod.sh.
+           GPUs and multi-slice TPU: attention_impl='auto' (cuDNN fused attention on Ampere or later GPUs, XLA
+           elsewhere) and a hybrid mesh over slices/nodes (config.mesh.dcn); docs/sharding.md.
 Time:      about 11 hours (estimate: the ViT paper's table 2 gives 0.23k TPUv3-core-days for L/16 on ImageNet-21k).
 Expected:  ImageNet-1k top-1 about 85.3% after fine-tuning at 384 px (the ViT paper, table 2).
 Recipe:    the ViT paper (Dosovitskiy et al. 2021), table 3 and appendix B.1: Adam (b1 0.9, b2 0.999), batch 4096,

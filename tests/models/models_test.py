@@ -187,20 +187,28 @@ def test_dot_product_attention_agrees_with_xla():
                              base.apply({'params': params}, x, train=False), atol=2e-6)
 
 
-@pytest.mark.parametrize('backend,dtype,need_weights,dropout,want', [
-    ('cpu', jnp.float32, False, 0., 'xla'),
-    ('cpu', jnp.bfloat16, False, 0., 'xla'),       # no cuDNN off GPU
-    ('gpu', jnp.bfloat16, False, 0., 'cudnn'),
-    ('gpu', jnp.float16, False, 0., 'cudnn'),
-    ('gpu', jnp.float32, False, 0., 'xla'),        # cuDNN's fused attention is 16-bit only
-    ('gpu', jnp.bfloat16, True, 0., 'xla'),        # attention weights requested
-    ('gpu', jnp.bfloat16, False, 0.1, 'xla'),      # attention dropout needs the weights
+@pytest.mark.parametrize('backend,dtype,need_weights,dropout,want,head_dim,capability', [
+    ('cpu', jnp.float32, False, 0., 'xla', 64, '9.0'),
+    ('cpu', jnp.bfloat16, False, 0., 'xla', 64, '9.0'),       # no cuDNN off GPU
+    ('tpu', jnp.bfloat16, False, 0., 'xla', 64, '9.0'),
+    ('gpu', jnp.bfloat16, False, 0., 'cudnn', 64, '9.0'),
+    ('gpu', jnp.float16, False, 0., 'cudnn', 64, '8.0'),
+    ('gpu', jnp.bfloat16, False, 0., 'xla', 64, '7.0'),       # cuDNN's fused attention needs Ampere or later
+    ('gpu', jnp.bfloat16, False, 0., 'xla', 12, '9.0'),       # ... and a head dim that is a multiple of 8
+    ('gpu', jnp.bfloat16, False, 0., 'xla', 160, '8.0'),      # ... up to 128 before Hopper
+    ('gpu', jnp.bfloat16, False, 0., 'cudnn', 160, '9.0'),
+    ('gpu', jnp.float32, False, 0., 'xla', 64, '9.0'),        # cuDNN's fused attention is 16-bit only
+    ('gpu', jnp.bfloat16, True, 0., 'xla', 64, '9.0'),        # attention weights requested
+    ('gpu', jnp.bfloat16, False, 0.1, 'xla', 64, '9.0'),      # attention dropout needs the weights
 ])
-def test_auto_attention_resolves_by_backend_and_dtype(monkeypatch, backend, dtype, need_weights, dropout, want):
+def test_auto_attention_resolves_by_backend_and_dtype(monkeypatch, backend, dtype, need_weights, dropout, want,
+                                                      head_dim, capability):
+  from vit_jax.perf import lowering  # pylint: disable=g-import-not-at-top
   monkeypatch.setattr(jax, 'default_backend', lambda: backend)
   attn = vit.MultiHeadDotProductAttention(num_heads=2, dtype=dtype, impl='auto', dropout_rate=dropout,
                                           deterministic=False)
-  assert attn._resolve_impl(need_weights) == want  # pylint: disable=protected-access
+  with lowering.assume_gpu(compute_capability=capability):  # what jax's cuDNN checks read on a GPU
+    assert attn._resolve_impl(need_weights, head_dim) == want  # pylint: disable=protected-access
 
 
 @pytest.mark.parametrize('policy,scan', [('full', False), ('dots', True), ('dots_no_batch', True)])

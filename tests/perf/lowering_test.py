@@ -1,4 +1,5 @@
-"""The GPU programs of the train step and the forward, lowered for CUDA on CPU, and cuDNN vs XLA on a GPU."""
+"""The GPU programs of the train step and the forward, lowered for CUDA on CPU, and cuDNN vs XLA on a GPU; every
+accelerator preset's own train step lowered for CUDA and TPU with its pins (docs/sharding.md reads them)."""
 import io
 import contextlib
 import os
@@ -9,11 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import loop_testlib as lib
 from vit_jax import models
 from vit_jax.perf import benchmarking
 from vit_jax.perf import lowering
+from vit_jax.training import optim
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'scripts'))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(REPO, 'scripts'))
 import benchmark as benchmark_cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 LAYERS = 2
@@ -80,6 +84,14 @@ def test_summarize_follows_calls():
   assert lowering.summarize(text)['dots_bf16_in'] == 2
 
 
+def test_summarize_counts_host_callbacks():
+  def step(x):
+    jax.debug.print('{}', x.sum())  # a host round trip (lowered for this CPU: a callback needs its backend)
+    return x * 2
+  c = lowering.summarize(jax.jit(step).trace(jnp.ones(4)).lower().as_text())
+  assert (c['host_callbacks'], c['other_custom_calls']) == (1, 0)
+
+
 def test_assume_gpu_restores_jax():
   from jax._src.cudnn import fused_attention_stablehlo as fa  # pylint: disable=g-import-not-at-top
   before = fa.check_cudnn_version
@@ -125,3 +137,88 @@ def test_fsdp_mesh_lowers_with_cudnn_attention_partitioned():
   c = lowering.summarize(texts['train'])
   assert (c['spmd_partitioned_calls'], c['fmha_fwd'], c['dots_f32_in']) == (2 * LAYERS, 0, 3)
   assert 'mhlo.num_partitions = 8' in texts['infer']
+
+
+# --- The presets' own train steps (the loop's `step_program`: their mesh, rules, dtype, remat, scan, optimizer and
+# loss), one layer deep, at the per-device batch of the hardware their docstrings name, on the 8 fake CPU devices.
+# name: (per-device batch = 4096 or 512 over the named chips, classes, representation layer).
+PRESETS = {
+    'vit_s16_i21k': (64, 21843, True),        # TPU v3-64
+    'vit_b16_i21k': (16, 21843, True),        # TPU v3-256
+    'vit_l16_i21k': (8, 21843, True),         # TPU v3-512, remat 'dots'
+    'vit_h14_i21k': (4, 21843, True),         # TPU v3-1024, fsdp=8, remat 'dots', scan
+    'vit_b16_i1k_augreg': (128, 1000, True),  # TPU v3-32
+    'finetune': (64, 10, False),              # TPU v3-8 (cifar10)
+}
+PRESET_LAYERS = 1
+
+
+def test_every_accelerator_preset_has_a_lowering_row():
+  import glob  # pylint: disable=g-import-not-at-top
+  presets = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, 'configs', '*.py'))}
+  assert set(PRESETS) == presets - {'__init__', 'default'}  # default: float32 on CPU, nothing to pin
+
+
+def _preset_program(name: str, platform: str):
+  per_device, classes, _ = PRESETS[name]
+  config = lib.apply(lib.load_config(name), {'model.num_layers': PRESET_LAYERS, 'batch': 8 * per_device,
+                                             'model_init': None})
+  text = lowering.lower_config(config, classes, platform)
+  return config, text, lowering.summarize(text)
+
+
+@pytest.mark.skipif(len(jax.devices()) < 8, reason='needs 8 devices (tests/conftest.py fakes 8 CPUs)')
+@pytest.mark.parametrize('platform', ['cuda', 'tpu'])
+@pytest.mark.parametrize('name', sorted(PRESETS))
+def test_preset_train_step_lowers_with_its_pins(name, platform):
+  config, text, c = _preset_program(name, platform)
+  per_device, _, representation = PRESETS[name]
+  layers, remat = PRESET_LAYERS, config.model.remat_policy != 'none'
+  assert config.model.attention_impl == 'auto' and config.model.dtype == 'bfloat16'
+  # The preset's mesh over the 8 devices, and its batch.
+  mesh = dict(config.mesh)
+  fsdp = 8 if mesh['fsdp'] == -1 else mesh['fsdp']
+  assert f'sdy.mesh @mesh = <["data"={8 // fsdp}, "fsdp"={fsdp}, "tensor"=1]>' in text
+  assert f'tensor<{8 * per_device}x{config.pp.crop}x{config.pp.crop}x3xf32>' in text
+  # No host round trip (callback, infeed/outfeed) inside the step, and no custom call but cuDNN attention.
+  assert (c['host_callbacks'], c['other_custom_calls'], c['fmha_fwd'], c['fmha_bwd']) == (0, 0, 0, 0)
+  # Matmuls: every encoder Dense (q, k, v, out, MLP in/out; forward and both backward products) takes bf16;
+  # float32 only in the head and pre-logits (forward, two backward each), which the model keeps in float32.
+  f32_dots = 3 * (2 if representation else 1)
+  assert c['dots_f32_in'] == f32_dots and c['dots_by_type']['f32xf32->f32'] == f32_dots
+  assert c['while_loops'] == (2 if config.model.scan else 0)  # the scanned forward and backward
+  if platform == 'cuda':
+    # 'auto' picked cuDNN: one fused forward and one backward per layer (wrapped for XLA's SPMD partitioner under
+    # a mesh); remat recomputes the forward, which is not a dot that the 'dots' policy saves.
+    assert (c['spmd_fmha_fwd'], c['spmd_fmha_bwd']) == ((2 if remat else 1) * layers, layers)
+    assert c['spmd_partitioned_calls'] == c['spmd_fmha_fwd'] + c['spmd_fmha_bwd']
+    assert c['dots_bf16_in'] == 3 * DENSE_PER_LAYER * layers == c['dots_by_type']['bf16xbf16->bf16']
+  else:
+    # 'auto' picked XLA attention on TPU: q k^T and weights @ v are bf16 matmuls too (q k^T with float32 logits);
+    # under remat q k^T (a custom_vjp, `vit._attention_logits`, whose output the 'dots' policy does not see) is
+    # computed again.
+    assert c['spmd_partitioned_calls'] == 0
+    assert c['dots_bf16_in'] == 3 * (DENSE_PER_LAYER + 2) * layers + (layers if remat else 0)
+    assert c['dots_by_type']['bf16xbf16->f32'] == (2 if remat else 1) * layers
+
+
+@pytest.mark.skipif(jax.default_backend() == 'cpu' or len(jax.devices()) < 2,
+                    reason='needs 2+ GPUs/TPUs: XLA partitions (inserts all-gathers) when it compiles for a backend, '
+                           'and its CPU compiler gathers bf16 work in float32')
+def test_fsdp_preset_gathers_its_bf16_computed_weights_in_bf16():
+  # configs/vit_h14_i21k.py (fsdp, remat, scan) over every local device as one fsdp axis, compiled, not run.
+  n = len(jax.devices())
+  config = lib.apply(lib.load_config('vit_h14_i21k'), {'model.num_layers': 1, 'batch': 4 * n, 'mesh.data': 1,
+                                                       'mesh.fsdp': -1})
+  program = lowering.config_program(config, 1000)
+  gathers = lowering.all_gathers(program.step.lower(*program.args).compile().as_text())
+  # The patch embedding and the encoder's kernels are computed in bf16 (the scanned stack is gathered one layer
+  # at a time: its leading axis goes).
+  params = {optim.path_str(p): x.shape
+            for p, x in jax.tree_util.tree_leaves_with_path(program.abstract_state.params)}
+  encoder = {s[1:] for p, s in params.items() if p.startswith('Transformer/encoderblock/') and len(s) > 2}
+  encoder.add(params['embedding/kernel'])
+  float32_layers = {s for p, s in params.items() if p.startswith(('head/', 'pre_logits/'))}
+  weights = encoder - float32_layers
+  assert weights and gathers, (weights, gathers)
+  assert not [k for k in gathers if k[0] == 'f32' and k[1] in weights], sorted(gathers.items())

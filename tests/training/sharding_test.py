@@ -49,6 +49,72 @@ def test_make_mesh_errors(shape, match):
     sharding.make_mesh(shape)
 
 
+def _ids(mesh):
+  return [[d.id for d in row] for row in mesh.devices.reshape(mesh.devices.shape[0], -1)]
+
+
+# Fake CPUs have no slice_index: the tests say which granule (TPU slice, GPU node) each device is in. Even and odd
+# ids make the hybrid order differ from jax's order, so a mesh that ignored the granules would fail.
+def _parity(device):
+  return device.id % 2
+
+
+def test_hybrid_mesh_puts_each_granule_in_one_block_of_data():
+  mesh = sharding.make_mesh({'data': -1, 'fsdp': 4}, granule_of=_parity)  # default dcn: data over the granules
+  assert dict(mesh.shape) == {'data': 2, 'fsdp': 4, 'tensor': 1}
+  assert _ids(mesh) == [[0, 2, 4, 6], [1, 3, 5, 7]]
+
+
+def test_hybrid_mesh_splits_fsdp_over_granules_when_asked():
+  shape = {'data': 2, 'fsdp': 4, 'dcn': {'data': 1, 'fsdp': 2}}
+  mesh = sharding.make_mesh(shape, granule_of=_parity)
+  # Each data row spans both granules: fsdp positions 0-1 in granule 0 (even ids), 2-3 in granule 1.
+  assert _ids(mesh) == [[0, 2, 1, 3], [4, 6, 5, 7]]
+  tensor = sharding.make_mesh({'fsdp': 4, 'tensor': 2, 'dcn': {'data': 1, 'tensor': 2}}, granule_of=_parity)
+  assert [d.id % 2 for d in tensor.devices[0, :, 1]] == [1] * 4  # the tensor axis is the one that crosses
+
+
+def test_single_granule_mesh_is_jax_order_without_warning(caplog):
+  with caplog.at_level('WARNING'):
+    mesh = sharding.make_mesh({'data': 2, 'fsdp': -1})
+  assert _ids(mesh) == [[0, 1, 2, 3], [4, 5, 6, 7]] and not caplog.records
+
+
+@pytest.mark.parametrize('shape,granule_of,reason', [
+    ({'data': 1, 'fsdp': -1}, _parity, 'config.mesh.data=1 cannot be split over config.mesh.dcn.data=2 granules'),
+    ({'data': -1, 'dcn': {'data': 4}}, _parity, "config.mesh.dcn={'data': 4} has 4 granules but there are 2"),
+    ({'data': -1, 'dcn': {'data': 2}}, lambda d: 0, "config.mesh.dcn={'data': 2} has 2 granules but there are 1"),
+    ({'data': -1}, lambda d: int(d.id < 6), 'the granules hold 2/6 devices, not 4 each'),
+])
+def test_unbuildable_device_order_warns_with_the_reason(shape, granule_of, reason, caplog):
+  with caplog.at_level('WARNING'):
+    mesh = sharding.make_mesh(shape, granule_of=granule_of)
+  assert len(caplog.records) == 1 and reason in caplog.records[0].getMessage(), caplog.text
+  assert [d.id for d in mesh.devices.flat] == list(range(8))  # the flat fallback: jax's order
+
+
+def test_topology_failure_warns_instead_of_silently_falling_back(monkeypatch, caplog):
+  from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
+
+  def refuse(*args, **kwargs):
+    raise ValueError('cannot map the mesh onto the 2x2x2 torus')
+  monkeypatch.setattr(mesh_utils, 'create_device_mesh', refuse)
+  devices = [type('TpuDevice', (), dict(id=i, platform='tpu', device_kind='TPU v4', process_index=0,
+                                        slice_index=0))() for i in range(8)]
+  with caplog.at_level('WARNING'):
+    grid = sharding._hybrid_grid(devices, {'data': 8, 'fsdp': 1, 'tensor': 1}, sharding.DCN_DEFAULT,
+                                 sharding.granule)
+  assert [d.id for d in grid.flat] == list(range(8))
+  assert 'cannot map the mesh onto the 2x2x2 torus' in caplog.text and 'TPU v4' in caplog.text
+
+
+def test_granule_is_the_slice_else_the_process():
+  device = type('D', (), dict(process_index=3))()
+  assert sharding.granule(device) == 3
+  device.slice_index = 1
+  assert sharding.granule(device) == 1
+
+
 def test_unknown_rules():
   with pytest.raises(ValueError, match='config.sharding_rules'):
     sharding.get_rules('zero3')

@@ -127,6 +127,12 @@ def get_config() -> ml_collections.ConfigDict:
       data=-1,                     # data-parallel axis size (-1: the devices left)
       fsdp=1,                      # parameter-sharding (FSDP) axis size
       tensor=1,                    # tensor-parallel axis size
+      # How many TPU slices / GPU nodes ("granules") each axis spans (docs/sharding.md); sizes above are totals.
+      dcn=ml_collections.ConfigDict(dict(
+          data=-1,                 # slices/nodes along the data axis (-1: all of them)
+          fsdp=1,                  # slices/nodes along the fsdp axis
+          tensor=1,                # slices/nodes along the tensor axis
+      )),
   ))
   c.sharding_rules = 'dp'          # 'dp' | 'fsdp' | 'tp', or ((logical axis, mesh axes), ...)
 
@@ -179,6 +185,7 @@ def pretrain_i21k(model_name: str) -> ml_collections.ConfigDict:
   c.optim.weight_decay = 0.03
   c.optim.mu_dtype = 'bfloat16'
   c.model.dtype = 'bfloat16'
+  c.model.attention_impl = 'auto'  # cuDNN fused attention on GPUs that run it, XLA on TPU and CPU
   c.eval_every = 10_000
   c.progress_every = 500
   c.checkpoint_every = 2_000

@@ -53,14 +53,16 @@ def key_docs() -> dict[str, str]:
     if not (isinstance(node, ast.Assign) and len(node.targets) == 1
             and isinstance(node.targets[0], ast.Attribute)):
       continue
-    name = node.targets[0].attr
-    keywords = _section_keywords(node.value)
-    if keywords is None:
-      docs[name] = comments.get(node.end_lineno, '')
-    else:
-      for kw in keywords:
-        docs[f'{name}.{kw.arg}'] = comments.get(kw.value.end_lineno, '')
+    _add_docs(docs, node.targets[0].attr, node.value, node.end_lineno, comments)
   return docs
+
+
+def _add_docs(docs: dict[str, str], key: str, value: ast.expr, line: int, comments: dict[int, str]) -> None:
+  keywords = _section_keywords(value)
+  if keywords is None:
+    docs[key] = comments.get(line, '')
+  for kw in keywords or ():  # A section: its keys, nested sections (config.mesh.dcn) included.
+    _add_docs(docs, f'{key}.{kw.arg}', kw.value, kw.value.end_lineno, comments)
 
 
 def flatten(config: Any, prefix: str = '') -> dict[str, Any]:

@@ -190,12 +190,21 @@ def _pad_sequence(x: Array, multiple: int) -> Array:
   return jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) if pad else x
 
 
+def cudnn_attention_runs(dtype: Dtype, head_dim: int) -> bool:
+  """Whether cuDNN's fused attention runs here, by jax's own checks: an NVIDIA GPU of compute capability >= 8.0,
+  16-bit inputs, a head dim that is a multiple of 8 up to 128 (256 from Hopper on)."""
+  if jax.default_backend() != 'gpu' or jnp.dtype(dtype).itemsize != 2 or head_dim % 8:
+    return False
+  from jax._src.cudnn import fused_attention_stablehlo as fa  # pylint: disable=g-import-not-at-top
+  return fa.check_compute_capability('8.0') and head_dim <= (256 if fa.check_compute_capability('9.0') else 128)
+
+
 class MultiHeadDotProductAttention(Module):
   """Multi-head attention with the published parameter layout and a selectable kernel.
 
   `impl`: 'xla' (einsum + softmax, returns weights), 'dot_product' (`jax.nn.dot_product_attention`, XLA picks the
-  kernel), 'cudnn' (cuDNN fused attention; an error where cuDNN cannot run it), 'auto' (cuDNN on GPU for 16-bit
-  inputs, else XLA). All compute the same function within dtype tolerance. Attention dropout and attention-weight
+  kernel), 'cudnn' (cuDNN fused attention; an error where cuDNN cannot run it), 'auto' (cuDNN where
+  `cudnn_attention_runs`, else XLA: TPU, CPU, float32, GPUs before Ampere). All compute the same function within dtype tolerance. Attention dropout and attention-weight
   capture need the weights, so they always use the 'xla' path.
 
   `pad_to_multiple` > 1 pads queries, keys and values along the sequence to a multiple of it (a performance option
@@ -218,12 +227,11 @@ class MultiHeadDotProductAttention(Module):
   use_bias: bool = True
   logit_scale: Optional[float] = None
 
-  def _resolve_impl(self, need_weights: bool) -> str:
+  def _resolve_impl(self, need_weights: bool, head_dim: int = 64) -> str:
     if need_weights or (self.dropout_rate > 0 and not self.deterministic):
       return 'xla'
     if self.impl == 'auto':
-      on_gpu = jax.default_backend() == 'gpu'
-      return 'cudnn' if on_gpu and jnp.dtype(self.dtype).itemsize == 2 else 'xla'
+      return 'cudnn' if cudnn_attention_runs(self.dtype, head_dim) else 'xla'
     return self.impl
 
   @nn.compact
@@ -242,7 +250,7 @@ class MultiHeadDotProductAttention(Module):
       k = _head_norm(self.dtype, 'key_norm')(k)
 
     need_weights = self.is_mutable_collection('intermediates')
-    impl = self._resolve_impl(need_weights)
+    impl = self._resolve_impl(need_weights, head_dim)
     q_len, kv_len = q.shape[1], k.shape[1]
     multiple = self.pad_to_multiple
     if impl == 'cudnn':

@@ -1,4 +1,9 @@
-"""The GPU program of a benchmark point, built on any machine: lower for CUDA, count what the GPU would run.
+"""The GPU (and TPU) program of a benchmark point or an experiment config, built on any machine: lower for CUDA
+or TPU, count what the accelerator would run.
+
+`lower_config` lowers the training loop's own step for a config (`loop.step_program`); tests/perf/lowering_test.py
+pins every preset's counts for CUDA and TPU (docs/sharding.md reads them). `all_gathers` lists the gathers of a
+program compiled on the accelerators themselves.
 
 `jax.jit(...).trace(...).lower(lowering_platforms=('cuda',))` produces the StableHLO that a GPU would compile,
 on a CPU-only install. Without a GPU, jax's cuDNN attention rule cannot ask for the cuDNN version and compute
@@ -15,7 +20,12 @@ from typing import Any, Dict, Iterator, Optional, Sequence
 
 import jax
 
+from vit_jax.models import build
 from vit_jax.perf import benchmarking
+from vit_jax.training import loop
+from vit_jax.training import losses
+from vit_jax.training import optim
+from vit_jax.training import sharding
 
 FMHA_FORWARD = '__cudnn$fmhaSoftmax'
 FMHA_BACKWARD = '__cudnn$fmhaSoftmaxBackward'
@@ -44,6 +54,40 @@ def assume_gpu(cudnn_version: int = 91000, compute_capability: str = '9.0') -> I
       setattr(fa, n, f)
 
 
+@contextlib.contextmanager
+def traced_as_on(platform: str) -> Iterator[None]:
+  """Traces model code as on `platform` ('cuda', 'rocm', 'tpu', 'cpu'): `jax.default_backend()`, which 'auto'
+  attention asks, answers for it, and for CUDA `assume_gpu` answers jax's cuDNN checks."""
+  backend = {'cuda': 'gpu', 'rocm': 'gpu'}.get(platform, platform)
+  saved = jax.default_backend
+  jax.default_backend = lambda: backend
+  try:
+    with assume_gpu() if platform == 'cuda' else contextlib.nullcontext():
+      yield
+  finally:
+    jax.default_backend = saved
+
+
+def config_program(config: Any, num_classes: int, image_size: Optional[int] = None,
+                   devices: Optional[Sequence[jax.Device]] = None) -> loop.StepProgram:
+  """The training loop's own step for an experiment config, not compiled: `config.mesh` over `devices` (default:
+  all), `config.sharding_rules`, the model of `config.model` (dtype, remat, scan, attention), the optimizer and
+  loss, at `config.batch` images of `image_size` (default `config.pp.crop`) pixels."""
+  mesh = sharding.make_mesh(dict(config.mesh), devices)
+  model = build.build_model(config.model_name, config.model, num_classes)
+  tx, schedule = optim.make_optimizer(loop.optim_section(config))
+  return loop.step_program(config, image_size or config.pp.crop, num_classes, model, tx, schedule,
+                           losses.get_loss_fn(config.loss), mesh, sharding.get_rules(config.sharding_rules))
+
+
+def lower_config(config: Any, num_classes: int, platform: str = 'cuda',
+                 devices: Optional[Sequence[jax.Device]] = None) -> str:
+  """StableHLO of `config_program(config, ...)`'s step lowered for `platform`, traced as on it."""
+  program = config_program(config, num_classes, devices=devices)
+  with traced_as_on(platform):
+    return program.step.trace(*program.args).lower(lowering_platforms=(platform,)).as_text()
+
+
 def lower(cfg: benchmarking.BenchConfig, modes: Sequence[str] = ('train',), platform: str = 'cuda',
           num_devices: Optional[int] = 1) -> Dict[str, str]:
   """{mode: StableHLO text} of the benchmark's train step ('train') and forward ('infer') lowered for `platform`.
@@ -65,10 +109,13 @@ def lower(cfg: benchmarking.BenchConfig, modes: Sequence[str] = ('train',), plat
 _NAME = r'@("[^"]+"|[\w.$-]+)'  # symbol names are quoted when not identifiers (@"<lambda>")
 _FUNC = re.compile(rf'^\s*func\.func (?:public |private )?{_NAME}\(', re.M)
 _CALL = re.compile(rf'\bcall {_NAME}\(')
-_CUSTOM = re.compile(rf'stablehlo\.custom_call {_NAME}\(')
+_CUSTOM = re.compile(rf'(?:%[\w.-]+(?::(\d+))? = )?stablehlo\.custom_call {_NAME}\(')
 _TENSOR = r'tensor<(?:\d+x)*(\w+)>'
 _DOT = re.compile(rf'stablehlo\.dot_general .*: \({_TENSOR}, {_TENSOR}\) -> {_TENSOR}')
 _OP = re.compile(r'= (stablehlo\.\w+)')
+_VOID_OP = re.compile(r'^\s*(stablehlo\.(?:send|outfeed))\b')  # ops without results: host transfers
+# Host round trips inside a step (jax.debug.print/callback, io_callback, infeed/outfeed): each one stalls it.
+_HOST_OPS = ('stablehlo.send', 'stablehlo.recv', 'stablehlo.outfeed', 'stablehlo.infeed')
 
 
 def _function_counts(text: str) -> Dict[str, Dict[str, Any]]:
@@ -81,12 +128,15 @@ def _function_counts(text: str) -> Dict[str, Dict[str, Any]]:
     for line in body.splitlines():
       custom = _CUSTOM.search(line)
       if custom:
-        ops['custom_call:' + custom.group(1)] += 1
+        results, target = custom.groups()
+        ops['custom_call:' + target] += 1
+        if target == 'CustomSPMDPartitioning':  # jax's cuDNN attention under a mesh: (out, stats) or (dq, dk, dv)
+          ops[f'spmd_results:{results or 1}'] += 1
       dot = _DOT.search(line)
       if dot:
         lhs, rhs, out = dot.groups()
         ops[f'dot:{lhs}x{rhs}->{out}'] += 1
-      op = _OP.search(line)
+      op = _OP.search(line) or _VOID_OP.search(line)
       if op:
         ops[op.group(1)] += 1
     funcs[name] = {'ops': ops, 'calls': collections.Counter(_CALL.findall(body))}
@@ -110,12 +160,16 @@ def summarize(text: str) -> Dict[str, int]:
   counts = total('main')
   dots = {k[4:]: v for k, v in counts.items() if k.startswith('dot:')}
   customs = {k[12:]: v for k, v in counts.items() if k.startswith('custom_call:')}
+  callbacks = sum(v for k, v in customs.items() if 'callback' in k)
   return {
       'fmha_fwd': customs.get(FMHA_FORWARD, 0),
       'fmha_bwd': customs.get(FMHA_BACKWARD, 0),
       'spmd_partitioned_calls': customs.get('CustomSPMDPartitioning', 0),
+      'spmd_fmha_fwd': counts.get('spmd_results:2', 0),
+      'spmd_fmha_bwd': counts.get('spmd_results:3', 0),
+      'host_callbacks': callbacks + sum(counts.get(k, 0) for k in _HOST_OPS),
       'other_custom_calls': sum(v for k, v in customs.items()
-                                if k not in (FMHA_FORWARD, FMHA_BACKWARD, 'CustomSPMDPartitioning')),
+                                if k not in (FMHA_FORWARD, FMHA_BACKWARD, 'CustomSPMDPartitioning')) - callbacks,
       'dots': sum(dots.values()),
       'dots_bf16_in': sum(v for k, v in dots.items() if k.startswith('bf16xbf16')),
       'dots_f32_in': sum(v for k, v in dots.items() if k.startswith('f32xf32')),
@@ -144,3 +198,21 @@ COLUMNS = tuple(
     (f'{mode} {title}', f'{mode}_{key}', '{}') for mode in ('train', 'infer') for title, key in (
         ('fMHA fwd', 'fmha_fwd'), ('fMHA bwd', 'fmha_bwd'), ('dots bf16', 'dots_bf16_in'),
         ('dots f32', 'dots_f32_in'), ('transposes', 'transposes'), ('while', 'while_loops'), ('ops', 'ops')))
+
+
+_GATHER = re.compile(r'= (.*?) all-gather(?:-start)?\(')
+_ARRAY = re.compile(r'(\w+)\[([\d,]*)\]')
+
+
+def all_gathers(hlo: str) -> collections.Counter:
+  """(dtype, shape) -> count of the arrays all-gathered in a compiled (partitioned) HLO module's text.
+
+  Async (`all-gather-start`) and combined gathers list several arrays, the shards and the gathered results; a
+  gathered weight appears with its full shape.
+  """
+  found = collections.Counter()
+  for m in _GATHER.finditer(hlo):
+    for dtype, dims in _ARRAY.findall(m.group(1)):
+      found[(dtype, tuple(int(d) for d in dims.split(',') if d))] += 1
+  return found
+

@@ -1,18 +1,24 @@
 """Config validation before anything compiles: every mistake becomes ONE line naming the key and the fix.
 
-`validate(config)` checks types, enums, divisibility (batch by devices, image size by patch size), paths and
-the dataset; `explain_flag_error` turns ml_collections' flag-parsing errors (unknown key, unparsable value)
+`validate(config)` checks types, enums, divisibility (batch by devices, image size by patch size), every
+`config.model` and `config.optim` key against its range (the tables `MODEL_RULES`, `OPTIM_RULES`, which
+`check_section` and `check_model` apply to any mapping, e.g. a section translated from another config layout),
+paths and the dataset; `explain_flag_error` turns ml_collections' flag-parsing errors (unknown key, unparsable value)
 into the same kind of line. Both raise or return `ConfigError`, which `main` prints without a traceback.
 """
 import difflib
+import math
 import re
-from typing import Any, Dict, Iterable, NamedTuple, Optional
+from typing import Any, Callable, Dict, Iterable, Mapping, NamedTuple, Optional
 
 import jax
 from etils import epath
 
 from vit_jax.models import build
 from vit_jax.models import registry
+from vit_jax.models import vit
+from vit_jax.training import optim
+from vit_jax.training import sharding
 
 
 class ConfigError(ValueError):
@@ -24,16 +30,157 @@ _POSITIVE_INTS = ('total_steps', 'batch', 'batch_eval', 'accum_steps', 'eval_eve
 _NON_NEGATIVE_INTS = ('warmup_steps', 'keep_checkpoint_every', 'profile_steps', 'seed',
                       'fewshot.every')
 _ENUMS = {
-    'decay_type': ('cosine', 'linear', 'rsqrt', 'constant'),
+    'decay_type': optim.DECAY_TYPES,
     'loss': ('softmax_xent', 'sigmoid_xent'),
-    'optim.optimizer': ('adam', 'adamw', 'sgd', 'adafactor'),
-    'model.dtype': ('float32', 'bfloat16', 'float16'),
-    'model.attention_impl': ('xla', 'dot_product', 'cudnn', 'auto'),
-    'model.remat_policy': ('none', 'full', 'dots', 'dots_no_batch'),
-    'model.classifier': (None, 'token', 'gap', 'map', 'unpooled', 'token_unpooled'),
-    'model.posemb': ('learn', 'sincos2d'),
 }
 
+
+class Rule(NamedTuple):
+  """What a section key accepts: `ok(value)`, and `allowed`, the range as the error message states it."""
+  ok: Callable[[Any], bool]
+  allowed: str
+
+
+def _is_int(v: Any) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v  # v == v: not NaN
+
+
+def _int(minimum: int, optional: bool = False) -> Rule:
+  none = 'None or ' if optional else ''
+  return Rule(lambda v: (optional and v is None) or (_is_int(v) and v >= minimum), f'{none}an int >= {minimum}')
+
+
+def _number(low: float, high: Optional[float] = None, *, open_low: bool = False, closed_high: bool = False,
+            optional: bool = False) -> Rule:
+  """A number in [low, high) (or (low, ...] with the flags); high=None: no upper bound."""
+  def ok(v):
+    if optional and v is None:
+      return True
+    if not _is_number(v) or v < low or (open_low and v == low):
+      return False
+    return high is None or v < high or (closed_high and v == high)
+  none = 'None or ' if optional else ''
+  if high is None:
+    return Rule(ok, f'{none}a number {">" if open_low else ">="} {low:g}')
+  return Rule(ok, f'{none}a number in {"(" if open_low else "["}{low:g}, {high:g}{"]" if closed_high else ")"}')
+
+
+def _one_of(*values: Any) -> Rule:
+  return Rule(lambda v: v in values, 'one of ' + ', '.join(map(repr, values)))
+
+
+def _regexes(v: Any) -> bool:
+  if isinstance(v, (str, bytes)) or not isinstance(v, (tuple, list)):
+    return False
+  try:
+    for pattern in v:
+      re.compile(pattern)
+  except (re.error, TypeError):
+    return False
+  return True
+
+
+def _regex_multipliers(v: Any) -> bool:
+  if isinstance(v, (str, bytes)) or not isinstance(v, (tuple, list)):
+    return False
+  pairs = [p for p in v if isinstance(p, (tuple, list)) and len(p) == 2 and _is_number(p[1])]
+  return len(pairs) == len(v) and _regexes([p for p, _ in pairs])
+
+
+def _stages(v: Any) -> bool:
+  return v is None or all(s is None for s in v) or (
+      isinstance(v, (tuple, list)) and len(v) > 0 and all(_is_int(s) and s >= 1 for s in v))
+
+
+_BOOL = Rule(lambda v: isinstance(v, bool), 'True or False')
+_PROBABILITY = _number(0., 1., optional=True)
+
+# Every `config.model` key and what it accepts: the checks `VisionTransformer` makes on its own arguments (it
+# raises too late, at the first trace) and the ranges within which its arguments mean something. Keys that need
+# the registered model (heads dividing the width, ...) are checked after these in `check_model`.
+MODEL_RULES: Dict[str, Rule] = {
+    'patch_size': _int(1, optional=True),
+    'hidden_size': _int(1, optional=True),
+    'num_layers': _int(1, optional=True),
+    'num_heads': _int(1, optional=True),
+    'mlp_dim': _int(1, optional=True),
+    'dropout_rate': _PROBABILITY,
+    'attention_dropout_rate': _PROBABILITY,
+    'classifier': _one_of(None, *vit.CLASSIFIERS),
+    'representation_size': _int(0, optional=True),
+    'resnet_num_layers': Rule(_stages, 'None or a non-empty tuple of ints >= 1, e.g. (3, 4, 9)'),
+    'posemb': _one_of(*vit.POSEMBS),
+    'head_bias_init': Rule(_is_number, 'a number'),
+    'head_zeroinit': _BOOL,
+    'stochastic_depth': _number(0., 1.),
+    'dtype': _one_of('float32', 'bfloat16', 'float16'),
+    'attention_impl': _one_of(*vit.ATTENTION_IMPLS),
+    'scan': _BOOL,
+    'remat_policy': _one_of(*vit.REMAT_POLICIES),
+    'num_registers': _int(0),
+    'layer_scale_init': _number(0., open_low=True, optional=True),
+    'qk_norm': _BOOL,
+    'parallel_block': _BOOL,
+    'use_bias': _BOOL,
+    'patch_dropout': _number(0., 1.),
+    'mup_base_width': _int(1, optional=True),
+}
+
+# Every `config.optim` key and what it accepts (vit_jax.training.optim; the schedule keys are top-level).
+OPTIM_RULES: Dict[str, Rule] = {
+    'optimizer': _one_of(*optim.OPTIMIZERS),
+    'weight_decay': _number(0.),
+    'b1': _number(0., 1., optional=True),  # None: adafactor without momentum
+    'b2': _number(0., 1.),
+    'eps': _number(0.),
+    'momentum': _number(0., 1., optional=True),
+    'nesterov': _BOOL,
+    'mu_dtype': _one_of(None, 'float32', 'bfloat16', 'float16'),
+    'linear_end': _number(0.),
+    'rsqrt_timescale': _number(0., open_low=True),
+    'adafactor_decay_rate': _number(0., open_low=True),
+    'adafactor_b2_cap': _number(0., 1., open_low=True, closed_high=True),
+    'adafactor_min_dim_to_factor': _int(1),
+    'lr_mults': Rule(_regex_multipliers, "a list of (regex, number) pairs, e.g. (('head/.*', 10.),)"),
+    'freeze': Rule(_regexes, "a list of regexes over param paths, e.g. ('embedding/.*',)"),
+    'layer_decay': _number(0., 1., open_low=True, closed_high=True, optional=True),
+}
+
+
+def check_section(section: Mapping[str, Any], rules: Mapping[str, Rule], prefix: str) -> None:
+  """ConfigError naming `prefix.key`, its value and the allowed range for the first key that breaks its rule."""
+  for key, value in section.items():
+    rule = rules.get(key)
+    if rule is None:
+      guess = nearest(key, rules)
+      hint = f'did you mean {prefix}.{guess}?' if guess else f'the keys are {", ".join(rules)}.'
+      raise ConfigError(f'Unknown config key {prefix}.{key}: {hint}')
+    if not rule.ok(value):
+      raise ConfigError(f'{prefix}.{key}={value!r} is out of range: it must be {rule.allowed}; change it.')
+
+
+def check_model(model_name: str, model: Mapping[str, Any]) -> None:
+  """The `config.model` section of `model_name`: each key's range, then what the model needs of them together."""
+  check_section(model, MODEL_RULES, 'config.model')
+  try:
+    registered = registry.get_config(model_name)
+  except ValueError as e:
+    raise ConfigError(f'config.model_name={model_name!r}: {e}') from None
+  transformer = registered.get('transformer') or {}
+  width = model.get('hidden_size') or registered['hidden_size']
+  heads = model.get('num_heads') or transformer.get('num_heads')
+  if heads and width % heads:
+    raise ConfigError(f'config.model.hidden_size={width} is not divisible by config.model.num_heads={heads} '
+                      f'(of {model_name!r} unless set); pick a width that is a multiple of the heads.')
+  if model.get('posemb') == 'sincos2d' and width % 4:
+    raise ConfigError(f"config.model.posemb='sincos2d' needs config.model.hidden_size divisible by 4, got {width}.")
+  if heads and model.get('attention_impl') == 'cudnn' and (width // heads) % 8:
+    raise ConfigError(f"config.model.attention_impl='cudnn' needs a head dim (hidden_size / num_heads) that is a "
+                      f"multiple of 8, got {width // heads}; use 'auto' or 'xla'.")
 
 def nearest(key: str, candidates: Iterable[str]) -> Optional[str]:
   """The candidate closest to `key` (difflib), or None."""
@@ -91,12 +238,9 @@ def _check_int(config: Any, key: str, minimum: int) -> None:
     raise ConfigError(f'config.{key}={value} must be >= {minimum}; change it.')
 
 
-def _patch_grid_divisor(config: Any) -> Optional[int]:
-  """How many pixels each token covers along one side, or None when the model is unknown."""
-  try:
-    model_cfg = registry.get_config(config.model_name)
-  except ValueError as e:
-    raise ConfigError(f'config.model_name={config.model_name!r}: {e}') from None
+def _patch_grid_divisor(config: Any) -> int:
+  """How many pixels each token covers along one side (`check_model` has checked the model name)."""
+  model_cfg = registry.get_config(config.model_name)  # known: check_model ran first
   patch = config.model.patch_size or model_cfg['patches']['size'][0]
   resnet = model_cfg.get('resnet')
   stages = build.resnet_override(config.model)
@@ -120,6 +264,8 @@ def validate(config: Any, *, num_devices: Optional[int] = None, check_data: bool
     value = _get(config, key)
     if value not in allowed:
       raise ConfigError(f'config.{key}={value!r} is not one of {", ".join(map(repr, allowed))}; pick one.')
+  check_model(config.model_name, config.model)
+  check_section(config.optim, OPTIM_RULES, 'config.optim')
   if config.warmup_steps >= config.total_steps and config.decay_type in ('cosine', 'linear'):
     raise ConfigError(f'config.warmup_steps={config.warmup_steps} must be below config.total_steps='
                       f'{config.total_steps}; lower warmup_steps.')
@@ -132,13 +278,13 @@ def validate(config: Any, *, num_devices: Optional[int] = None, check_data: bool
   if per_device % config.accum_steps:
     raise ConfigError(f'config.batch={config.batch} gives {per_device} examples per device, not divisible by '
                       f'config.accum_steps={config.accum_steps}; change one of them.')
-  mesh_sizes = [s for s in config.mesh.values() if s != -1]
-  mesh_fixed = 1
-  for s in mesh_sizes:
-    mesh_fixed *= s
-  if any(s == 0 or s < -1 for s in config.mesh.values()) or num_devices % mesh_fixed:
-    raise ConfigError(f'config.mesh={dict(config.mesh)} does not fit the {num_devices} devices; make the '
-                      'fixed axis sizes divide the device count and set one axis to -1.')
+  try:
+    sharding.axis_sizes(config.mesh, num_devices)
+    # The granule count is known only on the machines; here: known axes, ints, at most one -1.
+    dcn = dict(config.mesh.get('dcn') or {})
+    sharding.axis_sizes(dcn, math.prod(s for s in dcn.values() if _is_int(s) and s > 0), 'config.mesh.dcn')
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   if isinstance(config.sharding_rules, str) and config.sharding_rules not in ('dp', 'fsdp', 'tp'):
     raise ConfigError(f'config.sharding_rules={config.sharding_rules!r} is not one of dp, fsdp, tp (or a '
                       'list of (logical axis, mesh axes) pairs).')

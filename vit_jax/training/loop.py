@@ -112,13 +112,6 @@ def _zero_sums(replicated: jax.sharding.Sharding) -> Dict[str, jax.Array]:
   return {k: jax.device_put(np.float32(0.), replicated) for k in AVERAGED_METRICS}
 
 
-def _compile_step(step_fn, state_shardings, batch_sharding, replicated, abstract_state, abstract_batch,
-                  first_bad, sums):
-  """AOT-compiles the donated step (state, batch, first_bad, sums) -> (state, metrics, first_bad, sums)."""
-  return jit_step(step_fn, state_shardings, batch_sharding, replicated).lower(
-      abstract_state, abstract_batch, first_bad, sums).compile()
-
-
 def jit_step(step_fn, state_shardings, batch_sharding, replicated):
   """The jitted, donated step the loop runs: (state, batch, first_bad, sums) -> (state, metrics, first_bad, sums).
 
@@ -177,31 +170,50 @@ def _write_config(config: Any, workdir: epath.Path) -> None:
     (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2))
 
 
-def _compile(config: Any, info: Any, model: vit.VisionTransformer, tx: Any, schedule: Any, loss_fn: Any,
-             mesh: jax.sharding.Mesh, rules: Any, batch_sharding: jax.sharding.Sharding,
-             replicated: jax.sharding.Sharding) -> _Programs:
-  """Shapes, then shardings from the rules, then the sharded init (no param ever materialises unsharded) and
-  the donated train step with the NaN marker and the window sums folded in."""
+@dataclasses.dataclass
+class StepProgram:
+  """The run's train step before compilation: the jitted, donated step and the abstract arguments it takes."""
+  init: Callable[[jax.Array], train_step.TrainState]  # unjitted; `out_shardings=state_shardings` shards it
+  state_shardings: Any
+  abstract_state: Any
+  step: Any  # jit_step(...): (state, batch, first_bad, sums) -> (state, metrics, first_bad, sums)
+  args: Tuple[Any, ...]  # abstract (state, batch, first_bad, sums), with their shardings
+
+
+def step_program(config: Any, image_size: int, num_classes: int, model: vit.VisionTransformer, tx: Any,
+                 schedule: Any, loss_fn: Any, mesh: jax.sharding.Mesh, rules: Any) -> StepProgram:
+  """Shapes, then shardings from the rules, then the jitted step; `vit_jax.perf.lowering` lowers this same step."""
+  batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   rng = jax.random.PRNGKey(config.seed)
   init = functools.partial(train_step.create_train_state, model, tx,
-                           input_shape=(1, info.image_size, info.image_size, 3), ema=config.ema_decay > 0)
+                           input_shape=(1, image_size, image_size, 3), ema=config.ema_decay > 0)
   state_shardings = sharding.param_shardings(jax.eval_shape(functools.partial(init, unbox=False), rng),
                                              mesh, rules)
   abstract_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                                 jax.eval_shape(init, rng), state_shardings)
   abstract_batch = {
-      'image': jax.ShapeDtypeStruct((config.batch, info.image_size, info.image_size, 3), jnp.float32,
+      'image': jax.ShapeDtypeStruct((config.batch, image_size, image_size, 3), jnp.float32,
                                     sharding=batch_sharding),
-      'label': jax.ShapeDtypeStruct((config.batch, info.num_classes), jnp.float32, sharding=batch_sharding)}
-  compiled_step = _compile_step(
-      train_step.make_train_step(model, tx, loss_fn, lr_schedule=schedule, accum_steps=config.accum_steps,
-                                 ema_decay=config.ema_decay or None, mesh=mesh, rules=rules),
-      state_shardings, batch_sharding, replicated, abstract_state, abstract_batch,
-      jax.device_put(np.int32(-1), replicated), _zero_sums(replicated))
+      'label': jax.ShapeDtypeStruct((config.batch, num_classes), jnp.float32, sharding=batch_sharding)}
+  first_bad = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
+  sums = {k: jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated) for k in AVERAGED_METRICS}
+  step = jit_step(train_step.make_train_step(model, tx, loss_fn, lr_schedule=schedule, accum_steps=config.accum_steps,
+                                             ema_decay=config.ema_decay or None, mesh=mesh, rules=rules),
+                  state_shardings, batch_sharding, replicated)
+  return StepProgram(init=init, state_shardings=state_shardings, abstract_state=abstract_state, step=step,
+                     args=(abstract_state, abstract_batch, first_bad, sums))
+
+
+def _compile(config: Any, info: Any, model: vit.VisionTransformer, tx: Any, schedule: Any, loss_fn: Any,
+             mesh: jax.sharding.Mesh, rules: Any) -> _Programs:
+  """The sharded init (no param ever materialises unsharded), the AOT-compiled donated train step with the NaN
+  marker and the window sums folded in, and the eval step."""
+  program = step_program(config, info.image_size, info.num_classes, model, tx, schedule, loss_fn, mesh, rules)
   eval_step = jax.jit(train_step.make_eval_step(model, loss_fn, mesh=mesh, rules=rules),
-                      out_shardings=replicated)
-  return _Programs(init=jax.jit(init, out_shardings=state_shardings), train_step=compiled_step,
-                   eval_step=eval_step, abstract_state=abstract_state, rng=rng,
+                      out_shardings=sharding.replicated(mesh))
+  return _Programs(init=jax.jit(program.init, out_shardings=program.state_shardings),
+                   train_step=program.step.lower(*program.args).compile(), eval_step=eval_step,
+                   abstract_state=program.abstract_state, rng=jax.random.PRNGKey(config.seed),
                    flops_per_step=flops.train_step_flops(model, info.image_size, config.batch))
 
 
@@ -276,7 +288,7 @@ def train_and_evaluate(config: Any, workdir: epath.PathLike) -> Dict[str, float]
   loss_fn = losses.get_loss_fn(config.loss)
 
   # --- Sharded init and the compiled steps.
-  programs = _compile(config, info, model, tx, schedule, loss_fn, mesh, rules, batch_sharding, replicated)
+  programs = _compile(config, info, model, tx, schedule, loss_fn, mesh, rules)
 
   # --- Resume: own checkpoint -> config.resume -> config.model_init -> scratch (see the module docstring).
   ckpt = checkpointing.Checkpointer(workdir / 'checkpoints', save_every=config.checkpoint_every,

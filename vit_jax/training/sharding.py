@@ -9,10 +9,16 @@ axes are still free in that array, else it is replicated. So in the 'fsdp' table
 ('batch', 'length', 'embed') shard 'batch' over ('data', 'fsdp') and leave 'embed' whole, while weights, which
 have no 'batch' dimension, shard 'embed' over 'fsdp'. On top of flax's resolution, `param_shardings` replicates
 any dimension whose size is not divisible by its mesh axes (e.g. a 10-wide toy model on fsdp=4).
+
+Multi-slice TPU and multi-node GPU jobs get a hybrid mesh: `config.mesh.dcn` says how many slices (nodes) each
+axis spans, so that the axes with heavy traffic (fsdp, tensor) stay on the fast links. docs/sharding.md explains
+the axes, the tables and the lowered-program pins.
 """
+import collections
 import contextlib
+import logging
 import math
-from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -53,38 +59,101 @@ def get_rules(name_or_rules: Any) -> Rules:
   return tuple((str(k), tuple(v) if isinstance(v, list) else v) for k, v in name_or_rules)
 
 
-def make_mesh(shape: Mapping[str, int], devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
-  """Mesh with axes ('data', 'fsdp', 'tensor') sized by `shape` (missing axes 1; one axis may be -1 = the rest)."""
-  devices = list(jax.devices() if devices is None else devices)
+# The default DCN split: every granule (TPU slice, GPU node) holds whole data-parallel replicas, so only the
+# gradient all-reduce crosses the slow network. -1 = the number of granules.
+DCN_DEFAULT = {'data': -1, 'fsdp': 1, 'tensor': 1}
+
+
+def axis_sizes(shape: Mapping[str, Any], count: int, where: str = 'config.mesh', unit: str = 'devices'
+               ) -> Dict[str, int]:
+  """{axis: size} for MESH_AXES from `shape` (missing axes 1, one -1 = the rest) whose product is `count`."""
+  shape = {k: v for k, v in shape.items() if k != 'dcn'}
   unknown = set(shape) - set(MESH_AXES)
   if unknown:
-    raise ValueError(f'Unknown mesh axes {sorted(unknown)} in config.mesh; use {", ".join(MESH_AXES)}.')
-  sizes = {a: int(shape.get(a, 1)) for a in MESH_AXES}
+    raise ValueError(f'Unknown mesh axes {sorted(unknown)} in {where}; use {", ".join(MESH_AXES)}.')
+  sizes = {a: shape.get(a, 1) for a in MESH_AXES}
+  if any(isinstance(s, bool) or not isinstance(s, int) for s in sizes.values()):
+    raise ValueError(f'{where}={dict(shape)}: sizes must be ints.')
   free = [a for a, s in sizes.items() if s == -1]
   if len(free) > 1 or any(s == 0 or s < -1 for s in sizes.values()):
-    raise ValueError(f'config.mesh={dict(shape)}: sizes must be positive, with at most one -1 (= the rest).')
+    raise ValueError(f'{where}={dict(shape)}: sizes must be positive, with at most one -1 (= the rest).')
   known = math.prod(s for s in sizes.values() if s != -1)
   if free:
-    if len(devices) % known:
-      raise ValueError(f'config.mesh={dict(shape)} does not divide the {len(devices)} devices; '
-                       f'make the product of the fixed axes ({known}) divide {len(devices)}.')
-    sizes[free[0]] = len(devices) // known
-  if math.prod(sizes.values()) != len(devices):
-    raise ValueError(f'config.mesh={dict(shape)} has {math.prod(sizes.values())} devices but there are '
-                     f'{len(devices)}; make the product of the axis sizes {len(devices)} or use -1 for one axis.')
-  grid = _device_grid(devices, tuple(sizes[a] for a in MESH_AXES))
+    if count % known:
+      raise ValueError(f'{where}={dict(shape)} does not divide the {count} {unit}; make the product of the '
+                       f'fixed axes ({known}) divide {count}.')
+    sizes[free[0]] = count // known
+  if math.prod(sizes.values()) != count:
+    raise ValueError(f'{where}={dict(shape)} has {math.prod(sizes.values())} {unit} but there are {count}; make '
+                     f'the product of the axis sizes {count} or use -1 for one axis.')
+  return sizes
+
+
+def granule(device: jax.Device) -> int:
+  """The device's unit of the slow network: `slice_index` (a TPU slice; a GPU host or NVLink domain), else its
+  process."""
+  index = getattr(device, 'slice_index', None)
+  return device.process_index if index is None else index
+
+
+def make_mesh(shape: Mapping[str, Any], devices: Optional[Sequence[jax.Device]] = None,
+              granule_of: Callable[[jax.Device], int] = granule) -> Mesh:
+  """Mesh with axes ('data', 'fsdp', 'tensor') sized by `shape` (missing axes 1; one axis may be -1 = the rest).
+
+  `shape['dcn']` (default `DCN_DEFAULT`) says how many granules (`granule_of`: TPU slices, GPU nodes) each axis
+  spans: the mesh is then hybrid, each granule a contiguous block of every axis, laid out by the fast network's
+  topology inside (`mesh_utils.create_device_mesh`) and in granule order outside. Where the devices do not fit the
+  requested layout, a warning says why and the devices are taken in jax's order.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  sizes = axis_sizes(shape, len(devices))
+  dcn = shape.get('dcn') or DCN_DEFAULT
+  grid = _hybrid_grid(devices, sizes, dict(dcn.items()), granule_of)
   return Mesh(grid, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
 
 
-def _device_grid(devices: Sequence[jax.Device], shape: Tuple[int, ...]) -> np.ndarray:
-  """Devices laid out for `shape`, topology-aware where jax knows the topology (TPU, GPU), else in order."""
+def _hybrid_grid(devices: Sequence[jax.Device], sizes: Dict[str, int], dcn_shape: Dict[str, int],
+                 granule_of: Callable[[jax.Device], int]) -> np.ndarray:
+  """Devices in a (data, fsdp, tensor) array: granule blocks over the slow network, topology order inside."""
+  groups: Dict[int, list] = collections.defaultdict(list)
+  for d in devices:
+    groups[granule_of(d)].append(d)
+  granules = [groups[k] for k in sorted(groups)]
+  shape = tuple(sizes[a] for a in MESH_AXES)
   try:
-    from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
-    if len(devices) == len(jax.devices()) and jax.default_backend() != 'cpu':
-      return mesh_utils.create_device_mesh(shape, devices=devices, allow_split_physical_axes=True)
-  except (ImportError, TypeError, ValueError, NotImplementedError, AssertionError):
-    pass
-  return np.asarray(devices, dtype=object).reshape(shape)
+    dcn = axis_sizes(dcn_shape, len(granules), 'config.mesh.dcn', 'granules')
+    for a in MESH_AXES:
+      if sizes[a] % dcn[a]:
+        raise ValueError(f'config.mesh.{a}={sizes[a]} cannot be split over config.mesh.dcn.{a}={dcn[a]} granules')
+    ici = tuple(sizes[a] // dcn[a] for a in MESH_AXES)
+    uneven = sorted({len(g) for g in granules})
+    if uneven != [math.prod(ici)]:
+      raise ValueError(f'the granules hold {"/".join(map(str, uneven))} devices, not {math.prod(ici)} each')
+  except ValueError as e:
+    if len(granules) > 1 or any(v not in (1, -1) for k, v in dcn_shape.items()):
+      logging.warning('No hybrid ICI/DCN mesh over %d granules (TPU slices / GPU nodes): %s; set config.mesh.dcn to '
+                      'match. Using one flat mesh, whose collectives may cross the slow network.', len(granules), e)
+    return _granule_grid(devices, shape)
+  blocks = np.empty(tuple(dcn[a] for a in MESH_AXES) + ici, dtype=object)
+  for i, members in enumerate(granules):
+    blocks[np.unravel_index(i, blocks.shape[:3])] = _granule_grid(members, ici)
+  # (dcn_data, dcn_fsdp, dcn_tensor, ici_data, ...) -> (data, fsdp, tensor), the granule index outermost per axis.
+  return blocks.transpose(0, 3, 1, 4, 2, 5).reshape(shape)
+
+
+def _granule_grid(devices: Sequence[jax.Device], shape: Tuple[int, ...]) -> np.ndarray:
+  """Devices laid out for `shape` by the fast network's topology (TPU, GPU); CPUs, which have none, in order."""
+  plain = np.asarray(devices, dtype=object).reshape(shape)
+  if devices[0].platform == 'cpu':
+    return plain
+  from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
+  try:
+    return mesh_utils.create_device_mesh(shape, devices=devices, allow_split_physical_axes=True)
+  except (TypeError, ValueError, NotImplementedError, AssertionError, KeyError) as e:
+    logging.warning('No topology-aware device order for mesh %s on %d %s devices (%s: %s); using jax\'s device '
+                    'order, whose collectives may take slower links.', shape, len(devices), devices[0].device_kind,
+                    type(e).__name__, e)
+    return plain
 
 
 def _axis_size(mesh: Mesh, axes: Any) -> int:
