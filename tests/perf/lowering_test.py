@@ -2,6 +2,7 @@
 import io
 import contextlib
 import os
+import re
 import sys
 
 import jax
@@ -125,3 +126,11 @@ def test_fsdp_mesh_lowers_with_cudnn_attention_partitioned():
   c = lowering.summarize(texts['train'])
   assert (c['spmd_partitioned_calls'], c['fmha_fwd'], c['dots_f32_in']) == (2 * LAYERS, 0, 3)
   assert 'mhlo.num_partitions = 8' in texts['infer']
+  # The q and kv sequence lengths of every call (forward and backward) are sharded like the batch of the
+  # activations: jax's partitioner gives each shard its rows of q and of the lengths, which must agree (an
+  # unconstrained, replicated length vector would reach each shard whole: "kv_seqlen must have same batch as Q").
+  batch = re.search(r'sharding_constraint %\S+ <@mesh, \[(\{[^}]*\}), \{\}, \{\}\]> : tensor<8x197x',
+                    texts['train']).group(1)
+  assert batch == '{"data", "fsdp"}'
+  assert lowering.seqlen_shardings(texts['train']) == [batch] * (2 * 2 * LAYERS)  # (q, kv) x (fwd, bwd)
+  assert lowering.seqlen_shardings(texts['infer']) == [batch] * (2 * LAYERS)
