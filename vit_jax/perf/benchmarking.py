@@ -109,7 +109,7 @@ def param_count(params: Any) -> int:
 
 
 def train_memory_model(cfg: BenchConfig) -> Dict[str, float]:
-  """Predicted device bytes of one train step on one device (PERF_NOTES.md, "ViT-g/14 on one 80 GB GPU").
+  """Predicted device bytes of one train step on one device (docs/performance.md, section 5: ViT-g/14).
 
   State: float32 params, grads, Adam nu, and mu in `mu_dtype`. Activations kept for the backward pass, per layer
   and image, in the compute dtype: ~8 N D (LN inputs/outputs, q, k, v, attention output, residual) + 2 N M (MLP
