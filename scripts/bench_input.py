@@ -23,6 +23,14 @@ marginal rate between the two, i.e. without Beam's fixed start-up cost, and the 
 is extrapolated from it.
 
   python scripts/bench_input.py [--images 400] [--workers 1 2] [--json out.json]
+
+Per preset (`--config`): that preset's exact train pipeline (its pp section: decode, crop, RandAugment, mixup, the
+label width of its dataset) over generated JPEGs, at its per-host batch, in N grain worker processes; prints images
+per CPU-second (main process + workers) and the host cores needed to feed the preset's model at the accelerator
+targets of docs/performance.md (8 x H100 at 4,100 img/s each for ViT-B/16; a TPU v4 host, 4 chips at ~2,000; other
+models at the same MFU, i.e. scaled by train FLOPs per image):
+
+  python scripts/bench_input.py --config=configs/vit_b16_i1k_augreg.py --workers 1 2 --batch 128
 """
 import argparse
 import json
@@ -31,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 import numpy as np
 
@@ -149,6 +158,105 @@ def _child(kind: str, root: str, workers: int, num_images: int, call: str | None
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+# Classes of the datasets the presets name: the label width the host builds (one-hot rows of this many floats).
+DATASET_CLASSES = {'imagenet21k': 21_843, 'imagenet2012': 1000, 'cifar10': 10, 'cifar100': 100,
+                   'oxford_iiit_pet': 37, 'oxford_flowers102': 102}
+# Accelerator hosts a preset's train step must be fed on: (accelerators per host, ViT-B/16 train img/s per
+# accelerator at 224 px). The issue's targets (docs/performance.md, section 3); other models at the same MFU.
+HOSTS = {'8x H100': (8, 4_100.), 'TPU v4 host': (4, 2_000.)}
+
+
+def load_config(spec: str) -> Any:
+  """The ConfigDict of 'configs/<preset>.py' or 'configs/<preset>.py:<arg>' (as `--config` of vit_jax.main)."""
+  from vit_jax.tools import sweep  # pylint: disable=g-import-not-at-top
+  module, arg = sweep.load_module(spec)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def host_targets(model_name: str, crop: int) -> dict[str, float]:
+  """Images/s one host must deliver to its accelerators for `model_name` at `crop` px, per host kind of HOSTS."""
+  from vit_jax.models import flops, registry  # pylint: disable=g-import-not-at-top
+  ratio = (flops.forward_flops(registry.get_config('ViT-B_16'), 224, 1000)
+           / flops.forward_flops(registry.get_config(model_name), crop, 1000))
+  return {host: n * rate * ratio for host, (n, rate) in HOSTS.items()}
+
+
+def make_preset_folder(root: str, num_images: int, num_classes: int) -> None:
+  """Generated JPEGs in `root/train/`, with empty class folders up to `num_classes` (the dataset's label width)."""
+  make_jpegs(root, num_images)
+  for k in range(num_classes):
+    os.makedirs(os.path.join(root, 'train', f'c{k}'), exist_ok=True)
+
+
+def _tree_cpu_seconds(pid: int | None = None) -> float:
+  """User + system CPU seconds of a process and all its live descendants (grain's workers), from /proc."""
+  pid = os.getpid() if pid is None else pid
+  try:
+    with open(f'/proc/{pid}/stat') as f:
+      fields = f.read().rsplit(')', 1)[1].split()
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+    children = []
+    for tid in os.listdir(f'/proc/{pid}/task'):
+      with open(f'/proc/{pid}/task/{tid}/children') as f:
+        children += [int(c) for c in f.read().split()]
+  except (FileNotFoundError, ProcessLookupError):  # it exited meanwhile
+    return 0.
+  return total + sum(_tree_cpu_seconds(c) for c in children)
+
+
+def measure_preset(config: str, root: str, workers: int, batch: int, num_images: int) -> dict[str, float]:
+  """Images/s (wall) and per CPU-second (this process + its worker processes) of the preset's train pipeline."""
+  from vit_jax.data import pipeline as input_pipeline  # pylint: disable=g-import-not-at-top
+  c = load_config(config)
+  pp = {k: v for k, v in c.pp.to_dict().items() if v is not None}
+  pp.update(workers=workers, threads=1)  # N worker processes, one reader thread each
+  it = input_pipeline.make_train_iterator(root, pp, global_batch=batch, seed=0, process_index=0, process_count=1,
+                                          uint8=True)
+  b = next(it)  # Warm-up: worker start-up, first files.
+  n, start, cpu = 0, time.perf_counter(), _tree_cpu_seconds()
+  while n < num_images:
+    b = next(it)
+    n += len(b['image'])
+  wall, cpu = time.perf_counter() - start, _tree_cpu_seconds() - cpu
+  return {'wall': n / wall, 'cpu': n / cpu, 'label_width': int(np.prod(b['label'].shape[1:]))}
+
+
+def preset_main(args: argparse.Namespace) -> list[dict[str, Any]]:
+  """Measures `args.config`'s train pipeline at each worker count; prints the table and the cores each host needs."""
+  c = load_config(args.config)
+  classes = DATASET_CLASSES.get(c.dataset, c.pp.get('num_classes') or 1000)
+  batch = args.batch or c.batch  # per host: one 8-GPU host runs the whole global batch
+  targets = host_targets(c.model_name, c.pp.crop)
+  rows = []
+  with tempfile.TemporaryDirectory() as tmp:
+    root = os.path.join(tmp, 'folder')
+    make_preset_folder(root, args.images, classes)
+    for w in args.workers:
+      best = {'wall': 0., 'cpu': 0.}
+      for _ in range(args.repeats):
+        r = _child('preset', root, w, args.measure,
+                   f'b.measure_preset({args.config!r}, {root!r}, {w}, {batch}, {args.measure})')
+        best = {k: max(best[k], r[k]) for k in best}
+      row = {'preset': args.config, 'model': c.model_name, 'batch': batch, 'workers': w,
+             'label_width': r['label_width'], 'img_s': best['wall'], 'img_per_cpu_s': best['cpu']}
+      for host, rate in targets.items():
+        row[f'{host} img/s'] = rate
+        row[f'{host} cores'] = rate / best['cpu']
+      rows.append(row)
+  pp = c.pp
+  print(f'{args.config}: {c.model_name}, crop {pp.crop} ({pp.get("train_crop")}), flip {pp.get("flip")}, randaug '
+        f'{pp.get("randaug")}, mixup {pp.get("mixup")}, cutmix {pp.get("cutmix")}, {classes} classes; '
+        f'batch {batch} per host; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs')
+  cols = [('workers', 'workers'), ('img_s', 'img/s'), ('img_per_cpu_s', 'img per CPU-s')]
+  for host in targets:
+    cols += [(f'{host} img/s', f'{host} needs img/s'), (f'{host} cores', f'{host} cores')]
+  _table(rows, cols)
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump(rows, f, indent=1)
+  return rows
+
+
 I21K_IMAGES = 14_000_000
 
 
@@ -160,7 +268,12 @@ def main(argv=None) -> list[dict[str, float]]:
   parser.add_argument('--workers', type=int, nargs='+', default=[1, 2])
   parser.add_argument('--repeats', type=int, default=2, help='best of N runs per cell')
   parser.add_argument('--json', help='also write the rows to this file')
+  parser.add_argument('--config', help="a preset, e.g. configs/vit_b16_i21k.py: measure its train pipeline")
+  parser.add_argument('--batch', type=int, help='--config: per-host batch (default: the preset\'s global batch, '
+                                                'all on one 8-accelerator host)')
   args = parser.parse_args(argv)
+  if args.config:
+    return preset_main(args)
   rows = []
   with tempfile.TemporaryDirectory() as tmp:
     root = os.path.join(tmp, 'folder')  # <root>/train/<class>/*.jpg; prepared shards in <root>_prepared.
@@ -226,4 +339,9 @@ def _table(rows, cols):
 
 
 if __name__ == '__main__':
-  main()
+  from vit_jax.training import config_checks  # pylint: disable=g-import-not-at-top
+  try:
+    main()
+  except config_checks.ConfigError as e:  # a user mistake (no such --config file): one line, no traceback
+    print(f'bench_input.py: {e}', file=sys.stderr)
+    sys.exit(2)

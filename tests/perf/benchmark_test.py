@@ -136,19 +136,11 @@ def test_memory_model_counts_the_params_of_vit_g_and_the_optimizer_state_bytes()
   assert 40e9 < none['total_bytes'] < 60e9 and full['total_bytes'] < 20e9
 
 
-_FAKE_TIMM = '''import json, sys
-mode, variant, batch = sys.argv[1], sys.argv[2], int(sys.argv[3])
-if mode == 'infer' and batch == 13:
-  sys.exit('CUDA out of memory')
-print('compiling...')
-print(json.dumps({"system": "timm fake", "mode": mode, "variant": variant, "batch": batch,
-                  "img_s": 1000.0 if mode == 'train' else 4000.0, "tflops": 100.0, "mfu": 0.126}))
-'''
+STAND_IN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'timm_stand_in.py')
 
 
-def test_timm_side_by_side_runs_the_script_per_mode_and_compares(tmp_path):
-  script = tmp_path / 'timm_baseline.py'
-  script.write_text(_FAKE_TIMM)
+def test_timm_side_by_side_runs_the_script_per_mode_and_compares():
+  script = STAND_IN
   args = benchmark_cli.parse_args(['--model', 'ViT-B_16', '--batch', '64', '--infer_batch', '128', '--timm',
                                    '--timm_script', str(script)])
   timm = benchmark_cli.run_timm(args)

@@ -2,15 +2,19 @@
 
 The count the MFU figures use (the training loop's `progress/mfu` and the benchmark's): unlike XLA's cost analysis
 it does not count a `scan` body once, a gradient-accumulation scan once, or a cuDNN attention custom call as zero.
-A train step is 3 forward passes (forward + backward, the convention of `timm_baseline.py`); recomputation under
-remat is not model work and is not counted. Norms, GELU and softmax are left out (a few % of a ViT's FLOPs).
+It counts the tokens the model actually processes: patch dropout's kept patches (training only), the class token,
+register tokens, a MAP head's probe over the pooled tokens, a per-token head for unpooled classifiers, and the
+ResNet stem of hybrids. A train step is 3 forward passes (forward + backward, the convention of
+`timm_baseline.py`); recomputation under remat is not model work and is not counted, nor is the cuDNN path's padding
+of 197 tokens to 198. Norms, GELU and softmax are left out (a few % of a ViT's FLOPs; `tests/perf/flops_test.py`
+holds the count to XLA's cost analysis of the unrolled forward for every model option).
 """
 import math
 from typing import Any, Mapping
 
 
 def _get(cfg: Any, key: str, default: Any = None) -> Any:
-  return cfg[key] if cfg is not None and key in cfg else default
+  return cfg[key] if cfg is not None and key in cfg and cfg[key] is not None else default
 
 
 def resnet_root_flops(resolution: int, num_layers: Any, width_factor: float = 1) -> tuple:
@@ -34,11 +38,20 @@ def resnet_root_flops(resolution: int, num_layers: Any, width_factor: float = 1)
   return flops, side, cin
 
 
-def forward_flops(mc: Mapping[str, Any], resolution: int, num_classes: int) -> float:
+def kept_patches(num_patches: int, patch_dropout: float, train: bool) -> int:
+  """Patch tokens that reach the encoder: patch dropout keeps max(1, int(n (1 - rate))) in training (`vit.py`)."""
+  if not train or not patch_dropout:
+    return num_patches
+  return max(1, int(num_patches * (1. - patch_dropout)))
+
+
+def forward_flops(mc: Mapping[str, Any], resolution: int, num_classes: int, *, train: bool = False) -> float:
   """Matmul FLOPs of one image's forward pass for a model config of the model table (`registry.get_config`).
 
-  Per layer 2 N (4 D^2 + 2 D M) for the q/k/v/out projections and the MLP, plus 4 N^2 D for q k^T and
-  weights @ v; plus the ResNet root of hybrids, the patch embedding, a MAP head, the pre-logits layer and the head.
+  `mc` may also hold the model options that change the token count, `num_registers` and `patch_dropout` (the
+  latter applies when `train`). Per layer 2 N (4 D^2 + 2 D M) for the q/k/v/out projections and the MLP, plus
+  4 N^2 D for q k^T and weights @ v, with N the tokens in the encoder; plus the ResNet root of hybrids, the patch
+  embedding (every patch: dropout comes after it), a MAP head, the pre-logits layer and the head.
   """
   p = _get(mc, 'patches')['size'][0]
   d, t = mc['hidden_size'], _get(mc, 'transformer')
@@ -49,26 +62,34 @@ def forward_flops(mc: Mapping[str, Any], resolution: int, num_classes: int) -> f
   grid = (side // p) ** 2
   flops += 2 * grid * p * p * channels * d
   classifier = _get(mc, 'classifier', 'token')
+  outputs = grid  # tokens leaving the encoder (registers dropped)
   if t is not None:
-    n = grid + (1 if classifier in ('token', 'token_unpooled') else 0)
-    m = t['mlp_dim']
+    cls = 1 if classifier in ('token', 'token_unpooled') else 0
+    outputs = cls + kept_patches(grid, _get(mc, 'patch_dropout', 0.), train)
+    n, m = outputs + _get(mc, 'num_registers', 0), t['mlp_dim']
     flops += t['num_layers'] * (2 * n * (4 * d * d + 2 * d * m) + 4 * n * n * d)
-    if classifier == 'map':  # one probe query: q/out projections of 1 token, k/v of N, its attention and MLP
-      flops += 2 * 2 * d * d + 2 * n * 2 * d * d + 4 * n * d + 2 * 2 * d * m
+    if classifier == 'map':  # one probe query: q/out projections of 1 token, k/v of the outputs, attention, MLP
+      flops += 2 * 2 * d * d + 2 * outputs * 2 * d * d + 4 * outputs * d + 2 * 2 * d * m
+  heads = outputs if classifier in ('unpooled', 'token_unpooled') else 1  # the head runs on every token
   rep = _get(mc, 'representation_size')
   if rep:
-    flops += 2 * d * rep
+    flops += heads * 2 * d * rep
     d = rep
-  return float(flops + 2 * d * num_classes)
+  return float(flops + heads * 2 * d * num_classes)
 
 
-def model_forward_flops(model: Any, resolution: int) -> float:
-  """`forward_flops` of a built `VisionTransformer` (its own fields: patches, width, depth, head)."""
-  mc = {'patches': model.patches, 'hidden_size': model.hidden_size, 'transformer': model.transformer,
-        'resnet': model.resnet, 'classifier': model.classifier, 'representation_size': model.representation_size}
-  return forward_flops(mc, resolution, model.num_classes or 0)
+def model_config(model: Any) -> dict:
+  """The fields of a built `VisionTransformer` that `forward_flops` reads."""
+  return {'patches': model.patches, 'hidden_size': model.hidden_size, 'transformer': model.transformer,
+          'resnet': model.resnet, 'classifier': model.classifier, 'representation_size': model.representation_size,
+          'num_registers': model.num_registers, 'patch_dropout': model.patch_dropout}
+
+
+def model_forward_flops(model: Any, resolution: int, *, train: bool = False) -> float:
+  """`forward_flops` of a built `VisionTransformer`; `train` counts the tokens patch dropout keeps."""
+  return forward_flops(model_config(model), resolution, model.num_classes or 0, train=train)
 
 
 def train_step_flops(model: Any, resolution: int, global_batch: int) -> float:
-  """Model FLOPs of one train step over the global batch: 3 forward passes per image (forward + backward)."""
-  return 3. * model_forward_flops(model, resolution) * global_batch
+  """Model FLOPs of one train step over the global batch: 3 training forward passes per image."""
+  return 3. * model_forward_flops(model, resolution, train=True) * global_batch

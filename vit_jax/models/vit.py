@@ -268,10 +268,12 @@ class MultiHeadDotProductAttention(Module):
           weights, deterministic=self.deterministic)
       x = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
     else:
-      lengths = jnp.full((k.shape[0],), kv_len, jnp.int32) if padded else None
-      x = jax.nn.dot_product_attention(
-          q, k, v, key_value_seq_lengths=lengths, scale=self.logit_scale,
-          implementation=None if impl == 'dot_product' else impl)
+      lengths = {}
+      if padded:  # sharded like the batch: cuDNN's partitioner hands each shard its rows of q, k, v and lengths
+        full = lambda n: nn.with_logical_constraint(jnp.full((k.shape[0],), n, jnp.int32), ('batch',))
+        lengths = dict(query_seq_lengths=full(q.shape[1]), key_value_seq_lengths=full(kv_len))
+      x = jax.nn.dot_product_attention(q, k, v, scale=self.logit_scale,
+                                       implementation=None if impl == 'dot_product' else impl, **lengths)
     x = x[:, :q_len]
 
     return Projection(features=(d,), in_dims=2, dtype=self.dtype, kernel_axes=('heads', 'kv', 'embed'),

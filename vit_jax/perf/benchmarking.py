@@ -4,7 +4,8 @@ Method (the one the issue-5 targets and `timm_baseline.py` use, tightened): synt
 on the device (random, never zeros), the train state donated, every function compiled ahead of time (compile time
 reported apart), `warmup` untimed calls, then `reps` repetitions of `steps` calls each, each repetition closed by
 `jax.block_until_ready`; the reported step time is the median repetition / steps. MFU counts the analytic model
-FLOPs (`vit_jax.models.flops`: forward x3 for a train step, the convention of `timm_baseline.py`) against the
+FLOPs (`vit_jax.models.flops`: forward x3 for a train step, the convention of `timm_baseline.py`, counting the tokens
+patch dropout keeps) against the
 per-device peak of the loop's table (`metric_logging.PEAK_FLOPS`), a bf16 matmul peak measured in the same process
 for a device the table lacks, or `peak_tflops` when given. Imports nothing from TensorFlow, TFDS, ml_collections or clu.
 """
@@ -108,7 +109,7 @@ def param_count(params: Any) -> int:
 
 
 def train_memory_model(cfg: BenchConfig) -> Dict[str, float]:
-  """Predicted device bytes of one train step on one device (PERF_NOTES.md, "ViT-g/14 on one 80 GB GPU").
+  """Predicted device bytes of one train step on one device (docs/performance.md, section 5: ViT-g/14).
 
   State: float32 params, grads, Adam nu, and mu in `mu_dtype`. Activations kept for the backward pass, per layer
   and image, in the compute dtype: ~8 N D (LN inputs/outputs, q, k, v, attention output, residual) + 2 N M (MLP
@@ -319,18 +320,19 @@ def run(cfg: BenchConfig, peak_tflops: Optional[float] = None) -> Dict[str, Any]
     del images, infer_params
 
   res['fwd_GFLOP_xla'] = xla_forward_flops(cfg) / 1e9
-  res['fwd_GFLOP_analytic'] = model_flops.forward_flops(mc, cfg.resolution, cfg.num_classes) / 1e9
+  res['fwd_GFLOP_analytic'] = model_flops.model_forward_flops(prog.model, cfg.resolution) / 1e9
+  # A train step processes only the patches that patch dropout keeps.
+  res['train_GFLOP_analytic'] = 3 * model_flops.model_forward_flops(prog.model, cfg.resolution, train=True) / 1e9
   if peak_tflops is None:
     peak_tflops, res['peak_source'] = default_peak_tflops(cfg.dtype)
   else:
     res['peak_source'] = 'given'
   res['peak_TFLOPs'] = peak_tflops * len(jax.devices())  # MFU is per device: the peak scales with the mesh.
-  flops = res['fwd_GFLOP_analytic'] * 1e9
   if 'train_img_s' in res:
-    res['train_TFLOPs'] = 3 * flops * res['train_img_s'] / 1e12
+    res['train_TFLOPs'] = res['train_GFLOP_analytic'] * res['train_img_s'] / 1e3
     res['train_mfu_%'] = 100 * res['train_TFLOPs'] / res['peak_TFLOPs']
   if 'infer_img_s' in res:
-    res['infer_TFLOPs'] = flops * res['infer_img_s'] / 1e12
+    res['infer_TFLOPs'] = res['fwd_GFLOP_analytic'] * res['infer_img_s'] / 1e3
     res['infer_mfu_%'] = 100 * res['infer_TFLOPs'] / res['peak_TFLOPs']
   peak = peak_device_bytes()
   res['peak_mem_GB'] = 'n/a' if peak is None else peak / 1e9

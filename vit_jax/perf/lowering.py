@@ -181,6 +181,33 @@ def summarize(text: str) -> Dict[str, int]:
   }
 
 
+_DEF = re.compile(r'^\s*(%[\w#]+)(?::\d+)? = (.*)$')
+_SPMD_CALL = re.compile(r'custom_call @CustomSPMDPartitioning\(([^)]*)\).*: \(([^)]*)\) ->')
+_CONSTRAINT = re.compile(r'sdy\.sharding_constraint %[\w#]+ <@\w+, \[(.*)\]>')
+
+
+def seqlen_shardings(text: str) -> list:
+  """For each int32 operand of each partitioned cuDNN attention call (its q/kv sequence lengths): the dimension
+  shardings of the `sdy.sharding_constraint` that defines it, e.g. '{"data", "fsdp"}', or None when unconstrained."""
+  out = []
+  for body in re.split(r'^\s*func\.func ', text, flags=re.M):
+    defs = {}
+    for line in body.splitlines():
+      d = _DEF.match(line)
+      if d:
+        defs[d.group(1)] = d.group(2)
+      call = _SPMD_CALL.search(line)
+      if not call:
+        continue
+      names = [a.strip() for a in call.group(1).split(',')]
+      types = re.findall(r'tensor<[^>]*>', call.group(2))
+      for name, typ in zip(names, types):
+        if re.fullmatch(r'tensor<\d+xi32>', typ):
+          constraint = _CONSTRAINT.search(defs.get(name, ''))
+          out.append(constraint.group(1) if constraint else None)
+  return out
+
+
 def lowering_row(cfg: benchmarking.BenchConfig, platform: str = 'cuda', num_devices: Optional[int] = 1
                  ) -> Dict[str, Any]:
   """A benchmark-table row of what `cfg` lowers to on `platform`, per mode in `cfg.modes` (no timing)."""

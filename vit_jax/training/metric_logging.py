@@ -23,21 +23,28 @@ from vit_jax import storage
 
 Scalars = Mapping[str, float]
 
-# Dense bf16 peak FLOP/s per device (chip for TPUs, GPU for GPUs), for the MFU estimate.
+# Dense (not 2:4 sparse) bf16 peak FLOP/s per JAX device, keyed by the exact `device_kind` string. A JAX device is
+# a TensorCore on TPU v2/v3 (two per chip: half the chip's 45 and 123 TFLOP/s), a chip on v4/v5p (megacore) and
+# on v5e/v6e (one core), a GPU on GPUs. The three H100 boards differ: SXM (989), NVL (835), PCIe (756).
 PEAK_FLOPS = {
-    'TPU v2': 45e12, 'TPU v3': 123e12, 'TPU v4': 275e12, 'TPU v5 lite': 197e12, 'TPU v5e': 197e12,
-    'TPU v5p': 459e12, 'TPU v5': 459e12, 'TPU v6 lite': 918e12, 'TPU v6e': 918e12,
-    'NVIDIA H100': 989e12, 'NVIDIA H200': 989e12, 'NVIDIA A100': 312e12, 'NVIDIA V100': 125e12,
-    'NVIDIA L4': 121e12, 'NVIDIA A10G': 70e12,
+    'TPU v2': 22.5e12, 'TPU v3': 61.5e12, 'TPU v4': 275e12, 'TPU v5': 459e12,  # 'TPU v5' is v5p
+    'TPU v5 lite': 197e12, 'TPU v6 lite': 918e12,                              # v5e, v6e (Trillium)
+    'NVIDIA H100 80GB HBM3': 989e12, 'NVIDIA H100 NVL': 835e12, 'NVIDIA H100 PCIe': 756e12,
+    'NVIDIA H200': 989e12, 'NVIDIA H200 NVL': 835e12, 'NVIDIA GH200 480GB': 989e12,
+    'NVIDIA B200': 2250e12,
+    'NVIDIA A100-SXM4-40GB': 312e12, 'NVIDIA A100-SXM4-80GB': 312e12, 'NVIDIA A100-PCIE-40GB': 312e12,
+    'NVIDIA A100 80GB PCIe': 312e12, 'NVIDIA L4': 121e12,
 }
 
 
 def peak_flops(device_kind: str, override: Optional[float] = None) -> Optional[float]:
-  """Per-device peak FLOP/s: `override`, else the longest PEAK_FLOPS prefix of `device_kind`, else None."""
+  """Per-device peak FLOP/s: `override` (config.peak_flops), else PEAK_FLOPS[device_kind], else None (no MFU)."""
   if override:
     return float(override)
-  matches = [k for k in PEAK_FLOPS if device_kind.startswith(k)]
-  return PEAK_FLOPS[max(matches, key=len)] if matches else None
+  if device_kind not in PEAK_FLOPS and device_kind != 'cpu':
+    logging.warning('No peak FLOP/s known for device_kind %r: no MFU is reported; set config.peak_flops to the '
+                    "device's dense bf16 peak.", device_kind)
+  return PEAK_FLOPS.get(device_kind)
 
 
 def truncate_jsonl(path: epath.PathLike, last_step: int) -> None:
