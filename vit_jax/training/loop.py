@@ -34,8 +34,8 @@ from etils import epath
 
 from vit_jax import checkpoint
 from vit_jax import storage
+from vit_jax.data import mixing
 from vit_jax.data import pipeline as input_pipeline
-from vit_jax.data import preprocess
 from vit_jax.evaluation import classification as evaluate
 from vit_jax.evaluation import fewshot
 from vit_jax.models import build
@@ -178,10 +178,11 @@ def _write_config(config: Any, workdir: epath.Path) -> None:
 
 
 def _compile(config: Any, info: Any, model: vit.VisionTransformer, tx: Any, schedule: Any, loss_fn: Any,
-             mesh: jax.sharding.Mesh, rules: Any, batch_sharding: jax.sharding.Sharding,
-             replicated: jax.sharding.Sharding) -> _Programs:
+             batch_ops: mixing.BatchOps, mesh: jax.sharding.Mesh, rules: Any,
+             batch_sharding: jax.sharding.Sharding, replicated: jax.sharding.Sharding) -> _Programs:
   """Shapes, then shardings from the rules, then the sharded init (no param ever materialises unsharded) and
-  the donated train step with the NaN marker and the window sums folded in."""
+  the donated train step with the NaN marker and the window sums folded in. Both steps take uint8 images and
+  integer labels and finish them on the devices (`batch_ops`)."""
   rng = jax.random.PRNGKey(config.seed)
   init = functools.partial(train_step.create_train_state, model, tx,
                            input_shape=(1, info.image_size, info.image_size, 3), ema=config.ema_decay > 0)
@@ -189,16 +190,13 @@ def _compile(config: Any, info: Any, model: vit.VisionTransformer, tx: Any, sche
                                              mesh, rules)
   abstract_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                                 jax.eval_shape(init, rng), state_shardings)
-  abstract_batch = {
-      'image': jax.ShapeDtypeStruct((config.batch, info.image_size, info.image_size, 3), jnp.float32,
-                                    sharding=batch_sharding),
-      'label': jax.ShapeDtypeStruct((config.batch, info.num_classes), jnp.float32, sharding=batch_sharding)}
+  abstract_batch = input_pipeline.train_batch_spec(info, config.batch, batch_sharding)
   compiled_step = _compile_step(
       train_step.make_train_step(model, tx, loss_fn, lr_schedule=schedule, accum_steps=config.accum_steps,
-                                 ema_decay=config.ema_decay or None, mesh=mesh, rules=rules),
+                                 ema_decay=config.ema_decay or None, mesh=mesh, rules=rules, batch_ops=batch_ops),
       state_shardings, batch_sharding, replicated, abstract_state, abstract_batch,
       jax.device_put(np.int32(-1), replicated), _zero_sums(replicated))
-  eval_step = jax.jit(train_step.make_eval_step(model, loss_fn, mesh=mesh, rules=rules),
+  eval_step = jax.jit(train_step.make_eval_step(model, loss_fn, mesh=mesh, rules=rules, batch_ops=batch_ops),
                       out_shardings=replicated)
   return _Programs(init=jax.jit(init, out_shardings=state_shardings), train_step=compiled_step,
                    eval_step=eval_step, abstract_state=abstract_state, rng=rng,
@@ -247,17 +245,18 @@ def train_and_evaluate(config: Any, workdir: epath.PathLike) -> Dict[str, float]
   batch_sharding = sharding.batch_sharding(mesh)
   replicated = sharding.replicated(mesh)
 
-  # --- Data: per-process batches become global arrays sharded over the mesh's batch axes.
+  # --- Data: per-process batches become global arrays sharded over the mesh's batch axes. Only uint8 images and
+  # integer labels cross to the devices; the steps scale, make targets and mix there (`batch_ops`).
   pp = config_checks.pp_dict(config.pp)
-  # uint8 over the wire, scaled to pp.value_range on the devices (unless mixup/cutmix needs host floats).
+  batch_ops = mixing.BatchOps.from_pp(pp, info.num_classes, groups=jax.process_count())
   train_iter = input_pipeline.prefetch_to_mesh(
       input_pipeline.make_train_iterator(config.dataset, pp, global_batch=config.batch, seed=config.seed,
-                                         data_dir=config.tfds_data_dir, uint8=True),
-      batch_sharding, value_range=preprocess.pixel_range(pp))
+                                         data_dir=config.tfds_data_dir, uint8=True), batch_sharding)
 
   def make_eval_batches(dataset: str, eval_pp: Dict[str, Any]):  # A fresh pass over an eval split, padded, masked.
     return input_pipeline.prefetch_to_mesh(input_pipeline.make_eval_iterator(
-        dataset, eval_pp, global_batch=config.batch_eval, data_dir=config.tfds_data_dir), batch_sharding)
+        dataset, eval_pp, global_batch=config.batch_eval, data_dir=config.tfds_data_dir, uint8=True),
+        batch_sharding)
 
   # 'val' (config.pp.test) first, then config.evals: (name, every, fresh batches).
   evaluators = [_Evaluator(spec.name, spec.every, functools.partial(make_eval_batches, spec.dataset, spec.pp))
@@ -276,7 +275,8 @@ def train_and_evaluate(config: Any, workdir: epath.PathLike) -> Dict[str, float]
   loss_fn = losses.get_loss_fn(config.loss)
 
   # --- Sharded init and the compiled steps.
-  programs = _compile(config, info, model, tx, schedule, loss_fn, mesh, rules, batch_sharding, replicated)
+  programs = _compile(config, info, model, tx, schedule, loss_fn, batch_ops, mesh, rules, batch_sharding,
+                      replicated)
 
   # --- Resume: own checkpoint -> config.resume -> config.model_init -> scratch (see the module docstring).
   ckpt = checkpointing.Checkpointer(workdir / 'checkpoints', save_every=config.checkpoint_every,
