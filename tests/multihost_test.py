@@ -30,7 +30,7 @@ from vit_jax.training import loop
 
 # Constant lr: the losses of the first steps do not depend on total_steps, so a long preemptible run and a short
 # reference run can be compared step by step.
-# The default's mixup (0.2) stays on: its pairs are the same for any process count (preprocess.mix_partner).
+# The default's mixup (0.2) stays on: its pairs are the same for any process count (vit_jax.data.mixing.partner).
 OVERRIDES = {'decay_type': 'constant', 'warmup_steps': 0, 'checkpoint_every': 100_000}
 STEPS = 6
 

@@ -80,11 +80,11 @@ def test_synthetic_is_function_of_seed_and_step():
     ('synthetic', {'crop': 8, 'num_classes': 3, 'mixup': 0.5}),
 ])
 def test_resume_at_step_n_equals_uninterrupted_stream(dataset, pp):
-  full = _take(ip.make_train_iterator(dataset, pp, global_batch=32, seed=7), 60)  # > 1 digits epoch.
-  it = ip.make_train_iterator(dataset, pp, global_batch=32, seed=7)
+  full = _take(ip.make_train_iterator(dataset, pp, global_batch=32, seed=7, uint8=True), 60)  # > 1 digits epoch.
+  it = ip.make_train_iterator(dataset, pp, global_batch=32, seed=7, uint8=True)
   _take(it, 25)
   state = json.loads(json.dumps(it.get_state()))  # Survives a JSON round trip (checkpoint).
-  resumed = ip.make_train_iterator(dataset, pp, global_batch=32, seed=7)
+  resumed = ip.make_train_iterator(dataset, pp, global_batch=32, seed=7, uint8=True)
   resumed.set_state(state)
   for want in full[25:]:
     got = next(resumed)
@@ -195,16 +195,33 @@ def test_uint8_batches_scaled_on_the_devices_equal_the_host_floats(dataset):
     got = next(g)
     assert got['image'].dtype == np.float32 and got['image'].sharding == sharding.batch_sharding(mesh)
     np.testing.assert_allclose(np.asarray(got['image']), want['image'], rtol=0, atol=1e-6)
-    np.testing.assert_array_equal(np.asarray(got['label']), want['label'])
+    np.testing.assert_array_equal(np.eye(want['label'].shape[1])[np.asarray(got['label'])], want['label'])
   g.close()
 
 
-def test_uint8_is_ignored_when_mixup_needs_host_floats():
-  pp = {'mixup': 0.5}
-  mixed = next(ip.make_train_iterator('digits', pp, global_batch=16, seed=0, uint8=True))
-  host = next(ip.make_train_iterator('digits', pp, global_batch=16, seed=0))
-  np.testing.assert_array_equal(mixed['image'], host['image'])
-  assert mixed['image'].dtype == np.float32
+@pytest.mark.parametrize('dataset', ['digits', 'synthetic'])
+def test_uint8_batches_are_uint8_images_and_int32_labels_with_mixing_on(dataset):
+  pp = {'mixup': 0.5, 'cutmix': 1., 'label_smoothing': 0.1}
+  if dataset == 'synthetic':
+    pp.update(crop=8, num_classes=21_843)
+  train = next(ip.make_train_iterator(dataset, pp, global_batch=16, seed=0, uint8=True))
+  ev = next(ip.make_eval_iterator(dataset, {**pp, 'num_eval': 20} if dataset == 'synthetic' else pp,
+                                  global_batch=16, uint8=True))
+  for b in (train, ev):
+    assert b['image'].dtype == np.uint8 and b['label'].dtype == np.int32 and b['label'].shape == (16,)
+  host = next(ip.make_eval_iterator(dataset, {**pp, 'num_eval': 20} if dataset == 'synthetic' else pp,
+                                    global_batch=16))
+  np.testing.assert_array_equal(host['label'].argmax(1), ev['label'])
+  with pytest.raises(ValueError, match='applied by the train step'):
+    ip.make_train_iterator(dataset, pp, global_batch=16, seed=0)
+
+
+def test_synthetic_batches_cost_the_host_nothing_and_vary_by_step():
+  pp = {'crop': 224, 'num_classes': 1000}
+  it = ip.make_train_iterator('synthetic', pp, global_batch=64, seed=0, uint8=True)
+  a, b = next(it), next(it)
+  assert np.shares_memory(a['image'], b['image'])  # windows of one pool: no per-step image bytes made
+  assert not np.array_equal(a['image'], b['image']) and not np.array_equal(a['label'], b['label'])
 
 
 def test_prefetch_to_mesh_ends_with_eval_stream():

@@ -365,73 +365,16 @@ def test_randaugment_is_deterministic_given_rng_and_magnitude_zero_geometry_is_i
     pp_ops.randaugment(img, np.random.default_rng(0), 1, 5, variant='timm')
 
 
-def test_one_hot_label_smoothing_sums_to_one():
-  y = pp_ops.one_hot(2, 5, smoothing=0.1)
-  np.testing.assert_allclose(y, [0.02, 0.02, 0.92, 0.02, 0.02], rtol=1e-6)
-  assert abs(y.sum() - 1) < 1e-6 and y.dtype == np.float32
-  np.testing.assert_array_equal(pp_ops.one_hot(0, 3), [1, 0, 0])
-
-
-def test_multi_hot():
-  np.testing.assert_array_equal(pp_ops.multi_hot([0, 3], 5), [1, 0, 0, 1, 0])
-  np.testing.assert_allclose(pp_ops.multi_hot([1], 3, smoothing=0.2), [0.1, 0.9, 0.1])
-
-
-def _batch(n=8, size=6, k=4):
-  rng = np.random.default_rng(0)
-  img = rng.uniform(-1, 1, (n, size, size, 3)).astype(np.float32)
-  label = np.eye(k, dtype=np.float32)[rng.integers(0, k, n)]
-  return {'image': img, 'label': label}
-
-
-def _partner(x):
-  """Example i's partner, i - n/2 (mod n), indexed explicitly."""
-  return x[(np.arange(len(x)) - len(x) // 2) % len(x)]
-
-
-def test_mixup_is_a_convex_combination_with_the_partner():
-  b = _batch()
-  out = pp_ops.mixup(b, np.random.default_rng(1), alpha=0.4)
-  other = _partner(b['image'])[0]
-  lam = float(np.median((out['image'][0] - other) / (b['image'][0] - other)))
-  assert 0 <= lam <= 1
-  np.testing.assert_allclose(out['image'], lam * b['image'] + (1 - lam) * _partner(b['image']), atol=1e-5)
-  np.testing.assert_allclose(out['label'], lam * b['label'] + (1 - lam) * _partner(b['label']), atol=1e-5)
-  np.testing.assert_allclose(out['label'].sum(1), 1, atol=1e-6)
-
-
-def test_cutmix_pastes_a_box_and_mixes_labels_by_its_area():
-  b = _batch(size=32)
-  out = pp_ops.cutmix(b, np.random.default_rng(2), alpha=1.0)
-  pasted = np.all(out['image'] == _partner(b['image']), axis=-1)[0]
-  kept = np.all(out['image'] == b['image'], axis=-1)[0]
-  assert np.all(pasted | kept) and pasted.any()
-  ys, xs = np.nonzero(pasted)
-  assert pasted[ys.min():ys.max() + 1, xs.min():xs.max() + 1].all()  # A rectangle.
-  frac = pasted.mean()
-  np.testing.assert_allclose(out['label'], (1 - frac) * b['label'] + frac * _partner(b['label']), atol=1e-6)
-
-
-@pytest.mark.parametrize('op', ['mixup', 'cutmix'])
-@pytest.mark.parametrize('processes', [2, 4])
-def test_mixing_is_the_same_for_any_process_count(op, processes):
-  # Process p of P holds global positions p, p + P, ... of a step's batch, mixed with the same rng on every
-  # process; put back in place, the shares must equal one process mixing the whole batch.
-  b = _batch(n=16, size=8)
-  one = getattr(pp_ops, op)(b, np.random.default_rng(5), 1.0)
-  for key in ('image', 'label'):
-    assembled = np.empty_like(one[key])
-    for p in range(processes):
-      share = getattr(pp_ops, op)({k: v[p::processes] for k, v in b.items()}, np.random.default_rng(5), 1.0)
-      assembled[p::processes] = share[key]
-    np.testing.assert_array_equal(assembled, one[key])
-
-
-def test_mix_batch_off_and_probability():
-  b = _batch()
-  assert pp_ops.mix_batch(b, np.random.default_rng(0), {}) is b
-  assert pp_ops.mix_batch(b, np.random.default_rng(0), {'mixup': 1., 'mix_prob': 0.}) is b
-  assert pp_ops.mix_batch(b, np.random.default_rng(0), {'mixup': 1.}) is not b
+def test_host_labels_one_hot_smoothed_and_multi_hot_bits():
+  y = pp_ops.dense_labels(np.array([2, 0]), 5, smoothing=0.1)
+  np.testing.assert_allclose(y[0], [0.02, 0.02, 0.92, 0.02, 0.02], rtol=1e-6)
+  np.testing.assert_allclose(y.sum(1), 1, rtol=1e-6)
+  assert y.dtype == np.float32
+  np.testing.assert_array_equal(pp_ops.dense_labels(np.array([0]), 3), [[1, 0, 0]])
+  bits = pp_ops.label_bits([0, 3, 9], 10)
+  np.testing.assert_array_equal(bits, [0b00001001, 0b00000010])  # little bit order: class c is bit c % 8
+  np.testing.assert_array_equal(pp_ops.dense_labels(bits[None], 10), [[1, 0, 0, 1, 0, 0, 0, 0, 0, 1]])
+  np.testing.assert_allclose(pp_ops.dense_labels(pp_ops.label_bits([1], 3)[None], 3, 0.2), [[0.1, 0.9, 0.1]])
 
 
 def test_train_and_eval_example_compose():
@@ -439,11 +382,14 @@ def test_train_and_eval_example_compose():
   pp = {'crop': 32, 'randaug': (2, 5), 'label_smoothing': 0.1}
   ex = pp_ops.train_example(rec, np.random.default_rng(0), pp, num_classes=5)
   assert ex['image'].shape == (32, 32, 3) and ex['image'].dtype == np.uint8
-  np.testing.assert_allclose(ex['label'].sum(), 1, rtol=1e-6)
-  batch = pp_ops.finish_batch({'image': ex['image'][None], 'label': ex['label'][None]}, pp)
+  assert ex['label'] == 3 and ex['label'].dtype == np.int32  # smoothing is the devices' (mixing.targets)
+  batch = pp_ops.finish_batch({'image': ex['image'][None], 'label': ex['label'][None]}, pp, 5, smoothing=True)
   assert batch['image'].dtype == np.float32 and -1 <= batch['image'].min() < batch['image'].max() <= 1
+  np.testing.assert_allclose(batch['label'], [[0.02, 0.02, 0.02, 0.92, 0.02]], rtol=1e-6)
   ev = pp_ops.eval_example(rec, {'crop': 32}, num_classes=5)
-  assert ev['image'].shape == (32, 32, 3) and ev['label'].argmax() == 3
+  assert ev['image'].shape == (32, 32, 3) and ev['label'] == 3
+  multi = pp_ops.eval_example({**rec, 'label': [1, 3]}, {'crop': 32}, num_classes=5, multi_label=True)
+  np.testing.assert_array_equal(multi['label'], [0b01010])
   with pytest.raises(ValueError, match='train_crop'):
     pp_ops.train_example(rec, np.random.default_rng(0), {'crop': 8, 'train_crop': 'nope'}, 5)
 

@@ -173,3 +173,36 @@ def test_logged_loss_and_grad_norm_are_window_means(reference, tmp_path):
       assert logged[step][key] == pytest.approx(np.mean([per_step[s][key] for s in window]), rel=1e-5)
     for key in ('train/lr', 'train/param_norm'):  # the report step's own
       assert logged[step][key] == pytest.approx(per_step[step][key], rel=1e-5)
+
+
+@pytest.mark.slow  # a tiny model compiled a few times
+def test_the_loop_hands_the_steps_uint8_images_and_int32_labels_with_mixing_on(tmp_path, monkeypatch):
+  """The AugReg preset's data settings (RandAugment, mixup 0.5; cutmix too here) on digits: only uint8 images and
+  int32 labels reach the train and eval steps, which mix and make targets on the devices."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import train_step  # pylint: disable=g-import-not-at-top
+  seen = {'train': [], 'eval': []}
+
+  def spy(make, kind):
+    def wrapped(*args, **kwargs):
+      step = make(*args, **kwargs)
+
+      def recorded(state_or_params, batch):
+        seen[kind].append({k: (v.dtype.name, v.shape) for k, v in batch.items()})
+        return step(state_or_params, batch)
+      return recorded
+    return wrapped
+  monkeypatch.setattr(train_step, 'make_train_step', spy(train_step.make_train_step, 'train'))
+  monkeypatch.setattr(train_step, 'make_eval_step', spy(train_step.make_eval_step, 'eval'))
+  cfg = lib.apply(lib.load_config('vit_b16_i1k_augreg'), {
+      **lib.TINY, 'dataset': 'digits', 'pp.train': 'train', 'pp.test': 'test', 'pp.cutmix': 1.0,
+      'model.representation_size': None, 'model.dtype': 'float32', 'total_steps': 2, 'warmup_steps': 1})
+  assert cfg.pp.mixup == 0.5 and cfg.pp.randaug == (2, 15)
+  with cfg.unlocked():
+    cfg.evals = ml_collections.ConfigDict({'minival': {'split': 'train[99%:]'}})
+  final = loop.train_and_evaluate(cfg, str(tmp_path))
+  assert final['step'] == 2 and 0 <= final['val/top1'] <= 1 and 'minival/top1' in final
+  b = cfg.batch
+  assert seen['train'] == [{'image': ('uint8', (b, 8, 8, 3)), 'label': ('int32', (b,))}]
+  assert {k: v[0] for k, v in seen['eval'][0].items()} == {'image': 'uint8', 'label': 'int32', 'mask': 'float32'}
+  assert all(s['image'][0] == 'uint8' and s['label'] == ('int32', (cfg.batch_eval,)) for s in seen['eval'])

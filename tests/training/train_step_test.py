@@ -200,3 +200,30 @@ def test_bf16_compute_keeps_float32_params_and_bf16_momentum():
   assert {x.dtype for x in jax.tree.leaves(adam.mu)} == {jnp.dtype(jnp.bfloat16)}
   assert {x.dtype for x in jax.tree.leaves(adam.nu)} == {jnp.dtype(jnp.float32)}
   assert all(v.dtype == jnp.float32 and np.isfinite(v) for v in metrics.values())
+
+
+@pytest.mark.slow  # a tiny model compiled a few times
+def test_uint8_batches_are_finished_and_mixed_in_the_step_from_seed_and_step():
+  """With batch_ops the step takes uint8 images and int32 labels and equals the float step on the batch that
+  mixing.train_batch makes with the key fold_in(fold_in(rng, step), MIX_STREAM); eval likewise."""
+  from vit_jax.data import mixing  # pylint: disable=g-import-not-at-top
+  ops = mixing.BatchOps(num_classes=NUM_CLASSES, label_smoothing=0.1, mixup=0.5, cutmix=1.)
+  rs = np.random.RandomState(3)
+  raw = {'image': rs.randint(0, 256, (16,) + INPUT[1:]).astype(np.uint8),
+         'label': rs.randint(0, NUM_CLASSES, 16).astype(np.int32)}
+  model = _model()
+  fused = jax.jit(train_step.make_train_step(model, TX, lr_schedule=SCHEDULE, ema_decay=0.9, batch_ops=ops))
+  state = _state()
+  state = _step_fn()(state, _batch(16))[0]  # at step 1, so the step number reaches the key
+  got_state, got = fused(state, raw)
+  key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), train_step.MIX_STREAM)
+  finished = jax.jit(lambda b, k: mixing.train_batch(b, k, ops))(raw, key)
+  want_state, want = _step_fn()(state, finished)
+  _allclose(got, want, rtol=1e-6)
+  _allclose(got_state.params, want_state.params, rtol=1e-6, atol=1e-7)
+  later = fused(got_state, raw)[1]  # the next step draws another mix of the same examples
+  assert float(later['loss']) != float(got['loss'])
+  eval_raw = {**raw, 'mask': np.ones(16, np.float32)}
+  fused_eval = jax.jit(train_step.make_eval_step(model, batch_ops=ops))(state.params, eval_raw)
+  plain_eval = jax.jit(train_step.make_eval_step(model))(state.params, mixing.eval_batch(eval_raw, ops))
+  _allclose(fused_eval, plain_eval, rtol=1e-6)

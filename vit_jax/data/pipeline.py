@@ -15,18 +15,20 @@ Layout. Training: the split is shuffled once per epoch (seed), repeated forever,
 stream positions p, p + P, p + 2P, ... (it reads nothing else); corrupt images are dropped in the main
 process (warning naming the file, running count in `iterator.corrupt_images.count`; `strict=True`
 raises) and the next example takes the slot, so no other example is lost. Batches of
-global_batch // P are stacked as uint8, turned into float32 in one pass, then mixup/cutmix are applied
-with `np.random.default_rng([seed, step, 1])`, pairing examples half a global batch apart
-(`preprocess.mix_partner`): the same pairs, hence the same losses, for any process count with an even share.
-With `uint8=True` (the training loop's choice) and no mixup/cutmix, batches stay uint8 and
-`prefetch_to_mesh(..., value_range=...)` scales them on the devices after the transfer: the host skips a
-float pass over every pixel (~15% of its preprocessing time, bench_input.py) and sends a quarter of the bytes.
-Evaluation: process p takes examples p, p + P, ...; every process yields the same number of batches; the
+global_batch // P are stacked as they are: uint8 images and integer labels (int32 class indices, or a
+multi-label set's packed bits, `preprocess.label_bits`). With `uint8=True` (the training loop's choice, train and
+eval alike) that is what crosses to the devices, where the jitted step scales the pixels to pp.value_range, makes
+the (smoothed) targets and applies mixup/cutmix from (seed, step) (`vit_jax.data.mixing`): the host does no
+float pass over the pixels (1.2-2.4 s per 512 images at 224 px with mixup on 2 cores before it moved) and sends
+a quarter of the image bytes and no dense label rows (87 KB per example at 21,843 classes). With `uint8=False`
+`preprocess.finish_batch` makes float32 images and targets on the host, for host-side users; mixing is refused
+there. Evaluation: process p takes examples p, p + P, ...; every process yields the same number of batches; the
 last are padded with zero images whose `mask` is 0 (a corrupt eval image is also masked out, as is a multi-label
 example with an empty label set, e.g. a ReaL image none of whose labels raters kept).
 
-Datasets: see `vit_jax.data.sources` (TFDS names, image folders, 'digits') and 'synthetic' (random
-images from (seed, step); imports neither TensorFlow nor grain). The `pp` keys are documented in
+Datasets: see `vit_jax.data.sources` (TFDS names, image folders, 'digits') and 'synthetic' (random images
+from (seed, step), windows of a pool made once, so a batch costs the host nothing; imports neither TensorFlow
+nor grain). The `pp` keys are documented in
 `vit_jax.data.preprocess`.
 
 Checkpointing the data position: save `it.get_state()` (a JSON-able dict; for the mesh prefetcher it is
@@ -35,7 +37,6 @@ iterator call `it.set_state(state)`. The grain iterators (all but synthetic) als
 Orbax handler: `ocp.args.Composite(data=grain.checkpoint.CheckpointSave(local_it))`.
 """
 import dataclasses
-import functools
 import logging
 import math
 import os
@@ -47,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax.data import mixing
 from vit_jax.data import preprocess
 from vit_jax.data import sources as data_sources
 
@@ -66,6 +68,15 @@ class DatasetInfo:
   num_eval: int
   image_size: int
   multi_label: bool = False
+
+
+def train_batch_spec(info: DatasetInfo, global_batch: int,
+                     sharding: jax.sharding.Sharding | None = None) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes and dtypes of a global training batch of `make_train_iterator(uint8=True)`."""
+  label = ((global_batch, -(-info.num_classes // 8)), jnp.uint8) if info.multi_label else ((global_batch,), jnp.int32)
+  return {'image': jax.ShapeDtypeStruct((global_batch, info.image_size, info.image_size, 3), jnp.uint8,
+                                        sharding=sharding),
+          'label': jax.ShapeDtypeStruct(*label, sharding=sharding)}
 
 
 def _resolve_pp(pp: Mapping[str, Any] | None, defaults: Mapping[str, Any]) -> dict[str, Any]:
@@ -122,28 +133,34 @@ def get_dataset_info(dataset: str, pp: Mapping[str, Any] | None, data_dir: str |
 
 
 # ------------------------------------------------------------------------------------------- synthetic
+# Synthetic training batches are windows of a pool of local_batch + this many random images, made once.
+SYNTHETIC_SHIFTS = 16
+# Synthetic eval images cycle through a pool of this many.
+SYNTHETIC_EVAL_POOL = 64
+
+
 class SyntheticIterator:
-  """Random uniform images and labels, a pure function of (seed, step, process); no TF, no grain."""
+  """Random images and labels, a pure function of (seed, step, process) at no cost per step: step s takes the
+  window of images starting at s % (SYNTHETIC_SHIFTS + 1) of a random pool made once and draws its labels."""
 
   def __init__(self, pp: Mapping[str, Any], local_batch: int, seed: int, process_index: int,
                uint8: bool = False):
     self._pp, self._b, self._seed, self._p = pp, local_batch, seed, process_index
-    self._finish = _MixBatch(pp, seed, with_ids=True, uint8=uint8)  # The grain iterators' batch stage.
+    self._finish = _FinishBatch(pp, pp['num_classes'], with_ids=True, uint8=uint8)  # The grain iterators' stage.
+    c, n = pp['crop'], local_batch + SYNTHETIC_SHIFTS
+    pool = np.random.default_rng([seed, process_index]).bytes(n * c * c * 3)
+    self._pool = np.frombuffer(pool, np.uint8).reshape(n, c, c, 3)
     self._step = 0
 
   def __iter__(self):
     return self
 
   def __next__(self) -> Batch:
-    rng = np.random.default_rng([self._seed, self._step, self._p])
+    shift = self._step % (SYNTHETIC_SHIFTS + 1)
+    labels = np.random.default_rng([self._seed, self._step, self._p]).integers(0, self._pp['num_classes'], self._b)
     self._step += 1
-    c = self._pp['crop']
-    pixels = np.frombuffer(rng.bytes(self._b * c * c * 3), np.uint8).reshape(self._b, c, c, 3)
-    labels = rng.integers(0, self._pp['num_classes'], self._b)
-    k, s = self._pp['num_classes'], self._pp.get('label_smoothing', 0.)
-    onehot = np.full((self._b, k), s / k, np.float32)
-    onehot[np.arange(self._b), labels] += 1 - s
-    return self._finish(self._step - 1, {'image': pixels, 'label': onehot})
+    batch = {'image': self._pool[shift:shift + self._b], 'label': labels.astype(np.int32)}
+    return self._finish(self._step - 1, batch)
 
   def get_state(self) -> dict[str, int]:
     return {'step': self._step}
@@ -153,19 +170,19 @@ class SyntheticIterator:
 
 
 class _SyntheticEvalRecords:
-  """num_eval fixed random examples for synthetic evaluation."""
+  """num_eval fixed random examples for synthetic evaluation (images from a pool, labels per example)."""
 
   def __init__(self, pp: Mapping[str, Any]):
     self._pp = pp
+    c = pp['crop']
+    self._pool = np.random.default_rng([1]).integers(0, 256, (SYNTHETIC_EVAL_POOL, c, c, 3), dtype=np.uint8)
 
   def __len__(self):
     return self._pp['num_eval']
 
   def __getitem__(self, i):
-    rng = np.random.default_rng([1, i])
-    c = self._pp['crop']
-    return {'image': rng.integers(0, 256, (c, c, 3), dtype=np.uint8),
-            'label': int(rng.integers(0, self._pp['num_classes'])), 'id': i, 'name': f'synthetic[{i}]'}
+    label = int(np.random.default_rng([1, i]).integers(0, self._pp['num_classes']))
+    return {'image': self._pool[i % SYNTHETIC_EVAL_POOL], 'label': label, 'id': i, 'name': f'synthetic[{i}]'}
 
 
 # --------------------------------------------------------------------------------------- grain stages
@@ -222,24 +239,21 @@ class _DropCorrupt:
 
 
 def _mixes(pp: Mapping[str, Any]) -> bool:
-  """Whether mixup or cutmix is on (they blend pixels, so the host must have floats)."""
+  """Whether mixup or cutmix is on (the train step does them, on uint8 batches)."""
   return bool(pp.get('mixup') or pp.get('cutmix'))
 
 
-class _MixBatch:
-  """Batch-level stage: to float (unless `uint8`), mixup/cutmix from default_rng([seed, step, 1]); drops ids
-  unless asked."""
+class _FinishBatch:
+  """Batch-level stage: drops ids unless asked; with `uint8` nothing else, else floats and targets on the host."""
 
-  def __init__(self, pp, seed, with_ids, uint8=False):
-    self._pp, self._seed, self._with_ids, self._uint8 = pp, seed, with_ids, uint8 and not _mixes(pp)
+  def __init__(self, pp, num_classes, with_ids, uint8=False):
+    self._pp, self._k, self._with_ids, self._uint8 = pp, num_classes, with_ids, uint8
 
   def __call__(self, step: int, batch: Batch) -> Batch:
+    del step  # grain's map_with_index hands it over; the batch is a function of its examples alone.
     if not self._with_ids:
       batch = {k: v for k, v in batch.items() if k != 'id'}
-    if self._uint8:
-      return batch
-    batch = preprocess.finish_batch(batch, self._pp)
-    return preprocess.mix_batch(batch, np.random.default_rng([self._seed, step, 1]), self._pp)
+    return batch if self._uint8 else preprocess.finish_batch(batch, self._pp, self._k, smoothing=True)
 
 
 class _EvalMap:
@@ -266,24 +280,27 @@ class _EvalMap:
 class _PadOrCount:
   """Main-process eval stage: fills padding/corrupt slots with zero images and mask 0."""
 
-  def __init__(self, pp, num_classes, corrupt, with_ids):
+  def __init__(self, pp, num_classes, multi_label, corrupt, with_ids, uint8):
     self._pp, self._shape, self._k = pp, (pp['crop'], pp['crop'], 3), num_classes
-    self._corrupt, self._with_ids = corrupt, with_ids
+    self._label = np.zeros((-(-num_classes // 8),), np.uint8) if multi_label else np.int32(0)
+    self._corrupt, self._with_ids, self._uint8 = corrupt, with_ids, uint8
 
   def __call__(self, ex: preprocess.Record) -> preprocess.Record:
     if 'corrupt' in ex:
       self._corrupt.check(ex['corrupt'])
     if 'mask' not in ex:
-      ex = {'image': np.zeros(self._shape, np.uint8), 'label': np.zeros((self._k,), np.float32),
-            'id': ex['id'], 'mask': np.float32(0)}
+      ex = {'image': np.zeros(self._shape, np.uint8), 'label': self._label, 'id': ex['id'], 'mask': np.float32(0)}
     if not self._with_ids:
       ex = {k: v for k, v in ex.items() if k != 'id'}
     return ex
 
   def batch(self, batch: Batch) -> Batch:
-    """To float in the value range; padding images are exactly 0."""
-    batch = preprocess.finish_batch(batch, self._pp)
+    """uint8 as it is, or floats and targets on the host (padding images exactly 0, labels all 0)."""
+    if self._uint8:
+      return batch
+    batch = preprocess.finish_batch(batch, self._pp, self._k)
     batch['image'][batch['mask'] == 0] = 0
+    batch['label'][batch['mask'] == 0] = 0
     return batch
 
 
@@ -309,10 +326,14 @@ def make_train_iterator(dataset: str, pp: Mapping[str, Any] | None, *, global_ba
                         uint8: bool = False) -> Iterator[Batch]:
   """Endless, checkpointable iterator of this process's training batches (see the module docstring).
 
-  uint8: leave the images uint8 when no mixup/cutmix is on, for `prefetch_to_mesh(value_range=...)` to scale.
+  uint8: hand out uint8 images and integer labels, for the train step to finish (`vit_jax.data.mixing`);
+  False: float32 images and (smoothed) targets made on the host, which cannot mix (pp.mixup/cutmix refused).
   """
   p, n_proc = _process(process_index, process_count)
   local_b = _local_batch(global_batch, n_proc, 'global_batch')
+  if not uint8 and _mixes(pp or {}):
+    raise ValueError('pp.mixup/pp.cutmix are applied by the train step on the devices (vit_jax.data.mixing): '
+                     'use make_train_iterator(uint8=True) and make_train_step(batch_ops=...).')
   if dataset == 'synthetic':
     return SyntheticIterator(_synthetic_pp(pp), local_b, seed, p, uint8)
   import grain  # pylint: disable=g-import-not-at-top
@@ -325,15 +346,20 @@ def make_train_iterator(dataset: str, pp: Mapping[str, Any] | None, *, global_ba
   it = _maybe_workers(ds.to_iter_dataset(_read_options(pp)), pp)
   corrupt = CorruptImages(strict)
   it = it.filter(_DropCorrupt(corrupt)).batch(local_b, drop_remainder=True)
-  it = iter(it.map_with_index(_MixBatch(pp, seed, with_ids, uint8)))
+  it = iter(it.map_with_index(_FinishBatch(pp, src.num_classes, with_ids, uint8)))
   it.corrupt_images = corrupt
   return it
 
 
 def make_eval_iterator(dataset: str, pp: Mapping[str, Any] | None, *, global_batch: int,
                        data_dir: str | None = None, strict: bool = False, process_index: int | None = None,
-                       process_count: int | None = None, with_ids: bool = False) -> Iterator[Batch]:
-  """This process's eval batches with a `mask`; over all processes every example appears exactly once."""
+                       process_count: int | None = None, with_ids: bool = False,
+                       uint8: bool = False) -> Iterator[Batch]:
+  """This process's eval batches with a `mask`; over all processes every example appears exactly once.
+
+  uint8: uint8 images and integer labels, for the eval step to finish (`vit_jax.data.mixing.eval_batch`);
+  False: float32 images in pp.value_range and float32 one-/multi-hot targets made on the host.
+  """
   p, n_proc = _process(process_index, process_count)
   local_b = _local_batch(global_batch, n_proc, 'global_batch')
   if dataset == 'synthetic':
@@ -346,7 +372,7 @@ def make_eval_iterator(dataset: str, pp: Mapping[str, Any] | None, *, global_bat
   num_batches = max(1, math.ceil(per_process / local_b))
   corrupt = CorruptImages(strict)
   load = _EvalMap(records, pp, k, multi, p, n_proc)
-  finish = _PadOrCount(pp, k, corrupt, with_ids)
+  finish = _PadOrCount(pp, k, multi, corrupt, with_ids, uint8)
   if dataset == 'synthetic':  # No grain needed (GPU images may lack it).
     it = _PlainEval(load, finish, num_batches, local_b)
   else:
@@ -385,10 +411,7 @@ def _batch_shards(sharding: jax.sharding.Sharding) -> int:
   return math.prod(sharding.mesh.shape[a] for a in axes)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def _scale_on_device(pixels: jax.Array, vmin: float, vmax: float) -> jax.Array:
-  """uint8 -> float32 in [vmin, vmax], as preprocess.value_range (within an ulp: XLA may fuse the multiply-add)."""
-  return pixels.astype(jnp.float32) * jnp.float32((vmax - vmin) / 255) + jnp.float32(vmin)
+_scale_on_device = jax.jit(mixing.to_float, static_argnums=1)
 
 
 class MeshPrefetcher:
@@ -421,7 +444,7 @@ class MeshPrefetcher:
       return jax.make_array_from_process_local_data(self._sharding, x)
     out = jax.tree.map(put, batch)
     if self._range is not None and out['image'].dtype == jnp.uint8:
-      out['image'] = _scale_on_device(out['image'], *self._range)
+      out['image'] = _scale_on_device(out['image'], self._range)
     return out
 
   def _put(self, item) -> bool:

@@ -1,8 +1,9 @@
 """Per-example and per-batch preprocessing ops (numpy + PIL; no TensorFlow), composed from the `pp` config.
 
-Every random op takes a `np.random.Generator` that the pipeline derives from (seed, example index) or
-(seed, step), so a resumed run redoes exactly the same augmentation. Per-example ops return uint8
-images; `finish_batch` turns a whole batch into float32 in `value_range`.
+Every random op takes a `np.random.Generator` that the pipeline derives from (seed, example index), so a
+resumed run redoes exactly the same augmentation. Per-example ops return uint8 images and integer labels (a class
+index, or a multi-label set's packed bits: `label_bits`); the devices turn batches of them into floats, targets
+and mixes (`vit_jax.data.mixing`), or `finish_batch` does it on the host for host-side users.
 
 Resizing uses area averaging (PIL BOX) when shrinking and bilinear when enlarging; JPEGs are decoded
 with PIL's draft flag (integer-fast IDCT, as tf.io.decode_jpeg by default) and at 1/2, 1/4 or 1/8 DCT
@@ -37,12 +38,13 @@ not used.
                      above 10 extrapolate) or 'increasing' (timm's rand-m*-inc1: every op stronger with the
                      magnitude, clipped to 10). See the RandAugment section below.
   mixup              mixup Beta(alpha, alpha) concentration; 0 (default) = off. Each example is mixed with the one
-                     half a batch away (`mix_partner`), independent of the process count.
+                     half a batch away, independent of the process count. Done by the train step on the devices
+                     (vit_jax/data/mixing.py), as are cutmix, mix_prob, label_smoothing and value_range.
   cutmix             cutmix Beta(alpha, alpha) concentration; 0 (default) = off. With both on, each batch
                      uses one of the two, chosen with equal odds.
   mix_prob           probability that a batch is mixed at all (default 1.0).
   label_smoothing    one-hot: y * (1 - s) + s / num_classes; multi-hot: y * (1 - s) + s / 2 (default 0).
-  value_range        output pixel range (default (-1, 1)).
+  value_range        float pixel range (default (-1, 1)).
   num_classes        synthetic only: number of classes (default 1000).
   num_train, num_eval  synthetic only: split sizes (default 1,281,167 and 50,000, ImageNet's).
   workers            grain worker processes for decoding (default 0 = threads in this process).
@@ -463,56 +465,25 @@ def randaugment(img: Image.Image, rng: np.random.Generator, num_layers: int = 2,
 
 
 # ------------------------------------------------------------------------------------------------- labels
-def one_hot(label: int, num_classes: int, smoothing: float = 0.) -> np.ndarray:
-  """One-hot float32 vector with label smoothing y * (1 - s) + s / num_classes."""
-  y = np.full((num_classes,), smoothing / num_classes, np.float32)
-  y[label] += 1 - smoothing
-  return y
+def label_bits(labels: Any, num_classes: int) -> np.ndarray:
+  """A multi-label set as its multi-hot row packed 8 classes to a byte (uint8 [ceil(K / 8)], little bit order)."""
+  y = np.zeros((num_classes,), np.bool_)
+  y[np.asarray(labels, np.int64).reshape(-1)] = True
+  return np.packbits(y, bitorder='little')
 
 
-def multi_hot(labels: Any, num_classes: int, smoothing: float = 0.) -> np.ndarray:
-  """Multi-hot float32 vector; smoothing pulls each binary target towards 1/2."""
-  y = np.zeros((num_classes,), np.float32)
-  y[np.asarray(labels, np.int64).reshape(-1)] = 1
-  return y * (1 - smoothing) + smoothing / 2
-
-
-# ------------------------------------------------------------------------------------------- batch level
-def mix_partner(x: np.ndarray) -> np.ndarray:
-  """Each example's mixing partner: the one half a batch away (the batch rolled by half its length).
-
-  A process holds global stream positions p, p + P, ... of a step's global batch B, so rolling its share by half
-  pairs global positions k and k + B/2: the same pairs for any process count P whose share is even, and the
-  pairs are symmetric (each example's partner has it as partner).
-  """
-  return np.roll(x, len(x) // 2, axis=0)
-
-
-def mixup(batch: Record, rng: np.random.Generator, alpha: float) -> Record:
-  """Mixup: each example is lam * itself + (1 - lam) * its partner (`mix_partner`), lam ~ Beta."""
-  lam = np.float32(rng.beta(alpha, alpha))
-  out = dict(batch)
-  for k in ('image', 'label'):
-    x = batch[k]
-    out[k] = lam * x + (1 - lam) * mix_partner(x)
-  return out
-
-
-def cutmix(batch: Record, rng: np.random.Generator, alpha: float) -> Record:
-  """CutMix: a box of area ~(1 - lam) is pasted from the partner (`mix_partner`); labels mix by the box area."""
-  img = batch['image']
-  _, h, w, _ = img.shape
-  lam = rng.beta(alpha, alpha)
-  ch, cw = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
-  cy, cx = int(rng.integers(0, h)), int(rng.integers(0, w))
-  y0, y1 = max(cy - ch // 2, 0), min(cy + ch - ch // 2, h)
-  x0, x1 = max(cx - cw // 2, 0), min(cx + cw - cw // 2, w)
-  out = dict(batch)
-  out['image'] = img.copy()
-  out['image'][:, y0:y1, x0:x1] = mix_partner(img)[:, y0:y1, x0:x1]
-  kept = np.float32(1 - (y1 - y0) * (x1 - x0) / (h * w))
-  out['label'] = kept * batch['label'] + (1 - kept) * mix_partner(batch['label'])
-  return out
+def dense_labels(labels: np.ndarray, num_classes: int, smoothing: float = 0.) -> np.ndarray:
+  """Integer labels -> float32 [B, K] on the host, as `mixing.targets` does on the devices: class indices [B]
+  -> y * (1 - s) + s / K, packed multi-hot bytes [B, ceil(K / 8)] -> y * (1 - s) + s / 2."""
+  labels = np.asarray(labels)
+  if labels.ndim == 1:
+    y = np.zeros((len(labels), num_classes), np.float32)
+    y[np.arange(len(labels)), labels] = 1
+    off = smoothing / num_classes
+  else:
+    y = np.unpackbits(labels, axis=-1, count=num_classes, bitorder='little').astype(np.float32)
+    off = smoothing / 2
+  return y * np.float32(1 - smoothing) + np.float32(off) if smoothing else y
 
 
 def pixel_range(pp: Any) -> tuple[float, float]:
@@ -520,18 +491,12 @@ def pixel_range(pp: Any) -> tuple[float, float]:
   return tuple(pp.get('value_range', (-1., 1.)))
 
 
-def finish_batch(batch: Record, pp: Any) -> Record:
-  """uint8 images -> float32 in pp.value_range, once per batch (one vectorised pass)."""
-  return {**batch, 'image': value_range(batch['image'], *pixel_range(pp))}
-
-
-def mix_batch(batch: Record, rng: np.random.Generator, pp: Any) -> Record:
-  """Applies mixup or cutmix as `pp` asks (see the module docstring)."""
-  alphas = [(f, a) for f, a in ((mixup, pp.get('mixup', 0.)), (cutmix, pp.get('cutmix', 0.))) if a]
-  if not alphas or rng.random() >= pp.get('mix_prob', 1.):
-    return batch
-  fn, alpha = alphas[int(rng.integers(0, len(alphas)))]
-  return fn(batch, rng, alpha)
+def finish_batch(batch: Record, pp: Any, num_classes: int, smoothing: bool = False) -> Record:
+  """On the host: uint8 images -> float32 in pp.value_range, integer labels -> float32 targets (smoothed by
+  pp.label_smoothing when `smoothing`); the train and eval steps do this on the devices instead."""
+  s = (pp.get('label_smoothing') or 0.) if smoothing else 0.
+  return {**batch, 'image': value_range(batch['image'], *pixel_range(pp)),
+          'label': dense_labels(batch['label'], num_classes, s)}
 
 
 # ---------------------------------------------------------------------------------------- composed ops
@@ -547,15 +512,14 @@ def _image_of(rec: Record) -> Image.Image:
     raise CorruptImageError(f'Cannot read image {name}: {e}') from None
 
 
-def _label_of(rec: Record, num_classes: int, multi_label: bool, smoothing: float) -> np.ndarray:
-  if multi_label:
-    return multi_hot(rec['label'], num_classes, smoothing)
-  return one_hot(rec['label'], num_classes, smoothing)
+def _label_of(rec: Record, num_classes: int, multi_label: bool) -> np.ndarray:
+  """A class index (int32), or a multi-label set's packed bits (`label_bits`)."""
+  return label_bits(rec['label'], num_classes) if multi_label else np.int32(rec['label'])
 
 
 def train_example(rec: Record, rng: np.random.Generator, pp: Any, num_classes: int,
                   multi_label: bool = False) -> Record:
-  """decode -> train crop -> flip -> RandAugment (uint8 image); label -> (smoothed) one/multi-hot."""
+  """decode -> train crop -> flip -> RandAugment (uint8 image); label -> int32 index or packed bits."""
   name = rec.get('name', '<image>')
   crop = pp['crop']
   mode = pp.get('train_crop', 'inception')
@@ -577,12 +541,12 @@ def train_example(rec: Record, rng: np.random.Generator, pp: Any, num_classes: i
     img = randaugment(Image.fromarray(np.ascontiguousarray(img)) if isinstance(img, np.ndarray) else img,
                       rng, *pp['randaug'], variant=pp.get('randaug_variant') or 'tf')
   return {'image': np.asarray(img),
-          'label': _label_of(rec, num_classes, multi_label, pp.get('label_smoothing', 0.)),
+          'label': _label_of(rec, num_classes, multi_label),
           'id': rec['id']}
 
 
 def eval_example(rec: Record, pp: Any, num_classes: int, multi_label: bool = False) -> Record:
-  """decode -> resize-small + central crop (or plain resize) (uint8 image); label -> one/multi-hot."""
+  """decode -> resize-small + central crop (or plain resize) (uint8 image); label -> int32 index or packed bits."""
   name = rec.get('name', '<image>')
   img = _image_of(rec)
   crop = pp['crop']
@@ -593,7 +557,7 @@ def eval_example(rec: Record, pp: Any, num_classes: int, multi_label: bool = Fal
     img = resize(img, crop, name)
   else:
     raise ValueError(f"pp.eval_crop={mode!r} is unknown: use 'resize_small_crop' or 'resize'.")
-  return {'image': np.asarray(img), 'label': _label_of(rec, num_classes, multi_label, 0.), 'id': rec['id']}
+  return {'image': np.asarray(img), 'label': _label_of(rec, num_classes, multi_label), 'id': rec['id']}
 
 
 def default_resize(crop: int) -> int:

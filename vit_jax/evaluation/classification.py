@@ -42,7 +42,8 @@ def evaluate_params(model: Any, params: Any, dataset: str, pp: Mapping[str, Any]
                     data_dir: Optional[str] = None, loss: str = 'softmax_xent',
                     what: str = '--split') -> Dict[str, float]:
   """`evaluate` of `model` with host `params` on a dataset split (pp['test']), batches sharded over all devices."""
-  from vit_jax.data import pipeline  # pylint: disable=g-import-not-at-top  (only this entry reads data)
+  from vit_jax.data import mixing  # pylint: disable=g-import-not-at-top  (only this entry reads data)
+  from vit_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from vit_jax.training import losses  # pylint: disable=g-import-not-at-top
   from vit_jax.training import sharding  # pylint: disable=g-import-not-at-top
   from vit_jax.training import train_step  # pylint: disable=g-import-not-at-top
@@ -52,10 +53,13 @@ def evaluate_params(model: Any, params: Any, dataset: str, pp: Mapping[str, Any]
                      'dataset with its label space.')
   mesh = sharding.make_mesh({'data': -1})
   replicated = sharding.replicated(mesh)
-  eval_step = jax.jit(train_step.make_eval_step(model, losses.get_loss_fn(loss)), out_shardings=replicated)
+  # uint8 images and integer labels cross to the devices; the eval step scales them and makes the targets.
+  batch_ops = mixing.BatchOps.from_pp(pp, num_classes)
+  eval_step = jax.jit(train_step.make_eval_step(model, losses.get_loss_fn(loss), batch_ops=batch_ops),
+                      out_shardings=replicated)
   params = jax.device_put(params, replicated)
   batches = pipeline.prefetch_to_mesh(
-      pipeline.make_eval_iterator(dataset, pp, global_batch=batch_size, data_dir=data_dir),
+      pipeline.make_eval_iterator(dataset, pp, global_batch=batch_size, data_dir=data_dir, uint8=True),
       sharding.batch_sharding(mesh))
   try:
     return evaluate(eval_step, params, batches, what)

@@ -20,9 +20,12 @@ from typing import Any, Dict, Iterator, Optional, Sequence
 
 import jax
 
+from vit_jax.data import mixing
+from vit_jax.data import pipeline as input_pipeline
 from vit_jax.models import build
 from vit_jax.perf import benchmarking
 from vit_jax.training import loop
+from vit_jax.training import config_checks
 from vit_jax.training import losses
 from vit_jax.training import optim
 from vit_jax.training import sharding
@@ -72,12 +75,16 @@ def config_program(config: Any, num_classes: int, image_size: Optional[int] = No
                    devices: Optional[Sequence[jax.Device]] = None) -> loop.StepProgram:
   """The training loop's own step for an experiment config, not compiled: `config.mesh` over `devices` (default:
   all), `config.sharding_rules`, the model of `config.model` (dtype, remat, scan, attention), the optimizer and
-  loss, at `config.batch` images of `image_size` (default `config.pp.crop`) pixels."""
+  loss, at `config.batch` uint8 images of `image_size` (default `config.pp.crop`) pixels with integer labels, the
+  preset's mixing and label ops done in the step as the loop does them."""
   mesh = sharding.make_mesh(dict(config.mesh), devices)
   model = build.build_model(config.model_name, config.model, num_classes)
   tx, schedule = optim.make_optimizer(loop.optim_section(config))
-  return loop.step_program(config, image_size or config.pp.crop, num_classes, model, tx, schedule,
-                           losses.get_loss_fn(config.loss), mesh, sharding.get_rules(config.sharding_rules))
+  info = input_pipeline.DatasetInfo(num_classes=num_classes, num_train=0, num_eval=0,
+                                    image_size=image_size or config.pp.crop, multi_label=False)
+  batch_ops = mixing.BatchOps.from_pp(config_checks.pp_dict(config.pp), num_classes)
+  return loop.step_program(config, info, model, tx, schedule, losses.get_loss_fn(config.loss), batch_ops, mesh,
+                           sharding.get_rules(config.sharding_rules))
 
 
 def lower_config(config: Any, num_classes: int, platform: str = 'cuda',

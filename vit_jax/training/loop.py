@@ -34,8 +34,8 @@ from etils import epath
 
 from vit_jax import checkpoint
 from vit_jax import storage
+from vit_jax.data import mixing
 from vit_jax.data import pipeline as input_pipeline
-from vit_jax.data import preprocess
 from vit_jax.evaluation import classification as evaluate
 from vit_jax.evaluation import fewshot
 from vit_jax.models import build
@@ -180,36 +180,36 @@ class StepProgram:
   args: Tuple[Any, ...]  # abstract (state, batch, first_bad, sums), with their shardings
 
 
-def step_program(config: Any, image_size: int, num_classes: int, model: vit.VisionTransformer, tx: Any,
-                 schedule: Any, loss_fn: Any, mesh: jax.sharding.Mesh, rules: Any) -> StepProgram:
-  """Shapes, then shardings from the rules, then the jitted step; `vit_jax.perf.lowering` lowers this same step."""
+def step_program(config: Any, info: input_pipeline.DatasetInfo, model: vit.VisionTransformer, tx: Any,
+                 schedule: Any, loss_fn: Any, batch_ops: mixing.BatchOps, mesh: jax.sharding.Mesh,
+                 rules: Any) -> StepProgram:
+  """Shapes, then shardings from the rules, then the jitted step, which takes uint8 images and integer labels and
+  finishes them on the devices (`batch_ops`); `vit_jax.perf.lowering` lowers this same step."""
   batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   rng = jax.random.PRNGKey(config.seed)
   init = functools.partial(train_step.create_train_state, model, tx,
-                           input_shape=(1, image_size, image_size, 3), ema=config.ema_decay > 0)
+                           input_shape=(1, info.image_size, info.image_size, 3), ema=config.ema_decay > 0)
   state_shardings = sharding.param_shardings(jax.eval_shape(functools.partial(init, unbox=False), rng),
                                              mesh, rules)
   abstract_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                                 jax.eval_shape(init, rng), state_shardings)
-  abstract_batch = {
-      'image': jax.ShapeDtypeStruct((config.batch, image_size, image_size, 3), jnp.float32,
-                                    sharding=batch_sharding),
-      'label': jax.ShapeDtypeStruct((config.batch, num_classes), jnp.float32, sharding=batch_sharding)}
+  abstract_batch = input_pipeline.train_batch_spec(info, config.batch, batch_sharding)
   first_bad = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
   sums = {k: jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated) for k in AVERAGED_METRICS}
   step = jit_step(train_step.make_train_step(model, tx, loss_fn, lr_schedule=schedule, accum_steps=config.accum_steps,
-                                             ema_decay=config.ema_decay or None, mesh=mesh, rules=rules),
+                                             ema_decay=config.ema_decay or None, mesh=mesh, rules=rules,
+                                             batch_ops=batch_ops),
                   state_shardings, batch_sharding, replicated)
   return StepProgram(init=init, state_shardings=state_shardings, abstract_state=abstract_state, step=step,
                      args=(abstract_state, abstract_batch, first_bad, sums))
 
 
 def _compile(config: Any, info: Any, model: vit.VisionTransformer, tx: Any, schedule: Any, loss_fn: Any,
-             mesh: jax.sharding.Mesh, rules: Any) -> _Programs:
+             batch_ops: mixing.BatchOps, mesh: jax.sharding.Mesh, rules: Any) -> _Programs:
   """The sharded init (no param ever materialises unsharded), the AOT-compiled donated train step with the NaN
-  marker and the window sums folded in, and the eval step."""
-  program = step_program(config, info.image_size, info.num_classes, model, tx, schedule, loss_fn, mesh, rules)
-  eval_step = jax.jit(train_step.make_eval_step(model, loss_fn, mesh=mesh, rules=rules),
+  marker and the window sums folded in, and the eval step; both steps finish uint8 batches on the devices."""
+  program = step_program(config, info, model, tx, schedule, loss_fn, batch_ops, mesh, rules)
+  eval_step = jax.jit(train_step.make_eval_step(model, loss_fn, mesh=mesh, rules=rules, batch_ops=batch_ops),
                       out_shardings=sharding.replicated(mesh))
   return _Programs(init=jax.jit(program.init, out_shardings=program.state_shardings),
                    train_step=program.step.lower(*program.args).compile(), eval_step=eval_step,
@@ -259,17 +259,18 @@ def train_and_evaluate(config: Any, workdir: epath.PathLike) -> Dict[str, float]
   batch_sharding = sharding.batch_sharding(mesh)
   replicated = sharding.replicated(mesh)
 
-  # --- Data: per-process batches become global arrays sharded over the mesh's batch axes.
+  # --- Data: per-process batches become global arrays sharded over the mesh's batch axes. Only uint8 images and
+  # integer labels cross to the devices; the steps scale, make targets and mix there (`batch_ops`).
   pp = config_checks.pp_dict(config.pp)
-  # uint8 over the wire, scaled to pp.value_range on the devices (unless mixup/cutmix needs host floats).
+  batch_ops = mixing.BatchOps.from_pp(pp, info.num_classes, groups=jax.process_count())
   train_iter = input_pipeline.prefetch_to_mesh(
       input_pipeline.make_train_iterator(config.dataset, pp, global_batch=config.batch, seed=config.seed,
-                                         data_dir=config.tfds_data_dir, uint8=True),
-      batch_sharding, value_range=preprocess.pixel_range(pp))
+                                         data_dir=config.tfds_data_dir, uint8=True), batch_sharding)
 
   def make_eval_batches(dataset: str, eval_pp: Dict[str, Any]):  # A fresh pass over an eval split, padded, masked.
     return input_pipeline.prefetch_to_mesh(input_pipeline.make_eval_iterator(
-        dataset, eval_pp, global_batch=config.batch_eval, data_dir=config.tfds_data_dir), batch_sharding)
+        dataset, eval_pp, global_batch=config.batch_eval, data_dir=config.tfds_data_dir, uint8=True),
+        batch_sharding)
 
   # 'val' (config.pp.test) first, then config.evals: (name, every, fresh batches).
   evaluators = [_Evaluator(spec.name, spec.every, functools.partial(make_eval_batches, spec.dataset, spec.pp))
@@ -288,7 +289,7 @@ def train_and_evaluate(config: Any, workdir: epath.PathLike) -> Dict[str, float]
   loss_fn = losses.get_loss_fn(config.loss)
 
   # --- Sharded init and the compiled steps.
-  programs = _compile(config, info, model, tx, schedule, loss_fn, mesh, rules)
+  programs = _compile(config, info, model, tx, schedule, loss_fn, batch_ops, mesh, rules)
 
   # --- Resume: own checkpoint -> config.resume -> config.model_init -> scratch (see the module docstring).
   ckpt = checkpointing.Checkpointer(workdir / 'checkpoints', save_every=config.checkpoint_every,

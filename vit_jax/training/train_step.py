@@ -3,8 +3,9 @@
 No I/O and no host syncs: the loop jits these with `NamedSharding`s (see `vit_jax.training.sharding` and
 `train_state_shardings`) and donates the state. With `mesh`/`rules` (as the loop passes them) the model's
 logical activation constraints follow the rule table; without them XLA propagates the param and batch shardings.
-A step's randomness (dropout, stochastic depth) is `fold_in(fold_in(state.rng, state.step), micro)`, so a run is
-a function of (seed, step) and resumes exactly.
+A step's randomness (dropout, stochastic depth) is `fold_in(fold_in(state.rng, state.step), micro)`, and its
+mixing (`batch_ops`: the batch arrives as uint8 images and integer labels, `vit_jax.data.mixing`) is drawn from
+`fold_in(fold_in(state.rng, state.step), MIX_STREAM)`, so a run is a function of (seed, step) and resumes exactly.
 """
 import functools
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
@@ -16,12 +17,15 @@ import jax.numpy as jnp
 import optax
 
 from vit_jax import models
+from vit_jax.data import mixing
 from vit_jax.training import losses
 from vit_jax.training import sharding as sharding_lib
 
 Array = jax.Array
 Batch = Dict[str, Array]
 Metrics = Dict[str, Array]
+# fold_in data of the mixing key; the micro-batches' dropout keys take 0, 1, ..., accum_steps - 1.
+MIX_STREAM = 2**31 - 1
 
 
 @flax.struct.dataclass
@@ -87,8 +91,12 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     lr_schedule: Optional[Callable[[Array], Array]] = None,
                     accum_steps: int = 1, ema_decay: Optional[float] = None,
                     mesh: Optional[jax.sharding.Mesh] = None, rules: Any = None,
+                    batch_ops: Optional[mixing.BatchOps] = None,
                     ) -> Callable[[TrainState, Batch], Tuple[TrainState, Metrics]]:
   """step(state, {'image': [B,H,W,3], 'label': [B,C] float}) -> (state, metrics); pure and jit-able.
+
+  With `batch_ops` the batch is uint8 images and integer labels (`pipeline.make_train_iterator(uint8=True)`),
+  turned into float images and (smoothed, mixed) targets here, on the devices (`mixing.train_batch`).
 
   The loss is the batch mean of `loss_fn` (per-example). With `accum_steps` > 1 the batch is split into that
   many micro-batches scanned one after another and their gradients averaged: the same update as one step on the
@@ -115,6 +123,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
       raise ValueError(f'Batch size {images.shape[0]} is not divisible by accum_steps={accum_steps}; '
                        'change config.batch or config.accum_steps.')
     rng = jax.random.fold_in(state.rng, state.step)
+    if batch_ops is not None:
+      finished = mixing.train_batch(batch, jax.random.fold_in(rng, MIX_STREAM), batch_ops)
+      images, labels = finished['image'], finished['label']
     with sharding_lib.axis_rules(mesh, rules):
       if accum_steps == 1:
         loss, grads = loss_and_grad(state.params, images, labels, jax.random.fold_in(rng, 0))
@@ -148,8 +159,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 
 def make_eval_step(model: nn.Module, loss_fn: losses.LossFn = losses.softmax_xent, *,
                    mesh: Optional[jax.sharding.Mesh] = None, rules: Any = None,
-                   ) -> Callable[[Any, Batch], Metrics]:
+                   batch_ops: Optional[mixing.BatchOps] = None) -> Callable[[Any, Batch], Metrics]:
   """eval_step(params, {'image', 'label', 'mask'}) -> sums over the real (mask 1) examples.
+
+  With `batch_ops` the batch is uint8 images and integer labels (`pipeline.make_eval_iterator(uint8=True)`),
+  finished here on the devices (`mixing.eval_batch`: value range and one-/multi-hot targets).
 
   Returns {'loss_sum', 'top1', 'top5', 'count'}: summed loss, top-1 and top-5 correct counts and the number of
   examples, so the loop adds them over batches and divides once: padded examples never count. `mesh`/`rules`
@@ -157,6 +171,8 @@ def make_eval_step(model: nn.Module, loss_fn: losses.LossFn = losses.softmax_xen
   """
 
   def eval_step(params: Any, batch: Batch) -> Metrics:
+    if batch_ops is not None:
+      batch = mixing.eval_batch(batch, batch_ops)
     with sharding_lib.axis_rules(mesh, rules):
       logits = model.apply({'params': params}, batch['image'], train=False)
     labels = batch['label']
