@@ -177,7 +177,10 @@ def test_preset_train_step_lowers_with_its_pins(name, platform):
   # float32 only in the head and pre-logits (forward, two backward each), which the model keeps in float32.
   f32_dots = 3 * (2 if representation else 1)
   assert c['dots_f32_in'] == f32_dots and c['dots_by_type']['f32xf32->f32'] == f32_dots
-  assert c['while_loops'] == (2 if config.model.scan else 0)  # the scanned forward and backward
+  # The scanned forward and backward; and mixup/cutmix's Beta draws in the step (jax's Beta is two gamma draws,
+  # each lowered with two rejection loops: four per Beta).
+  mix_loops = 4 * (bool(config.pp.mixup) + bool(config.pp.cutmix))
+  assert c['while_loops'] == (2 if config.model.scan else 0) + mix_loops
   if platform == 'cuda':
     # 'auto' picked cuDNN: one fused forward and one backward per layer (wrapped for XLA's SPMD partitioner under
     # a mesh); remat recomputes the forward, which is not a dot that the 'dots' policy saves.
