@@ -1,0 +1,2 @@
+"""google-research/vision_transformer's `vit_jax.models_resnet`: its names, served by `vit_jax.models.resnet`."""
+from vit_jax.models.resnet import ResidualUnit, ResNetStage, StdConv, weight_standardize  # pylint: disable=unused-import
