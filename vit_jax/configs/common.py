@@ -5,6 +5,7 @@ Keys keep google-research/vision_transformer's names where it has them (`total_s
 `checkpoint_every`, `model_name`, `dataset`, `pp`, `tfds_data_dir`, `seed`), so sweep scripts carry over.
 The config is locked: a misspelt key is an error (with the nearest valid key), not a silent no-op.
 """
+import copy
 from typing import Any, Iterator, Tuple
 
 import ml_collections
@@ -120,7 +121,7 @@ def with_dataset(config: ml_collections.ConfigDict, dataset: str) -> ml_collecti
   if dataset not in DATASET_PRESETS:
     raise ValueError(f'No fine-tuning preset for {dataset!r}: use one of {", ".join(DATASET_PRESETS)}, or set '
                      'config.dataset and config.pp yourself.')
-  config = ml_collections.ConfigDict(config.to_dict())
+  config = copy.deepcopy(config).unlock()  # placeholders keep their types: --config.pp.resize=... still parses
   config.dataset = dataset
   config.update(DATASET_PRESETS[dataset])
   return config
