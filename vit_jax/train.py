@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from etils import epath
 
@@ -31,7 +32,12 @@ def make_update_fn(*, apply_fn: Callable[..., jax.Array], accum_steps: int,
   step = train_step.make_train_step(types.SimpleNamespace(apply=apply_fn), tx, losses.softmax_xent,
                                     accum_steps=max(int(accum_steps or 1), 1))
 
-  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  # Outputs split over the local devices along their first axis, as `flax.jax_utils.replicate` places them, so
+  # that `jax.pmap`ped functions take them back without a copy.
+  mesh = jax.sharding.Mesh(np.array(jax.local_devices()), ('devices',))
+  per_device_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('devices'))
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1), out_shardings=per_device_sharding)
   def update_fn(params, opt_state, batch, rng):
     devices = jax.tree.leaves(params)[0].shape[0]
     first = lambda tree: jax.tree.map(lambda x: x[0], tree)  # replicas are identical
