@@ -1,7 +1,8 @@
 """google-research/vision_transformer's `vit_jax.models_vit`: its module names, served by `vit_jax.models.vit`."""
 import flax.linen as nn
 
-from vit_jax.models.vit import AddPositionEmbs, Encoder, Encoder1DBlock, MlpBlock, VisionTransformer  # pylint: disable=unused-import
+# pylint: disable=unused-import
+from vit_jax.models.vit import AddPositionEmbs, Encoder, Encoder1DBlock, MlpBlock, VisionTransformer
 
 
 class IdentityLayer(nn.Module):

@@ -77,13 +77,20 @@ def test_augreg_bare_model_name_picks_the_best_i21k_checkpoint_of_the_index(tmp_
       'ViT-Ti_16', 0., 448, 384)
 
 
+def test_model_init_given_wins_over_pretrained_dir(tmp_path):
+  config = augreg_style_config.get_config('testing-tiny')
+  config.dataset, config.model_init = 'digits', str(tmp_path / 'mine.npz')
+  reference_compat.adopt(config)
+  assert config.model_init == str(tmp_path / 'mine.npz') and config.pretrained_dir is None
+
+
 @pytest.mark.parametrize('edit, message', [
     (lambda c: setattr(c.model, 'name', 'x'), 'config.model.name has no counterpart here'),
     (lambda c: setattr(c, 'model_type', 'Mixer'), "config.model_type='Mixer': vit_jax has no MLP-Mixer"),
     (lambda c: setattr(c, 'trainer', 'inference_time'), 'scripts/benchmark.py'),
+    (lambda c: setattr(c, 'train', 'inference_time'), 'is not a training run'),  # its inference_time.py's key
     (lambda c: setattr(c, 'pretrained_dir', '/nonexistent'), "config.pretrained_dir='/nonexistent': "
      '/nonexistent/testing-tiny.npz does not exist'),
-    (lambda c: setattr(c, 'model_init', 'x.npz'), 'both name a checkpoint; keep one'),
     (lambda c: setattr(c, 'dataset', ''), 'config.dataset is empty'),
     (lambda c: c.model.update(dict(resnet=dict(num_layers=(1,), width_factor=2))),
      'only the number of units per stage can change here'),

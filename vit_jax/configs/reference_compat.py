@@ -6,7 +6,8 @@ configs. On one of the reference's it rewrites the config in place:
   - its nested `config.model` (`model_name`, `patches`, `hidden_size`, `transformer`, ...) becomes `model_name` plus
     our `config.model` overrides;
   - `pretrained_dir` + `model_or_filename` (or the model's name) become `model_init` (`<dir>/<name>.npz`; a bare
-    AugReg model name picks its best i21k checkpoint from `<dir>/index.csv`, as the reference does);
+    AugReg model name picks its best i21k checkpoint from `<dir>/index.csv`, as the reference does), unless
+    `model_init` is given;
   - `optim_dtype` becomes `optim.mu_dtype`; `accum_steps=0` (the reference's "off") becomes 1;
   - the reference's trainer has one recipe, which is that of our `configs/finetune.py`: SGD with momentum 0.9, no
     weight decay, resize to `pp.resize` then a random `pp.crop` window and a flip for training, a resize to
@@ -117,9 +118,10 @@ def _model_init(config: Any, reference_model: bool, model_name: str) -> Optional
   directory, filename = config.get('pretrained_dir'), config.get('model_or_filename')
   if not reference_model and directory is None and filename is None:
     return None
-  if config.get('model_init'):
-    raise ReferenceConfigError(f'config.model_init={config.model_init!r} and config.pretrained_dir/'
-                               'model_or_filename both name a checkpoint; keep one.')
+  if config.get('model_init'):  # ours, given explicitly: it wins over what the reference's file names
+    logging.warning('config.model_init=%r is used; config.pretrained_dir and model_or_filename are not.',
+                    config.model_init)
+    return None
   directory = '.' if directory is None else directory  # the reference's default
   if not filename:
     filename = model_name
@@ -148,9 +150,10 @@ def _pp_section(pp: Any) -> ml_collections.ConfigDict:
 
 def _check_trainer(config: Any) -> None:
   trainer = config.get('trainer')
-  if trainer == 'inference_time':
-    raise ReferenceConfigError("config.trainer='inference_time' is not a training run: measure with "
-                               'scripts/benchmark.py, or call vit_jax.inference_time.inference_time(config, workdir).')
+  if 'inference_time' in (trainer, config.get('train')):  # its configs/inference_time.py sets `train`
+    raise ReferenceConfigError("An inference_time config (trainer='inference_time') is not a training run: "
+                               'measure with scripts/benchmark.py, or call '
+                               'vit_jax.inference_time.inference_time(config, workdir).')
   if trainer not in (None, 'train'):
     raise ReferenceConfigError(f"config.trainer={trainer!r}: only 'train' runs here.")
   if config.get('model_type', 'ViT') != 'ViT':
