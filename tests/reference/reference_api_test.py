@@ -56,6 +56,7 @@ def test_colab_input_pipeline_cells(tmp_path):
   np.testing.assert_array_equal(np.asarray(on_devices[0]['image']), test_batches[0]['image'])
 
 
+@pytest.mark.slow
 def test_colab_fine_tuning_cells(tmp_path):
   """load_pretrained -> replicate -> utils schedule + optax -> train.make_update_fn -> pmapped apply, against the
   same SGD step written out on one device."""
