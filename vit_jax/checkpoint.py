@@ -441,3 +441,69 @@ def load_pretrained(*, pretrained_path: PathLike, init_params: Any, model_config
     out[k] = leaf.replace_boxed(value) if isinstance(leaf, nn.meta.AxisMetadata) else value
   out = traverse_util.unflatten_dict(out, sep='/')
   return flax.core.freeze(out) if isinstance(init_params, flax.core.FrozenDict) else out
+
+
+# ------------------------------------------------------------ google-research/vision_transformer's helpers
+
+
+def _flat_with_empty(tree: Mapping[str, Any]) -> Dict[str, Any]:
+  """'/'-joined leaves of nested dicts; an empty dict below the top is a leaf of its own (a layer without
+  weights, which serialisation drops)."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping) and value:
+      flat.update({f'{key}/{k}': v for k, v in _flat_with_empty(value).items()})
+    else:
+      flat[key] = value
+  return flat
+
+
+def inspect_params(*, params: Dict[str, Any], expected: Mapping[str, Any], fail_if_extra: bool = True,
+                   fail_if_missing: bool = True) -> Dict[str, Any]:
+  """Compares a restored tree's keys with `expected`'s: empty layers missing from `params` are put back, other
+  differences are logged, and raise (naming them) under `fail_if_missing` / `fail_if_extra`."""
+  have, want = _flat_with_empty(params), _flat_with_empty(expected)
+  empty = {k for k in want.keys() - have.keys() if isinstance(want[k], Mapping) and not want[k]}
+  for key in empty:
+    *parents, leaf = key.split('/')
+    node = params
+    for parent in parents:
+      node = node.setdefault(parent, {})
+    node[leaf] = {}
+  missing, extra = want.keys() - have.keys() - empty, have.keys() - want.keys()
+  if missing or extra:
+    logging.info('Checkpoint keys missing: %s; extra: %s.', sorted(missing), sorted(extra))
+  if (missing and fail_if_missing) or (extra and fail_if_extra):
+    raise ValueError(f'Checkpoint params do not match the model: missing {_short(sorted(missing))}, extra '
+                     f'{_short(sorted(extra))}.')
+  return params
+
+
+def recover_tree(keys: Sequence[str], values: Sequence[Any]) -> Dict[str, Any]:
+  """Nested dicts from '/'-joined names and their values (the layout of a published .npz)."""
+  return traverse_util.unflatten_dict(dict(zip(keys, values)), sep='/')
+
+
+def copy(src: str, dst: str, progress: bool = True, block_size: int = 1024 * 1024 * 10) -> None:
+  """Copies a file between any two paths epath opens (local, gs://), block by block, with a progress bar."""
+  size = epath.Path(src).stat().length
+  blocks = range(math.ceil(size / block_size))
+  if progress:
+    import tqdm  # pylint: disable=g-import-not-at-top
+    blocks = tqdm.tqdm(blocks, unit='block')
+  with epath.Path(src).open('rb') as fin, epath.Path(dst).open('wb') as fout:
+    for _ in blocks:
+      fout.write(fin.read(block_size))
+
+
+def get_augreg_df(directory: str = 'gs://vit_models/augreg') -> Any:
+  """The AugReg checkpoint index (`<directory>/index.csv`, one row per fine-tuning) as a pandas DataFrame.
+
+  Give a local folder holding a copy of gs://vit_models/augreg/index.csv to work offline. Needs pandas.
+  """
+  try:
+    import pandas as pd  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ImportError('get_augreg_df needs pandas: pip install pandas.') from None
+  with epath.Path(directory, 'index.csv').open() as f:
+    return pd.read_csv(f)

@@ -1,5 +1,7 @@
 """What code written against google-research/vision_transformer relies on: its config functions, plain `init`
-params (its `.npz` writer round-trips through our loader), and the published GroupNorm shapes in what we write."""
+params (its `.npz` writer round-trips through our loader), and the published GroupNorm shapes in what we write.
+Its parameter table (every registered model's count, and a test failing on a model missing from the table) is
+pinned in tests/models/models_test.py (PARAM_COUNTS: the reference's numbers)."""
 import re
 
 import flax
@@ -10,8 +12,6 @@ import ml_collections
 import numpy as np
 import pytest
 
-import reference_models_test
-import reference_test_utils
 from vit_jax import checkpoint
 from vit_jax import models
 from vit_jax.configs import models as config_lib
@@ -78,18 +78,6 @@ def test_model_configs_are_the_reference_models():
   assert not {'testing', 'testing-unpooled', 'L_32', 'R50_B_16', 'H_14'} & set(config_lib.AUGREG_CONFIGS)
 
 
-@pytest.mark.parametrize('name', [n for n in reference_models_test.MODEL_SIZES if not n.startswith(('LiT-', 'Mixer-'))])
-def test_reference_table_abstractly(name):
-  """The reference's model-table test for every ViT and hybrid row, on shapes only (conftest.py runs the slow
-  concrete rows only with VIT_JAX_REFERENCE_ALL=1): its parameter counts and output shapes."""
-  model = models.get_model(name, num_classes=1_000)
-  images = jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)
-  variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x, train=False), images)
-  outputs = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, images)
-  assert outputs.shape == ((2, 196, 1000) if 'unpooled' in name else (2, 1000))
-  assert sum(p.size for p in jax.tree.leaves(variables)) == reference_models_test.MODEL_SIZES[name]
-
-
 def test_mixer_and_lit_configs_are_one_line_errors():
   with pytest.raises(AttributeError, match='get_mixer_b16_config: vit_jax has no MLP-Mixer or LiT models'):
     config_lib.get_mixer_b16_config()  # pylint: disable=expression-not-assigned
@@ -118,21 +106,31 @@ def test_init_gives_plain_arrays_and_init_with_axes_the_logical_names():
     np.testing.assert_array_equal(a, b)  # the same values: only the boxes differ
 
 
-def test_reference_writer_output_loads_as_the_params_it_wrote(tmp_path):
-  """The reference's own writer (flax.serialization.to_state_dict of model.init params) -> our `load`."""
+def test_reference_writer_output_loads_as_the_params_it_wrote_and_fine_tunes(tmp_path):
+  """The reference's writer of `model.init` params (flax.serialization.to_state_dict, '/'-joined names, np.savez)
+  -> our `load` gives them back bitwise, and `load_pretrained` adapts them to 32 px and 2 classes, as its
+  checkpoint test does."""
   cfg = config_lib.get_testing_config()
-  reference_test_utils.create_checkpoint(cfg, str(tmp_path / 'testing.npz'))
+  model = models.VisionTransformer(num_classes=1, **cfg)
+  params = model.init(jax.random.PRNGKey(0), jnp.ones([1, 16, 16, 3], jnp.float32), train=False)['params']
+  flat = flax.traverse_util.flatten_dict(flax.serialization.to_state_dict(params), sep='/')
+  np.savez(tmp_path / 'testing.npz', **{k: np.asarray(v) for k, v in flat.items()})
   with np.load(tmp_path / 'testing.npz') as f:
     assert 'Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel' in f.files
     assert not [k for k in f.files if k.endswith('/value')]
-  model = models.VisionTransformer(num_classes=1, **cfg)
-  # Eager, as create_checkpoint's init (a jitted init may round the initialisers differently).
-  params = model.init(jax.random.PRNGKey(0), jnp.ones([1, 16, 16, 3], jnp.float32), train=False)['params']
   loaded = checkpoint.load(tmp_path / 'testing.npz')
   want, have = (flax.traverse_util.flatten_dict(t, sep='/') for t in (params, loaded))
   assert sorted(have) == sorted(want)
   for k in want:
     np.testing.assert_array_equal(have[k], want[k], err_msg=k)
+
+  target = models.VisionTransformer(num_classes=2, **cfg)
+  init = target.init(jax.random.PRNGKey(1), jnp.ones([1, 32, 32, 3], jnp.float32), train=False)['params']
+  tuned = checkpoint.load_pretrained(pretrained_path=str(tmp_path / 'testing.npz'), init_params=init,
+                                     model_config=cfg)
+  assert tuned['Transformer']['posembed_input']['pos_embedding'].shape == (1, 1 + 2 * 2, 10)  # 1x1 -> 2x2 grid
+  np.testing.assert_array_equal(tuned['head']['kernel'], init['head']['kernel'])  # the head is the fresh one
+  np.testing.assert_array_equal(tuned['embedding']['kernel'], params['embedding']['kernel'])
 
 
 # ----------------------------------------------------------------------------- 3. published GroupNorm shapes

@@ -5,6 +5,9 @@ Keys keep google-research/vision_transformer's names where it has them (`total_s
 `checkpoint_every`, `model_name`, `dataset`, `pp`, `tfds_data_dir`, `seed`), so sweep scripts carry over.
 The config is locked: a misspelt key is an error (with the nearest valid key), not a silent no-op.
 """
+import copy
+from typing import Any, Iterator, Tuple
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -146,7 +149,47 @@ def get_config() -> ml_collections.ConfigDict:
   c.tensorboard = True             # TensorBoard event files beside metrics.jsonl
   c.profile_steps = 0              # > 0: capture a profiler trace of this many steps, after the first eval
   c.peak_flops = _ph(float)        # per-device peak FLOP/s for the MFU estimate (None: a table by device)
+
+  # --- google-research/vision_transformer's own keys, so its config files and its command lines run here; unset
+  # (None) in ours. vit_jax/configs/reference_compat.py maps them (docs/migration.md); prefer the keys above.
+  c.pretrained_dir = _ph(str)      # reference: folder of <model_name>.npz -> model_init
+  c.model_or_filename = _ph(str)   # reference (augreg.py): AugReg model or file name in pretrained_dir -> model_init
+  c.optim_dtype = _ph(str)         # reference: momentum dtype -> optim.mu_dtype
+  c.shuffle_buffer = _ph(int)      # reference: no meaning here (epoch-wise random order, no buffer); logged
+  c.prefetch = _ph(int)            # reference: no meaning here (the loop prefetches two batches); logged
+  c.tfds_manual_dir = _ph(str)     # reference: no meaning here (TFDS sets are prepared beforehand); logged
+  c.trainer = _ph(str)             # reference: 'train' only ('inference_time': scripts/benchmark.py)
   return c
+
+
+# google-research/vision_transformer's fine-tuning presets (its `DATASET_PRESETS`, 384 px): name -> overrides.
+DATASET_PRESETS = {
+    name: ml_collections.ConfigDict(dict(total_steps=steps, pp=ml_collections.ConfigDict(
+        dict(train=train, test=test, crop=384))))
+    for name, steps, train, test in (('cifar10', 10_000, 'train[:98%]', 'test'),
+                                     ('cifar100', 10_000, 'train[:98%]', 'test'),
+                                     ('imagenet2012', 20_000, 'train[:99%]', 'validation'))
+}
+
+
+def with_dataset(config: ml_collections.ConfigDict, dataset: str) -> ml_collections.ConfigDict:
+  """An unlocked copy of `config` for fine-tuning on `dataset` (a `DATASET_PRESETS` name), as the reference's."""
+  if dataset not in DATASET_PRESETS:
+    raise ValueError(f'No fine-tuning preset for {dataset!r}: use one of {", ".join(DATASET_PRESETS)}, or set '
+                     'config.dataset and config.pp yourself.')
+  config = copy.deepcopy(config).unlock()  # placeholders keep their types: --config.pp.resize=... still parses
+  config.dataset = dataset
+  config.update(DATASET_PRESETS[dataset])
+  return config
+
+
+def flatten(config: Any, prefix: Tuple[str, ...] = ('config',)) -> Iterator[Tuple[str, Any]]:
+  """(dotted key, value) pairs of a nested config, e.g. for a sweep's table."""
+  for key, value in config.items():
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+      yield from flatten(value, prefix + (key,))
+    else:
+      yield '.'.join(prefix + (key,)), value
 
 
 # 90 epochs (ViT paper, table 3) of the ImageNet-21k release the paper used (fall11: 14,197,122 images) at batch 4096.

@@ -12,7 +12,7 @@ weight in flax's `LogicallyPartitioned` box, which carries its names (what the s
 """
 import functools
 import re
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Type
 
 import flax.linen as nn
 import jax
@@ -82,37 +82,45 @@ class AddPositionEmbs(Module):
   """Adds learned position embeddings `pos_embedding` of shape (1, tokens, dim)."""
 
   posemb_init: Callable[..., Array] = nn.initializers.normal(stddev=0.02)  # from BERT.
+  param_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, inputs: Array) -> Array:
     pe = self.param('pos_embedding', _logical(self.posemb_init, (None, None, 'embed')),
-                    (1, inputs.shape[1], inputs.shape[2]))
+                    (1, inputs.shape[1], inputs.shape[2]), self.param_dtype)
     return inputs + pe.astype(inputs.dtype)
 
 
 class MlpBlock(Module):
-  """Transformer MLP: Dense -> GELU (tanh) -> dropout -> Dense -> dropout."""
+  """Transformer MLP: Dense -> GELU (tanh) -> dropout -> Dense (to `out_dim`, default the input width) -> dropout.
+
+  `deterministic` is a field, or a call argument as google-research/vision_transformer passes it.
+  """
 
   mlp_dim: int
   dtype: Dtype = jnp.float32
   dropout_rate: float = 0.
   deterministic: bool = True
   use_bias: bool = True
+  param_dtype: Dtype = jnp.float32
+  out_dim: Optional[int] = None
+  kernel_init: Callable[..., Array] = nn.initializers.xavier_uniform()
+  bias_init: Callable[..., Array] = nn.initializers.normal(stddev=1e-6)
 
   @nn.compact
-  def __call__(self, inputs: Array) -> Array:
-    d = inputs.shape[-1]
-    bias_init = nn.initializers.normal(stddev=1e-6)
-    x = nn.Dense(self.mlp_dim, dtype=self.dtype, use_bias=self.use_bias,
-                 kernel_init=_logical(nn.initializers.xavier_uniform(), ('embed', 'mlp')),
-                 bias_init=_logical(bias_init, ('mlp',)))(inputs)
+  def __call__(self, inputs: Array, *, deterministic: Optional[bool] = None) -> Array:
+    deterministic = self.deterministic if deterministic is None else deterministic
+    d = inputs.shape[-1] if self.out_dim is None else self.out_dim
+    x = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype, use_bias=self.use_bias,
+                 kernel_init=_logical(self.kernel_init, ('embed', 'mlp')),
+                 bias_init=_logical(self.bias_init, ('mlp',)))(inputs)
     x = nn.with_logical_constraint(x, ('batch', 'length', 'mlp'))
     x = nn.gelu(x, approximate=True)
-    x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=self.deterministic)
-    x = nn.Dense(d, dtype=self.dtype, use_bias=self.use_bias,
-                 kernel_init=_logical(nn.initializers.xavier_uniform(), ('mlp', 'embed')),
-                 bias_init=_logical(bias_init, ('embed',)))(x)
-    return nn.Dropout(rate=self.dropout_rate)(x, deterministic=self.deterministic)
+    x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
+    x = nn.Dense(d, dtype=self.dtype, param_dtype=self.param_dtype, use_bias=self.use_bias,
+                 kernel_init=_logical(self.kernel_init, ('mlp', 'embed')),
+                 bias_init=_logical(self.bias_init, ('embed',)))(x)
+    return nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
 
 
 @jax.custom_vjp
@@ -395,17 +403,20 @@ class Encoder(Module):
   train: bool = False
   patch_dropout: float = 0.        # training only: drop this fraction of the patch tokens after the posemb
   block_options: Optional[Mapping[str, Any]] = None  # Encoder1DBlock's qk_norm, use_bias, layer_scale_init, ...
+  add_position_embedding: bool = True  # False: the caller has added them (and their dropout)
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
-    if self.posemb == 'learn':
-      x = AddPositionEmbs(name='posembed_input')(x)
-    else:
-      pe = posemb_sincos_2d(*self.grid, x.shape[-1])
-      pe = np.concatenate([np.zeros((1, self.num_prefix_tokens, x.shape[-1]), np.float32), pe], axis=1)
-      x = x + jnp.asarray(pe, x.dtype)
-    x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not self.train)
-    if self.train and self.patch_dropout > 0:
+  def __call__(self, x: Array, *, train: Optional[bool] = None) -> Array:
+    train = self.train if train is None else train  # a field, or a call argument as in the reference
+    if self.add_position_embedding:
+      if self.posemb == 'learn':
+        x = AddPositionEmbs(name='posembed_input')(x)
+      else:
+        pe = posemb_sincos_2d(*self.grid, x.shape[-1])
+        pe = np.concatenate([np.zeros((1, self.num_prefix_tokens, x.shape[-1]), np.float32), pe], axis=1)
+        x = x + jnp.asarray(pe, x.dtype)
+      x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
+    if train and self.patch_dropout > 0:
       x = _patch_dropout(x, self.patch_dropout, self.num_prefix_tokens, self.make_rng('dropout'))
 
     # Linearly increasing stochastic depth over the layers (0 for the first, `stochastic_depth` for the last).
@@ -413,7 +424,7 @@ class Encoder(Module):
     block_kwargs = dict(
         mlp_dim=self.mlp_dim, num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.dropout_rate,
         attention_dropout_rate=self.attention_dropout_rate, attention_impl=self.attention_impl,
-        attention_pad_to_multiple=self.attention_pad_to_multiple, deterministic=not self.train,
+        attention_pad_to_multiple=self.attention_pad_to_multiple, deterministic=not train,
         drop_path=self.stochastic_depth > 0, **(self.block_options or {}))
     block = Encoder1DBlock
     if self.remat_policy != 'none':
@@ -493,6 +504,7 @@ class VisionTransformer(Module):
   use_bias: bool = True
   patch_dropout: float = 0.
   mup_base_width: Optional[int] = None
+  encoder: Type[nn.Module] = Encoder  # another class is built as the reference's: (name, **transformer)(x, train=)
 
   def _check(self) -> None:
     for name, value, allowed in (('classifier', self.classifier, CLASSIFIERS),
@@ -549,12 +561,15 @@ class VisionTransformer(Module):
         prefix += self.num_registers
       block_options = dict(qk_norm=self.qk_norm, use_bias=self.use_bias, layer_scale_init=self.layer_scale_init,
                            parallel=self.parallel_block, attention_logit_scale=self._mup_attention_logit_scale())
-      x = Encoder(name='Transformer', **self.transformer, dtype=self.dtype,
-                  attention_impl=self.attention_impl, attention_pad_to_multiple=self.attention_pad_to_multiple,
-                  scan=self.scan, remat_policy=self.remat_policy,
-                  stochastic_depth=self.stochastic_depth, posemb=self.posemb, grid=(h, w),
-                  num_prefix_tokens=prefix, train=train, patch_dropout=self.patch_dropout,
-                  block_options=block_options)(x)
+      if not (isinstance(self.encoder, type) and issubclass(self.encoder, Encoder)):
+        x = self.encoder(name='Transformer', **self.transformer)(x, train=train)
+      else:
+        x = self.encoder(name='Transformer', **self.transformer, dtype=self.dtype,
+                         attention_impl=self.attention_impl, attention_pad_to_multiple=self.attention_pad_to_multiple,
+                         scan=self.scan, remat_policy=self.remat_policy,
+                         stochastic_depth=self.stochastic_depth, posemb=self.posemb, grid=(h, w),
+                         num_prefix_tokens=prefix, train=train, patch_dropout=self.patch_dropout,
+                         block_options=block_options)(x)
       if self.num_registers:  # registers only carry computation: no output, no pooling
         x = jnp.concatenate([x[:, :num_cls], x[:, num_cls + self.num_registers:]], axis=1)
 

@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, Iterable, Mapping, NamedTuple, Optional
 import jax
 from etils import epath
 
+from vit_jax.configs import reference_compat
 from vit_jax.models import build
 from vit_jax.models import registry
 from vit_jax.models import vit
@@ -254,6 +255,10 @@ def _patch_grid_divisor(config: Any) -> int:
 def validate(config: Any, *, num_devices: Optional[int] = None, check_data: bool = True) -> Any:
   """Raises ConfigError on the first mistake; returns the dataset info (or None without `check_data`)."""
   num_devices = jax.device_count() if num_devices is None else num_devices
+  try:  # A google-research/vision_transformer config becomes ours first (in place; a no-op on ours).
+    reference_compat.adopt(config)
+  except reference_compat.ReferenceConfigError as e:
+    raise ConfigError(str(e)) from None
   for key in _POSITIVE_INTS:
     _check_int(config, key, 1)
   for key in _NON_NEGATIVE_INTS:
