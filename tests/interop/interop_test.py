@@ -224,3 +224,28 @@ def test_export_refuses_what_timm_and_transformers_cannot_compute(tmp_path):
   model = models.get_model('S/8', **_OURS_TINY, num_classes=5, classifier='map')
   with pytest.raises(ValueError, match="transformers' ViT and DINOv2 take class-token models"):
     save.save(model, _random_params(model, 16), tmp_path, 'hf')
+
+
+@pytest.mark.slow
+def test_the_tools_take_a_transformers_folder(foreign, tmp_path, capsys):
+  import tests.tiny_checkpoint as tiny  # pylint: disable=g-import-not-at-top
+  from vit_jax import predict  # pylint: disable=g-import-not-at-top
+  from vit_jax.tools import inference  # pylint: disable=g-import-not-at-top
+  folder = foreign[0] / 'hf_vit'
+  model, params, size = inference.load_model(str(folder))
+  assert size == 32
+  _check(_apply(model, params, _images(32)), np.load(foreign[0] / 'hf_vit.npy'), 'inference.load_model hf_vit')
+  img = tiny.write_image(str(tmp_path / 'a.jpg'))
+  capsys.readouterr()
+  assert inference.run_cli(predict.main, ['--checkpoint', str(folder), '--image', img, '--topk', '2']) == 0
+  probs = np.asarray(jax.nn.softmax(_apply(model, params, inference.load_image(img, 32)[None])))[0]
+  top = capsys.readouterr().out.strip().split('\n')[1].split()
+  assert (top[1], float(top[0])) == (str(int(np.argmax(probs))), pytest.approx(probs.max(), abs=1e-4))
+
+
+def test_preprocess_resizes_the_short_side_by_crop_pct_then_crops_the_centre():
+  image = np.zeros((8, 16, 3), np.uint8)
+  image[:, 6:10] = 255  # the central 8x4 band
+  out = interop.Preprocess(size=(4, 4), crop_pct=0.5)(image)  # short side 4 / 0.5 = 8: no resize, central 4x4
+  assert out.shape == (4, 4, 3) and out.dtype == np.float32
+  np.testing.assert_array_equal(out, np.ones((4, 4, 3), np.float32))

@@ -34,8 +34,6 @@ def mlp_hidden_features(mlp_dim: int, activation: str) -> int:
 
 def mlp_activate(x: Array, activation: str) -> Array:
   """The MLP's nonlinearity; gated ones split the packed features as DINOv2 does: act(first half) * second half."""
-  if activation not in ACTIVATIONS:
-    raise ValueError(f'Unknown mlp_activation={activation!r}; choose one of {", ".join(ACTIVATIONS)}.')
   if activation in GATED:
     gate, value = jnp.split(x, 2, axis=-1)
     return ACTIVATIONS[activation](gate) * value

@@ -105,7 +105,8 @@ class MlpBlock(Module):
   def __call__(self, inputs: Array) -> Array:
     d = inputs.shape[-1]
     bias_init = nn.initializers.normal(stddev=1e-6)
-    x = nn.Dense(layers.mlp_hidden_features(self.mlp_dim, self.activation), dtype=self.dtype, use_bias=self.use_bias,
+    features = layers.mlp_hidden_features(self.mlp_dim, self.activation)
+    x = nn.Dense(features, dtype=self.dtype, use_bias=self.use_bias,
                  kernel_init=_logical(nn.initializers.xavier_uniform(), ('embed', 'mlp')),
                  bias_init=_logical(bias_init, ('mlp',)))(inputs)
     x = nn.with_logical_constraint(x, ('batch', 'length', 'mlp'))
@@ -391,6 +392,7 @@ class Encoder(Module):
   block_options: Optional[Mapping[str, Any]] = None  # Encoder1DBlock's qk_norm, use_bias, layer_scale_init, ...
   pre_norm: bool = False           # LayerNorm after the position embeddings, before the blocks (CLIP)
   final_norm: bool = True          # False: no encoder_norm (the model normalises after pooling: fc_norm)
+  norm_eps: float = 1e-6           # of pre_norm and encoder_norm (the blocks' is in block_options)
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -403,9 +405,8 @@ class Encoder(Module):
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not self.train)
     if self.train and self.patch_dropout > 0:
       x = _patch_dropout(x, self.patch_dropout, self.num_prefix_tokens, self.make_rng('dropout'))
-    eps = (self.block_options or {}).get('norm_eps', 1e-6)
     if self.pre_norm:
-      x = _layer_norm(self.dtype, name='pre_norm', eps=eps)(x)
+      x = _layer_norm(self.dtype, name='pre_norm', eps=self.norm_eps)(x)
 
     # Linearly increasing stochastic depth over the layers (0 for the first, `stochastic_depth` for the last).
     rates = jnp.asarray(np.linspace(0., self.stochastic_depth, self.num_layers), jnp.float32)
@@ -426,7 +427,7 @@ class Encoder(Module):
     else:
       for i in range(self.num_layers):
         x, _ = block(name=f'encoderblock_{i}', **block_kwargs)(x, rates[i])
-    return _layer_norm(jnp.float32, name='encoder_norm', eps=eps)(x) if self.final_norm else x
+    return _layer_norm(jnp.float32, name='encoder_norm', eps=self.norm_eps)(x) if self.final_norm else x
 
 
 class MAPHead(Module):
@@ -569,7 +570,8 @@ class VisionTransformer(Module):
                   scan=self.scan, remat_policy=self.remat_policy,
                   stochastic_depth=self.stochastic_depth, posemb=self.posemb, grid=(h, w),
                   num_prefix_tokens=prefix, train=train, patch_dropout=self.patch_dropout,
-                  block_options=block_options, pre_norm=self.pre_norm, final_norm=not self.fc_norm)(x)
+                  block_options=block_options, pre_norm=self.pre_norm, final_norm=not self.fc_norm,
+                  norm_eps=self.norm_eps)(x)
       if self.num_registers:  # registers only carry computation: no output, no pooling
         x = jnp.concatenate([x[:, :num_cls], x[:, num_cls + self.num_registers:]], axis=1)
 
