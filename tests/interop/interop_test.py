@@ -205,6 +205,16 @@ def test_finetune_from_a_dinov2_registers_checkpoint_trains_the_digits(foreign, 
   # Random weights make poor features: 24 steps move the loss from ln(10) (zero head) by a few hundredths.
   assert losses[-1] < losses[0] - 0.02, losses
   assert np.isfinite(final['val/loss'])
+  # Out again: the fine-tuned workdir exported for timm reads back (through timm's layout) with the workdir's logits.
+  from vit_jax import export  # pylint: disable=g-import-not-at-top
+  from vit_jax.tools import inference  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path / 'timm_out')
+  assert export.main(['--workdir', str(workdir), '--format=timm', '--out', out]) == 0
+  model, params, _ = inference.load_model(str(workdir))
+  back, back_params, _ = interop.load(out)
+  assert (back.num_registers, back.pixel_mean, back.num_classes) == (4, timm_map.IMAGENET[0], 10)
+  np.testing.assert_allclose(_apply(back, back_params, _images(14)), _apply(model, params, _images(14)),
+                             atol=TOL, rtol=0)
 
 
 @pytest.mark.slow
