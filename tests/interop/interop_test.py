@@ -259,3 +259,16 @@ def test_preprocess_resizes_the_short_side_by_crop_pct_then_crops_the_centre():
   out = interop.Preprocess(size=(4, 4), crop_pct=0.5)(image)  # short side 4 / 0.5 = 8: no resize, central 4x4
   assert out.shape == (4, 4, 3) and out.dtype == np.float32
   np.testing.assert_array_equal(out, np.ones((4, 4, 3), np.float32))
+
+
+def test_model_init_errors_are_one_config_line(tmp_path):
+  import tests.loop_testlib as lib  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  from vit_jax.training import config_checks, loop  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path / 'model.safetensors')
+  save_file({'pos_embed': np.zeros((1, 5, 8), np.float32)}, path)
+  with pytest.raises(config_checks.ConfigError, match=r'is a bare state dict: pass arch=<timm architecture name>'):
+    loop.train_and_evaluate(lib.tiny_config(model_init=path), str(tmp_path / 'w'))
+  with pytest.raises(config_checks.ConfigError, match='not a timm VisionTransformer state dict'):
+    loop.train_and_evaluate(lib.tiny_config(model_init=path, model_init_arch='vit_base_patch16_224'),
+                            str(tmp_path / 'w'))

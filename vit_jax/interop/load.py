@@ -145,8 +145,8 @@ def read(path: epath.PathLike, arch: Optional[str] = None,
       return Checkpoint(renamed, spec, hf.default_preprocess(config, processor), hf.antialias(config))
     raise ValueError(f'{path}/config.json names neither a timm architecture nor a transformers model_type.')
   if not arch:
-    raise ValueError(f'{path} is a bare state dict: pass arch=<timm architecture name> (e.g. '
-                     'vit_small_patch14_reg4_dinov2).')
+    raise ValueError(f'{path} is a bare state dict: pass arch=<timm architecture name> (config.model_init_arch; '
+                     '--model for the tools), e.g. vit_small_patch14_reg4_dinov2.')
   return _timm_checkpoint(_read_state_dict(path), arch, model_args)
 
 

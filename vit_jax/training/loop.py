@@ -244,7 +244,10 @@ def train_and_evaluate(config: Any, workdir: epath.PathLike) -> Dict[str, float]
   # --- Config: a timm / HF model_init sets the model's architecture; then fail on user mistakes before anything
   # compiles.
   if config.model_init and epath.Path(config.model_init).exists() and interop.is_foreign(config.model_init):
-    ckpt = interop.read(config.model_init, config.model_init_arch)
+    try:
+      ckpt = interop.read(config.model_init, config.model_init_arch)
+    except (ValueError, OSError) as e:
+      raise config_checks.ConfigError(f'config.model_init={config.model_init!r}: {e}') from None
     config.model.update(interop.config_model(ckpt.spec, ckpt.preprocess))
   info = config_checks.validate(config)
   start_time = time.time()
