@@ -361,7 +361,7 @@ def _check_config(model_config: Any, target: Mapping[str, Any]) -> None:
 
 def load_pretrained(*, pretrained_path: PathLike, init_params: Any, model_config: Any,
                     old_grid: Optional[Grid] = None, new_grid: Optional[Grid] = None,
-                    reset_head: Optional[bool] = None) -> Any:
+                    reset_head: Optional[bool] = None, restored_params: Optional[Mapping[str, Any]] = None) -> Any:
   """Loads a checkpoint for fine-tuning into params shaped exactly like `init_params`.
 
   As google-research/vision_transformer's: the head is taken from `init_params` when anything about it differs
@@ -372,12 +372,14 @@ def load_pretrained(*, pretrained_path: PathLike, init_params: Any, model_config
   other difference raises one ValueError. Scanned `init_params` get scanned params; boxed (logically partitioned)
   ones get the same boxes; abstract ones (`jax.eval_shape`) work when nothing needs re-initialising. Loaded values
   are host numpy arrays in `init_params`' dtypes: place them with `jax.device_put(params, shardings)`.
+  `restored_params`: the checkpoint's params already read (`vit_jax.interop`); `pretrained_path` then names them.
   """
   init_plain = flax.core.unfreeze(init_params)
   init_flat = traverse_util.flatten_dict(init_plain, sep='/')  # boxes (nn.Partitioned...) stay leaves here
   target = {k: (v.unbox() if isinstance(v, nn.meta.AxisMetadata) else v) for k, v in init_flat.items()}
   _check_config(model_config, target)
-  restored = traverse_util.flatten_dict(load(pretrained_path), sep='/')
+  restored = traverse_util.flatten_dict(load(pretrained_path) if restored_params is None else restored_params,
+                                        sep='/')
   ckpt_blocks, target_blocks = _num_blocks(restored), _num_blocks(target)
   if any(_SCANNED_RE.match(k) for k in target):
     restored = stack_blocks_flat(restored)

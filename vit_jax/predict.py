@@ -90,8 +90,10 @@ def format_predictions(paths: Sequence[str], preds: List[List[Tuple[int, float]]
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog='python -m vit_jax.predict', description=__doc__.split('\n')[0])
-  parser.add_argument('--model', help='registered name, e.g. ViT-B_16 (optional for a workdir that records it)')
-  parser.add_argument('--checkpoint', required=True, help='published .npz or training workdir')
+  parser.add_argument('--model', help='registered name, e.g. ViT-B_16 (optional for a workdir that records it; '
+                      'for a bare timm state dict, its timm architecture)')
+  parser.add_argument('--checkpoint', required=True, help='published .npz, training workdir, or a timm / HF '
+                      'checkpoint (docs/timm_hf.md)')
   parser.add_argument('--image', nargs='+', required=True, help='image files')
   parser.add_argument('--topk', type=int, default=5)
   parser.add_argument('--labels', help='imagenet2012 | imagenet21k | file with one class name per line')

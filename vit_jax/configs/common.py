@@ -78,8 +78,17 @@ def get_config() -> ml_collections.ConfigDict:
       use_bias=True,               # False: no biases in the q/k/v/out and MLP projections
       patch_dropout=0.,            # training: drop this fraction of the patch tokens (FLIP), e.g. 0.5
       mup_base_width=_ph(int),     # muP: the width whose tuned lr carries over to wider models
+      # Options of checkpoints trained elsewhere (docs/timm_hf.md); vit_jax.interop sets them from the checkpoint.
+      mlp_activation='gelu_tanh',  # 'gelu_tanh' (ours) | 'gelu' (erf: timm, HF) | 'quick_gelu' (CLIP) | 'swiglu'
+      norm_eps=1e-6,               # LayerNorm epsilon (CLIP 1e-5, HF ViT 1e-12)
+      pre_norm=False,              # LayerNorm before the first block (CLIP)
+      fc_norm=False,               # LayerNorm after pooling instead of before it (timm's fc_norm, GAP models)
+      projection_dim=_ph(int),     # bias-free linear map of the pooled features before the head (CLIP)
+      pixel_mean=_ph(tuple),       # (r, g, b): the model re-normalises its [-1, 1] input to (x01 - mean) / std
+      pixel_std=_ph(tuple),        # (r, g, b), with pixel_mean (ImageNet, OpenAI CLIP statistics)
   ))
-  c.model_init = _ph(str)          # checkpoint to fine-tune from (published .npz, a workdir): head reset, posemb resampled
+  c.model_init = _ph(str)          # checkpoint to fine-tune from: .npz, workdir, timm/HF file or folder (docs/timm_hf.md)
+  c.model_init_arch = _ph(str)     # timm architecture of a bare timm state dict in model_init
 
   # --- Optimisation (vit_jax.training.optim): schedule keys at the top level as in vit_jax, the rest in `optim`.
   c.total_steps = 10_000           # training steps

@@ -15,7 +15,8 @@ _TRANSFORMER_KEYS = ('num_layers', 'num_heads', 'mlp_dim', 'dropout_rate', 'atte
 # `config.model` keys passed to `VisionTransformer` as they are.
 _OPTION_KEYS = ('posemb', 'head_bias_init', 'head_zeroinit', 'stochastic_depth', 'attention_impl', 'scan',
                 'remat_policy', 'num_registers', 'layer_scale_init', 'qk_norm', 'parallel_block', 'use_bias',
-                'patch_dropout', 'mup_base_width')
+                'patch_dropout', 'mup_base_width', 'mlp_activation', 'norm_eps', 'pre_norm', 'fc_norm',
+                'projection_dim', 'pixel_mean', 'pixel_std')
 
 
 def resnet_override(model: Mapping[str, Any]) -> Optional[tuple]:
@@ -46,6 +47,9 @@ def build_model(model_name: str, model: Mapping[str, Any], num_classes: int) -> 
     cfg['resnet'] = {**cfg.get('resnet', {'width_factor': 1}), 'num_layers': stages}
   # Options absent from `model` (a workdir written by an older version) keep the module's defaults.
   options = {k: model[k] for k in _OPTION_KEYS if k in model}
+  for key in ('pixel_mean', 'pixel_std'):  # JSON gives lists; the module's fields are tuples
+    if options.get(key) is not None:
+      options[key] = tuple(float(v) for v in options[key])
   if 'dtype' in model:
     options['dtype'] = jnp.dtype(model['dtype'])
   return vit.VisionTransformer(num_classes=num_classes, **cfg, **options)

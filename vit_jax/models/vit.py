@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax.models import layers
 from vit_jax.models import resnet
 
 Array = jnp.ndarray
@@ -106,16 +107,18 @@ class MlpBlock(Module):
   out_dim: Optional[int] = None
   kernel_init: Callable[..., Array] = nn.initializers.xavier_uniform()
   bias_init: Callable[..., Array] = nn.initializers.normal(stddev=1e-6)
+  activation: str = 'gelu_tanh'   # see `layers.ACTIVATIONS`
 
   @nn.compact
   def __call__(self, inputs: Array, *, deterministic: Optional[bool] = None) -> Array:
     deterministic = self.deterministic if deterministic is None else deterministic
     d = inputs.shape[-1] if self.out_dim is None else self.out_dim
-    x = nn.Dense(self.mlp_dim, dtype=self.dtype, param_dtype=self.param_dtype, use_bias=self.use_bias,
+    features = layers.mlp_hidden_features(self.mlp_dim, self.activation)
+    x = nn.Dense(features, dtype=self.dtype, param_dtype=self.param_dtype, use_bias=self.use_bias,
                  kernel_init=_logical(self.kernel_init, ('embed', 'mlp')),
                  bias_init=_logical(self.bias_init, ('mlp',)))(inputs)
     x = nn.with_logical_constraint(x, ('batch', 'length', 'mlp'))
-    x = nn.gelu(x, approximate=True)
+    x = layers.mlp_activate(x, self.activation)
     x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
     x = nn.Dense(d, dtype=self.dtype, param_dtype=self.param_dtype, use_bias=self.use_bias,
                  kernel_init=_logical(self.kernel_init, ('mlp', 'embed')),
@@ -288,8 +291,8 @@ class MultiHeadDotProductAttention(Module):
                       bias_axes=('embed',), use_bias=self.use_bias, name='out')(x)
 
 
-def _layer_norm(dtype: Dtype, name: Optional[str] = None) -> nn.LayerNorm:
-  return nn.LayerNorm(epsilon=1e-6, dtype=dtype, name=name,
+def _layer_norm(dtype: Dtype, name: Optional[str] = None, eps: float = 1e-6) -> nn.LayerNorm:
+  return nn.LayerNorm(epsilon=eps, dtype=dtype, name=name,
                       scale_init=_logical(nn.initializers.ones, ('embed',)),
                       bias_init=_logical(nn.initializers.zeros, ('embed',)))
 
@@ -350,11 +353,13 @@ class Encoder1DBlock(Module):
   layer_scale_init: Optional[float] = None
   parallel: bool = False
   attention_logit_scale: Optional[float] = None
+  mlp_activation: str = 'gelu_tanh'
+  norm_eps: float = 1e-6
 
   @nn.compact
   def __call__(self, inputs: Array, droppath_rate: Array) -> Tuple[Array, None]:
     x = nn.with_logical_constraint(inputs, ('batch', 'length', 'embed'))
-    y = _layer_norm(self.dtype)(x)
+    y = _layer_norm(self.dtype, eps=self.norm_eps)(x)
     a = MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype, dropout_rate=self.attention_dropout_rate,
         deterministic=self.deterministic, impl=self.attention_impl,
@@ -363,14 +368,14 @@ class Encoder1DBlock(Module):
     a = nn.Dropout(rate=self.dropout_rate)(a, deterministic=self.deterministic)
     if self.parallel:
       y = a + MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, dropout_rate=self.dropout_rate,
-                       deterministic=self.deterministic, use_bias=self.use_bias)(y)
+                       deterministic=self.deterministic, use_bias=self.use_bias, activation=self.mlp_activation)(y)
       x = x + self._maybe_drop_path(self._maybe_layer_scale(y), droppath_rate)
       return nn.with_logical_constraint(x, ('batch', 'length', 'embed')), None
     x = x + self._maybe_drop_path(self._maybe_layer_scale(a), droppath_rate)
 
-    y = _layer_norm(self.dtype)(x)
+    y = _layer_norm(self.dtype, eps=self.norm_eps)(x)
     y = MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, dropout_rate=self.dropout_rate,
-                 deterministic=self.deterministic, use_bias=self.use_bias)(y)
+                 deterministic=self.deterministic, use_bias=self.use_bias, activation=self.mlp_activation)(y)
     x = x + self._maybe_drop_path(self._maybe_layer_scale(y), droppath_rate)
     return nn.with_logical_constraint(x, ('batch', 'length', 'embed')), None
 
@@ -404,6 +409,9 @@ class Encoder(Module):
   patch_dropout: float = 0.        # training only: drop this fraction of the patch tokens after the posemb
   block_options: Optional[Mapping[str, Any]] = None  # Encoder1DBlock's qk_norm, use_bias, layer_scale_init, ...
   add_position_embedding: bool = True  # False: the caller has added them (and their dropout)
+  pre_norm: bool = False           # LayerNorm after the position embeddings, before the blocks (CLIP)
+  final_norm: bool = True          # False: no encoder_norm (the model normalises after pooling: fc_norm)
+  norm_eps: float = 1e-6           # of pre_norm and encoder_norm (the blocks' is in block_options)
 
   @nn.compact
   def __call__(self, x: Array, *, train: Optional[bool] = None) -> Array:
@@ -418,6 +426,8 @@ class Encoder(Module):
       x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
     if train and self.patch_dropout > 0:
       x = _patch_dropout(x, self.patch_dropout, self.num_prefix_tokens, self.make_rng('dropout'))
+    if self.pre_norm:
+      x = _layer_norm(self.dtype, name='pre_norm', eps=self.norm_eps)(x)
 
     # Linearly increasing stochastic depth over the layers (0 for the first, `stochastic_depth` for the last).
     rates = jnp.asarray(np.linspace(0., self.stochastic_depth, self.num_layers), jnp.float32)
@@ -438,7 +448,7 @@ class Encoder(Module):
     else:
       for i in range(self.num_layers):
         x, _ = block(name=f'encoderblock_{i}', **block_kwargs)(x, rates[i])
-    return _layer_norm(jnp.float32, name='encoder_norm')(x)
+    return _layer_norm(jnp.float32, name='encoder_norm', eps=self.norm_eps)(x) if self.final_norm else x
 
 
 class MAPHead(Module):
@@ -448,6 +458,8 @@ class MAPHead(Module):
   num_heads: int
   dtype: Dtype = jnp.float32
   attention_impl: str = 'xla'
+  mlp_activation: str = 'gelu_tanh'
+  norm_eps: float = 1e-6
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -456,8 +468,8 @@ class MAPHead(Module):
     probe = jnp.tile(probe.astype(x.dtype), [x.shape[0], 1, 1])
     x = MultiHeadDotProductAttention(num_heads=self.num_heads, dtype=self.dtype,
                                      impl=self.attention_impl)(probe, x)
-    y = _layer_norm(self.dtype)(x)
-    x = x + MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype)(y)
+    y = _layer_norm(self.dtype, eps=self.norm_eps)(x)
+    x = x + MlpBlock(mlp_dim=self.mlp_dim, dtype=self.dtype, activation=self.mlp_activation)(y)
     return x[:, 0]
 
 
@@ -505,6 +517,13 @@ class VisionTransformer(Module):
   patch_dropout: float = 0.
   mup_base_width: Optional[int] = None
   encoder: Type[nn.Module] = Encoder  # another class is built as the reference's: (name, **transformer)(x, train=)
+  mlp_activation: str = 'gelu_tanh'    # layers.ACTIVATIONS: 'gelu' (timm, HF), 'quick_gelu' (CLIP), 'swiglu'
+  norm_eps: float = 1e-6               # every LayerNorm's epsilon (CLIP 1e-5, HF ViT 1e-12)
+  pre_norm: bool = False               # LayerNorm before the blocks (CLIP)
+  fc_norm: bool = False                # LayerNorm after pooling instead of before it (timm's fc_norm)
+  projection_dim: Optional[int] = None  # bias-free linear map of the pooled features (CLIP's projection)
+  pixel_mean: Optional[Tuple[float, float, float]] = None  # [-1, 1] inputs re-normalised to (x01 - mean) / std
+  pixel_std: Optional[Tuple[float, float, float]] = None
 
   def _check(self) -> None:
     for name, value, allowed in (('classifier', self.classifier, CLASSIFIERS),
@@ -516,6 +535,9 @@ class VisionTransformer(Module):
     if not 0 <= self.patch_dropout < 1:
       raise ValueError(f'patch_dropout={self.patch_dropout} must be in [0, 1); it is the fraction of patch tokens '
                        'dropped in training.')
+    if self.mlp_activation not in layers.ACTIVATIONS:
+      raise ValueError(f'Unknown mlp_activation={self.mlp_activation!r}; choose one of '
+                       f'{", ".join(layers.ACTIVATIONS)}.')
     if self.num_registers < 0:
       raise ValueError(f'num_registers={self.num_registers} must be >= 0.')
 
@@ -531,6 +553,9 @@ class VisionTransformer(Module):
   def __call__(self, inputs: Array, *, train: bool) -> Array:
     self._check()
     x = jnp.asarray(inputs, self.dtype)
+    if self.pixel_mean is not None:  # checkpoints trained on mean/std-normalised pixels take our [-1, 1] images
+      mean, std = (jnp.asarray(v, jnp.float32) for v in (self.pixel_mean, self.pixel_std))
+      x = (((jnp.asarray(inputs, jnp.float32) + 1) * 0.5 - mean) / std).astype(self.dtype)
     if self.resnet is not None:
       x = resnet.resnet_root(x, tuple(_get(self.resnet, 'num_layers')),
                              _get(self.resnet, 'width_factor', 1), dtype=self.dtype)
@@ -560,7 +585,8 @@ class VisionTransformer(Module):
         x = jnp.concatenate([x[:, :num_cls], jnp.tile(reg.astype(x.dtype), [n, 1, 1]), x[:, num_cls:]], axis=1)
         prefix += self.num_registers
       block_options = dict(qk_norm=self.qk_norm, use_bias=self.use_bias, layer_scale_init=self.layer_scale_init,
-                           parallel=self.parallel_block, attention_logit_scale=self._mup_attention_logit_scale())
+                           parallel=self.parallel_block, attention_logit_scale=self._mup_attention_logit_scale(),
+                           mlp_activation=self.mlp_activation, norm_eps=self.norm_eps)
       if not (isinstance(self.encoder, type) and issubclass(self.encoder, Encoder)):
         x = self.encoder(name='Transformer', **self.transformer)(x, train=train)
       else:
@@ -569,7 +595,8 @@ class VisionTransformer(Module):
                          scan=self.scan, remat_policy=self.remat_policy,
                          stochastic_depth=self.stochastic_depth, posemb=self.posemb, grid=(h, w),
                          num_prefix_tokens=prefix, train=train, patch_dropout=self.patch_dropout,
-                         block_options=block_options)(x)
+                         block_options=block_options, pre_norm=self.pre_norm, final_norm=not self.fc_norm,
+                         norm_eps=self.norm_eps)(x)
       if self.num_registers:  # registers only carry computation: no output, no pooling
         x = jnp.concatenate([x[:, :num_cls], x[:, num_cls + self.num_registers:]], axis=1)
 
@@ -579,8 +606,14 @@ class VisionTransformer(Module):
       x = jnp.mean(x, axis=1)
     elif self.classifier == 'map':
       x = MAPHead(mlp_dim=_get(self.transformer, 'mlp_dim'), num_heads=_get(self.transformer, 'num_heads'),
-                  dtype=self.dtype, attention_impl=self.attention_impl)(x)
+                  dtype=self.dtype, attention_impl=self.attention_impl, mlp_activation=self.mlp_activation,
+                  norm_eps=self.norm_eps)(x)
     x = jnp.asarray(x, jnp.float32)
+    if self.fc_norm:
+      x = _layer_norm(jnp.float32, name='fc_norm', eps=self.norm_eps)(x)
+    if self.projection_dim:
+      x = nn.Dense(self.projection_dim, use_bias=False, name='projection',
+                   kernel_init=_logical(nn.initializers.lecun_normal(), ('embed', None)))(x)
 
     if self.representation_size is not None:
       x = nn.Dense(self.representation_size, name='pre_logits',

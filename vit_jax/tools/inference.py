@@ -15,6 +15,7 @@ from etils import epath
 
 from vit_jax import checkpoint
 from vit_jax import extras
+from vit_jax import interop
 from vit_jax import models
 from vit_jax import storage
 from vit_jax.data import preprocess
@@ -99,8 +100,8 @@ def _total_stride(model: models.VisionTransformer) -> int:
 
 
 def num_prefix_tokens(model: models.VisionTransformer) -> int:
-  """Tokens in front of the patch grid (the class token)."""
-  return 1 if model.classifier in ('token', 'token_unpooled') else 0
+  """Tokens in front of the patch grid (the class token, then the registers)."""
+  return (1 if model.classifier in ('token', 'token_unpooled') else 0) + model.num_registers
 
 
 def image_size(model: models.VisionTransformer, params: Params, default: int = 224) -> int:
@@ -140,8 +141,12 @@ def load_model(checkpoint: str, model_name: Optional[str] = None, *, num_classes
                size: Optional[int] = None) -> Tuple[models.VisionTransformer, Params, int]:
   """(model, params, image size) for a checkpoint, checked to fit.
 
-  The model is `model_name` from the model table, or, for a training workdir without one, the workdir's own.
+  The model is `model_name` from the model table, or, for a training workdir without one, the workdir's own; a
+  timm or HF checkpoint describes its own (`model_name`: the timm architecture of a bare state dict).
   """
+  if interop.is_foreign(checkpoint):
+    model, params, preprocess = interop.load(checkpoint, model_name, image_size=size, num_classes=num_classes)
+    return model, params, preprocess.size[0]
   params = load_params(checkpoint)
   if model_name is None and not epath.Path(checkpoint).is_dir():
     raise ValueError(f'Pass --model: the model of {checkpoint} is not recorded with it.')

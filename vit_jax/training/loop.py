@@ -8,8 +8,9 @@ Resume order (the first that applies wins):
   1. the newest readable checkpoint in `<workdir>/checkpoints` (a corrupt newest one is reported and skipped; one
      of another model, or storage that keeps failing, stops the run: `checkpointing.Checkpointer.restore`);
   2. `config.resume`: another workdir or checkpoint directory (train state and data position);
-  3. `config.model_init`: a published .npz, loaded into fresh params (`vit_jax.checkpoint.load_pretrained`:
-     head re-initialised, position embeddings resampled);
+  3. `config.model_init`: a published .npz or a timm / HF checkpoint (whose architecture then sets
+     `config.model`, `vit_jax.interop`), loaded into fresh params (`vit_jax.checkpoint.load_pretrained`: head
+     re-initialised, position embeddings resampled);
   4. from scratch (`config.seed`).
 The workdir and every path in the config may be local or a URL (gs://...; `vit_jax.storage`).
 A resumed run is exact: the state, the RNG (folded with the step) and the data position are all restored, so the
@@ -33,6 +34,7 @@ import numpy as np
 from etils import epath
 
 from vit_jax import checkpoint
+from vit_jax import interop
 from vit_jax import storage
 from vit_jax.data import mixing
 from vit_jax.data import pipeline as input_pipeline
@@ -144,8 +146,12 @@ def _load_model_init(state: train_step.TrainState, config: Any,
     if jax.tree_util.keystr(path[:1], simple=True) in ('head', 'pre_logits'):
       return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return jax.ShapeDtypeStruct(x.shape, x.dtype)
+  restored = None
+  if interop.is_foreign(config.model_init):
+    restored = interop.to_params(interop.read(config.model_init, config.model_init_arch))
   params = checkpoint.load_pretrained(pretrained_path=config.model_init, model_config=model_config,
-                                      init_params=jax.tree_util.tree_map_with_path(init_value, state.params))
+                                      init_params=jax.tree_util.tree_map_with_path(init_value, state.params),
+                                      restored_params=restored)
   params = jax.tree.map(lambda host, x: jax.make_array_from_callback(
       x.shape, x.sharding, lambda index: np.asarray(host[index], x.dtype)), params, state.params)
   ema = jax.tree.map(lambda x: x + 0., params) if state.ema_params is not None else None
@@ -247,7 +253,14 @@ def train_and_evaluate(config: Any, workdir: epath.PathLike) -> Dict[str, float]
   metrics."""
   storage.configure()
   workdir = storage.absolute(workdir)
-  # --- Config: fail on user mistakes before anything compiles.
+  # --- Config: a timm / HF model_init sets the model's architecture; then fail on user mistakes before anything
+  # compiles.
+  if config.model_init and epath.Path(config.model_init).exists() and interop.is_foreign(config.model_init):
+    try:
+      ckpt = interop.read(config.model_init, config.model_init_arch)
+    except (ValueError, OSError) as e:
+      raise config_checks.ConfigError(f'config.model_init={config.model_init!r}: {e}') from None
+    config.model.update(interop.config_model(ckpt.spec, ckpt.preprocess))
   info = config_checks.validate(config)
   start_time = time.time()
   _write_config(config, workdir)
