@@ -11,8 +11,8 @@
 # gives each process all of its node's GPUs. The workdir must be on a file system all nodes share (or gs://).
 # Restarts (docs/pods.md): SLURM sends SIGTERM two minutes before the time limit (and on preemption); every
 # process saves the same step and exits 75, and the job requeues itself and resumes there. A lost process (exit
-# status 5 from the others, within config.multihost.heartbeat_timeout_s) requeues it too, at most --restarts
-# times in all. A finished run (exit 0) or a failed one (any other status) is not requeued.
+# status 5 from the others, 134 from JAX's abort when process 0 is the one lost, 137 from a killed one) requeues
+# it too, at most --restarts times in all. A finished run (exit 0) or a failed one (any other status) is not requeued.
 # --dry-run prints the batch script and the sbatch command instead.
 # --array-file: a job array (what `python -m vit_jax.sweep --runner slurm` submits), task i runs with the flags
 # after -- followed by line i of FILE (shell-quoted flags, e.g. --workdir=/shared/sweep/a --config.base_lr=0.001).
@@ -70,8 +70,9 @@ cd $(printf "%q" "$repo_dir")
 export JAX_LOCAL_DEVICE_IDS=$(seq -s, 0 $((gpus - 1)))
 status=0
 $train || status=\$?
-if [[ \$status -eq 75 || ( \$status -eq 5 && \${SLURM_RESTART_COUNT:-0} -lt $restarts ) ]]; then
-  echo \"vit_jax: exit status \$status (75: saved at the time limit or a preemption; 5: a process was lost);\" \\
+lost=0; if [[ \$status -eq 5 || \$status -eq 134 || \$status -eq 137 ]]; then lost=1; fi
+if [[ \$status -eq 75 || ( \$lost -eq 1 && \${SLURM_RESTART_COUNT:-0} -lt $restarts ) ]]; then
+  echo \"vit_jax: exit status \$status (75: saved at the time limit or a preemption; 5, 134, 137: a process was lost);\" \\
        \"requeueing job \$SLURM_JOB_ID to resume from its newest checkpoint.\" >&2
   scontrol requeue \"\$SLURM_JOB_ID\"
 fi

@@ -68,14 +68,6 @@ def _log(root: str) -> List[Tuple[float, str]]:
     return [(float(t), e) for t, e in (l.rstrip('\n').split(' ', 1) for l in f)]
 
 
-def _losses_so_far(workdir: str) -> Dict[int, float]:
-  """The train losses logged so far (none while metrics.jsonl is missing or its last line is being written)."""
-  try:
-    return lib.train_losses(workdir)
-  except (OSError, ValueError):
-    return {}
-
-
 def _python_child(pid: int) -> int:
   """The worker's training process: `pid` (the stand-in's `bash -c`, which may exec it) or one under it."""
   children = {}
@@ -124,7 +116,7 @@ def test_tpu_pod_launcher_deploys_this_checkout_and_restarts_after_a_lost_worker
     # Worker 1 dies (SIGKILL) once step `kill_at` is logged and a checkpoint is committed.
     deadline = time.time() + 400
     while time.time() < deadline and launcher.poll() is None:
-      if len(_losses_so_far(workdir)) >= kill_at and lib.finished_steps(os.path.join(workdir, 'checkpoints')):
+      if len(lib.losses_so_far(workdir)) >= kill_at and lib.finished_steps(os.path.join(workdir, 'checkpoints')):
         break
       time.sleep(0.01)
     with open(os.path.join(root, 'worker1.pid')) as f:
@@ -132,7 +124,7 @@ def test_tpu_pod_launcher_deploys_this_checkout_and_restarts_after_a_lost_worker
     killed = time.time()
     while not any(e == 'worker 0 exited 5' for _, e in _log(root)) and launcher.poll() is None:
       time.sleep(0.01)
-    first_attempt = _losses_so_far(workdir)  # Before the restart rewrites what follows its checkpoint.
+    first_attempt = lib.losses_so_far(workdir)  # Before the restart rewrites what follows its checkpoint.
     launcher.wait(timeout=400)
   text = (tmp_path / 'launcher.out').read_text()
   assert launcher.returncode == 0, text[-3000:]
@@ -155,7 +147,7 @@ def test_tpu_pod_launcher_deploys_this_checkout_and_restarts_after_a_lost_worker
   assert sorted(first) == ['worker 0 exited 5', 'worker 1 exited 137'], events
   exited = next(t for t, e in events if e == 'worker 0 exited 5')
   lost = [l for l in text.splitlines() if l.startswith('Lost process')]
-  assert lost == [f'Lost process 1 of 2 (no heartbeat for {HEARTBEAT_S} s): stopping process 0 too. Start the '
+  assert lost == [f'Lost process 1 of 2: no heartbeat for {HEARTBEAT_S} s. Stopping process 0 too; start the '
                   'same command again to resume from the newest checkpoint.'], text[-3000:]
   bound = exited - killed
   assert bound < HEARTBEAT_S + 20, bound
@@ -192,8 +184,8 @@ def test_slurm_launcher_trains_into_a_bucket_and_requeues_after_a_time_limit(tmp
   assert launcher.returncode == 0, text[-3000:]
   job = re.search(r'Submitted batch job (\d+)', text).group(1)
   events = [e for _, e in _log(root) if e.startswith(('sbatch', 'scontrol'))]
-  assert events == [f'sbatch job {job} run 0 started', f'sbatch job {job} run 0 exited 75',
-                    f'scontrol requeue {job}', f'sbatch job {job} run 1 started', f'sbatch job {job} run 1 exited 0']
+  assert events == [f'sbatch job {job} run 0 started', f'scontrol requeue {job}', f'sbatch job {job} run 0 exited 75',
+                    f'sbatch job {job} run 1 started', f'sbatch job {job} run 1 exited 0']
   saved = {int(s) for s in re.findall(r'Preempted \(SIGTERM\): saved step (\d+)', text)}
   assert len(saved) == 1 and f'Resumed from step {min(saved)} of {workdir}' in text and min(saved) < STEPS
   _assert_like_one_process(lib.train_losses(workdir), reference)
@@ -243,3 +235,20 @@ def test_slurm_dry_run_prints_the_batch_script_and_sbatch():
                'sbatch <the script above>'):
     assert line in out, line
   assert f'cd {lib.REPO}' in out
+
+
+# The ```sh commands of docs/pods.md, verbatim (the docs test finds them here).
+# pylint: disable=line-too-long
+DOC_COMMANDS = (
+    'scripts/launch_tpu_pod.sh --dry-run --tpu my-pod --zone us-central2-b -- --config=configs/vit_b16_i21k.py --workdir=gs://BUCKET/run',
+    'scripts/launch_slurm.sh --dry-run --nodes 4 --gpus-per-node 8 -- --config=configs/vit_b16_i1k_augreg.py --workdir=/shared/runs/vit_b16',
+)
+# pylint: enable=line-too-long
+
+
+def test_the_docs_dry_run_commands_print_the_training_command():
+  for command in DOC_COMMANDS:
+    result = subprocess.run(['bash', '-c', command], cwd=lib.REPO, capture_output=True, text=True, timeout=30,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    assert 'python' in result.stdout and ' -m vit_jax.main --distributed ' in result.stdout, command

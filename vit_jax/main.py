@@ -125,8 +125,8 @@ def main(argv) -> None:
   except loop.TrainingDiverged as e:
     _fail(str(e), EXIT_DIVERGED)
   except Exception:
-    if watchdog is not None:  # A failure of this process alone: the others stop now instead of hanging.
-      watchdog.publish_loss('it failed; see its log')
+    if watchdog is not None:  # A lost peer ends this process here; else the others are told that this one failed.
+      watchdog.after_error()
     raise
   if watchdog is not None:
     watchdog.close()

@@ -71,6 +71,16 @@ class Watchdog:
     except Exception:  # pylint: disable=broad-except  # The service is gone: nobody is left to miss us.
       pass
 
+  def after_error(self) -> None:
+    """Called when this process failed; returns after telling the others, or ends the process.
+
+    The error may be the first sign of a lost process (a collective whose peer died, a checkpoint barrier that lost
+    the coordinator): the watchdog is given the time to find it and end this process with its line. Otherwise the
+    error is this process's own, and the others are told, so that they stop instead of waiting in a collective.
+    """
+    self._thread.join(self._timeout + 3 * self._interval)
+    self.publish_loss('it failed; see its log')
+
   def publish_loss(self, why: str, index: Optional[int] = None) -> None:
     """Tells the other processes that process `index` (default: this one) is lost, so that they stop at their
     next interval."""
@@ -85,8 +95,8 @@ class Watchdog:
     return f'process {index} of {self._count}' + (' (the coordinator)' if index == 0 else '')
 
   def _message(self, lost: str, why: str) -> str:
-    return (f'Lost {lost} ({why}): stopping process {self._index} too. Start the same command again to '
-            'resume from the newest checkpoint.')
+    return (f'Lost {lost}: {why}. Stopping process {self._index} too; start the same command again to resume '
+            'from the newest checkpoint.')
 
   def _get(self, key: str) -> Optional[str]:
     """The value of `key`, None when it is not set (NOT_FOUND is an answer, not a failure of the service)."""
@@ -127,7 +137,7 @@ class Watchdog:
           return None
         if self._index != 0:  # The service runs in process 0: it is gone.
           first = (str(e).splitlines() or [''])[0][:120]
-          return self._stop(self._message(self._who(0), f'its coordination service does not answer: {first}'))
+          return self._stop(self._message(self._who(0), f'its coordination service does not answer ({first})'))
         logging.warning('Watchdog: %s', e)
         continue
       now = time.monotonic()
