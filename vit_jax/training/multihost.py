@@ -14,7 +14,9 @@ Stopping is one line on stderr naming the lost process, then exit status `EXIT_P
 anything (an async checkpoint save in flight is abandoned: Orbax commits a step only once every process wrote its
 part, so the newest committed checkpoint stays the one a relaunch resumes from). JAX's own heartbeat timeout is set
 to twice ours, as the backstop for a watchdog thread that cannot run (a network gone rather than a process).
-The load on the service is O(processes) small requests per interval.
+When process 0 itself dies, JAX's client usually gets there first: the closed connection to the service makes it
+abort the process at once with its own line (its callback cannot be replaced from Python: jaxlib cannot pass the
+error status to a Python callable). The load on the service is O(processes) small requests per interval.
 """
 import logging
 import os
