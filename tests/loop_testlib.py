@@ -131,3 +131,21 @@ def read_metrics(workdir: str) -> List[Dict[str, Any]]:
 
 def train_losses(workdir: str) -> Dict[int, float]:
   return {r['step']: r['train/loss'] for r in read_metrics(workdir) if 'train/loss' in r}
+
+
+def losses_so_far(workdir: str) -> Dict[int, float]:
+  """The train losses a running (or killed) job has logged: none before metrics.jsonl exists, and a last line
+  still being written (or cut by a kill) left out."""
+  try:
+    text = (epath.Path(workdir) / 'metrics.jsonl').read_text()
+  except (FileNotFoundError, OSError):
+    return {}
+  losses = {}
+  for line in text.splitlines():
+    try:
+      record = json.loads(line)
+    except ValueError:
+      break
+    if 'train/loss' in record:
+      losses[record['step']] = record['train/loss']
+  return losses

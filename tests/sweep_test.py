@@ -209,7 +209,8 @@ def test_slurm_dry_run_prints_one_job_array(tmp_path, capsys):
                          '--dry-run']) == 0
   out = capsys.readouterr().out
   assert '#SBATCH --nodes=1\n' in out and '#SBATCH --gpus-per-node=8\n' in out and '#SBATCH --array=0-3\n' in out
-  head = 'srun python -m vit_jax.main --distributed --config=configs/finetune.py:cifar10 --workdir=/shared/ft_sweep/'
+  head = ('srun python -m vit_jax.main --distributed --preempted_exit_code=75 --config=configs/finetune.py:cifar10 '
+          '--workdir=/shared/ft_sweep/')
   tasks = [l for l in out.splitlines() if l.startswith('  ') and l.endswith(' ;;')]
   assert tasks == [
       f'  0) {head}base_lr=1e-3,weight_decay=0.0 --config.base_lr=1e-3 --config.optim.weight_decay=0.0 ;;',
@@ -227,10 +228,12 @@ def test_tpu_dry_run_prints_one_pod_job_per_point(tmp_path, capsys):
                          '--dry-run']) == 0
   lines = capsys.readouterr().out.strip().splitlines()
   ssh = 'gcloud compute tpus tpu-vm ssh my-pod --zone=us-central2-b --worker=all --command='
-  assert len(lines) == 5 and lines[0].startswith(ssh) and 'pip install' in lines[0]  # Set-up once.
+  # Set-up once: this checkout copied to the workers, then installed there.
+  assert len(lines) == 6 and lines[0].startswith('gcloud compute tpus tpu-vm scp ')
+  assert lines[1].startswith(ssh) and 'pip install' in lines[1]
   escaped_comma = '\\,'  # The script quotes the flags with bash's printf %q.
-  assert lines[1:] == [
-      f"{ssh}'cd vit_jax && python -m vit_jax.main --distributed --config=configs/default.py --workdir={workdir}/"
+  assert lines[2:] == [
+      f"{ssh}'cd vit_jax && python3 -m vit_jax.main --distributed --config=configs/default.py --workdir={workdir}/"
       f"{name.replace(',', escaped_comma)} --config.total_steps=100 --config.base_lr={lr!r} "
       f"--config.optim.weight_decay={wd!r} '"
       for name, (lr, wd) in zip(NAMES, GRID)]

@@ -9,6 +9,7 @@ Parses flags (the config is locked: unknown keys are errors), starts `jax.distri
 """
 import os
 import sys
+from typing import Optional
 
 from absl import app
 from absl import flags
@@ -22,6 +23,9 @@ _COORDINATOR = flags.DEFINE_string('coordinator_address', None,
                                    'host:port of process 0, for multi-process runs outside TPU pods / SLURM.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes (with --coordinator_address).')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\'s index (with --coordinator_address).')
+_PREEMPTED_EXIT = flags.DEFINE_integer(
+    'preempted_exit_code', 0, 'Exit status after a SIGTERM save before total_steps (the run is not finished). '
+    'scripts/launch_slurm.sh passes 75 (EX_TEMPFAIL) and requeues the job on it.')
 _DISTRIBUTED = flags.DEFINE_bool(
     'distributed', None, 'Call jax.distributed.initialize() with cluster auto-detection (Cloud TPU pods, SLURM). '
     'Default: only when SLURM_NTASKS > 1; the launch scripts in scripts/ pass it.')
@@ -65,14 +69,16 @@ def _load_config_file(spec: str):
   return module.get_config(arg) if arg else module.get_config()
 
 
-def _start_distributed() -> None:
-  """jax.distributed.initialize when this is one of several processes; a no-op for a single process."""
-  import jax  # pylint: disable=g-import-not-at-top
-  if _COORDINATOR.value:
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
-                               process_id=_PROCESS_ID.value)
-  elif _DISTRIBUTED.value or (_DISTRIBUTED.value is None and int(os.environ.get('SLURM_NTASKS', '1')) > 1):
-    jax.distributed.initialize()  # Cluster auto-detection: SLURM, Cloud TPU pods.
+def _start_distributed(multihost_config) -> Optional['multihost.Watchdog']:
+  """jax.distributed with the config's timeouts and the lost-process watchdog; None for a single process."""
+  from vit_jax.training import multihost  # pylint: disable=g-import-not-at-top
+  auto = _DISTRIBUTED.value or (_DISTRIBUTED.value is None and int(os.environ.get('SLURM_NTASKS', '1')) > 1)
+  if not (_COORDINATOR.value or auto):
+    return None
+  # Without --coordinator_address: cluster auto-detection (Cloud TPU pods, SLURM).
+  return multihost.start(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+                         process_id=_PROCESS_ID.value, heartbeat_timeout_s=multihost_config.heartbeat_timeout_s,
+                         barrier_timeout_s=multihost_config.barrier_timeout_s)
 
 
 def _hide_accelerators_from_tensorflow() -> None:
@@ -107,7 +113,7 @@ def main(argv) -> None:
     _hide_accelerators_from_tensorflow()
   from vit_jax import storage  # pylint: disable=g-import-not-at-top
   storage.configure()  # Before any path is opened: gs:// through gcsfs, STORAGE_EMULATOR_HOST for every client.
-  _start_distributed()
+  watchdog = _start_distributed(config.multihost)
   _quiet_orbax()
 
   import jax  # pylint: disable=g-import-not-at-top
@@ -125,6 +131,14 @@ def main(argv) -> None:
     _fail(str(e), EXIT_STORAGE)
   except loop.TrainingDiverged as e:
     _fail(str(e), EXIT_DIVERGED)
+  except Exception:
+    if watchdog is not None:  # A lost peer ends this process here; else the others are told that this one failed.
+      watchdog.after_error()
+    raise
+  if watchdog is not None:
+    watchdog.close()
+  if metrics['step'] < config.total_steps:  # Saved on SIGTERM (preemption, a time limit): not finished.
+    sys.exit(_PREEMPTED_EXIT.value)
   if 'val/top1' in metrics and jax.process_index() == 0:
     print(f'Final test accuracy: {metrics["val/top1"]:.4f} (top-5 {metrics["val/top5"]:.4f}, loss '
           f'{metrics["val/loss"]:.4f}) at step {metrics["step"]}, {metrics["seconds"]:.0f} s.', flush=True)

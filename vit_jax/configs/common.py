@@ -147,6 +147,10 @@ def get_config() -> ml_collections.ConfigDict:
       )),
   ))
   c.sharding_rules = 'dp'          # 'dp' | 'fsdp' | 'tp', or ((logical axis, mesh axes), ...)
+  # Multi-process jobs (vit_jax.training.multihost; docs/pods.md): how long a lost process may go unnoticed.
+  c.multihost = ml_collections.ConfigDict(dict(
+      heartbeat_timeout_s=60,      # a process silent this long is lost: the others exit (status 5) naming it
+      barrier_timeout_s=600))      # longest wait for all processes: start-up, committing a checkpoint
 
   # --- Loop, checkpoints, metrics.
   c.eval_every = 1000              # steps between evaluations (and at the end)

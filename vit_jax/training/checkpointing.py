@@ -159,13 +159,15 @@ class Checkpointer:
   """`ocp.CheckpointManager` for (train state, data state): periodic async saves, keep policy, safe restore."""
 
   def __init__(self, directory: epath.PathLike, *, save_every: int, keep: int = 3, keep_every: int = 0,
-               read_only: bool = False, retries: int = 2, backoff_s: float = 2.):
+               read_only: bool = False, retries: int = 2, backoff_s: float = 2., barrier_timeout_s: int = 1200):
     self.directory = storage.absolute(directory)
     self._retries, self._backoff_s = retries, backoff_s
     self._options = ocp.CheckpointManagerOptions(
         save_interval_steps=save_every, max_to_keep=keep, keep_period=keep_every or None,
         enable_async_checkpointing=True, create=not read_only, read_only=read_only,
-        cleanup_tmp_directories=not read_only)
+        cleanup_tmp_directories=not read_only,
+        # How long the processes wait for each other to commit an async save.
+        async_options=ocp.AsyncOptions(timeout_secs=barrier_timeout_s))
     self._manager = self._retrying(self._open, f'open {self.directory}')
 
   def _retrying(self, fn, what: str):

@@ -306,7 +306,8 @@ def train_and_evaluate(config: Any, workdir: epath.PathLike) -> Dict[str, float]
 
   # --- Resume: own checkpoint -> config.resume -> config.model_init -> scratch (see the module docstring).
   ckpt = checkpointing.Checkpointer(workdir / 'checkpoints', save_every=config.checkpoint_every,
-                                    keep=config.keep_checkpoints, keep_every=config.keep_checkpoint_every)
+                                    keep=config.keep_checkpoints, keep_every=config.keep_checkpoint_every,
+                                    barrier_timeout_s=config.multihost.barrier_timeout_s)
   state = _restore_or_init(config, workdir, ckpt, programs, train_iter, model)
   logging.info('Training %s on %s from step %d: %d devices, mesh %s.', config.model_name, config.dataset,
                int(jax.device_get(state.step)), jax.device_count(), dict(mesh.shape))
