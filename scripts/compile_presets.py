@@ -7,6 +7,7 @@ compile takes minutes and gigabytes), its JSON line appended to --out, and the m
 `--set key=value` applies to every preset (e.g. model.scan=True, so that compile time does not grow with depth).
 """
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ import sys
 from typing import Any, Dict, List
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 # (preset config spec, topology): the hardware line of each preset's docstring.
 PRESETS = {
@@ -39,6 +41,15 @@ def compile_one(name: str, sets: List[str]) -> Dict[str, Any]:
   return {'preset': name, 'set': sets, **json.loads(lines[-1])}
 
 
+def refresh(row: Dict[str, Any]) -> Dict[str, Any]:
+  """The row with its estimate, img/s and MFU recomputed by the current `tpu_compile.estimate_step`."""
+  from vit_jax.perf import tpu_compile  # pylint: disable=g-import-not-at-top
+  fields = {f.name for f in dataclasses.fields(tpu_compile.Report)}
+  report = tpu_compile.Report(**{k: v for k, v in row.items() if k in fields})
+  report.step_seconds, report.estimate = tpu_compile.estimate_step(report)
+  return {**row, **report.as_dict()}
+
+
 def table(rows: List[Dict[str, Any]]) -> str:
   """The markdown table of the docs page."""
   out = ['| preset | topology | batch / device | total GiB / HBM GiB | fits (margin) | step ms | estimate | img/s '
@@ -47,6 +58,7 @@ def table(rows: List[Dict[str, Any]]) -> str:
     if 'error' in r:
       out.append(f'| {r["preset"]} | | | | {r["error"]} | | | | | |')
       continue
+    r = refresh(r)
     out.append(f'| {r["preset"]} | {r["topology"]} ({r["libtpu_name"]}) | {r["global_batch"] // r["num_devices"]} '
                f'| {r["total_bytes"] / 2**30:.2f} / {r["hbm_bytes"] / 2**30:.0f} | '
                f'{"yes" if r["fits"] else "**no**"} ({r["margin_bytes"] / 2**30:.1f} GiB) | '
@@ -60,7 +72,12 @@ def main() -> None:
   p.add_argument('--presets', default=','.join(PRESETS))
   p.add_argument('--set', action='append', default=[], help='config override for every preset, key=value')
   p.add_argument('--out', default=None, help='append each JSON row to this file')
+  p.add_argument('--table_from', default=None, help='only print the table of the JSON rows in this file')
   args = p.parse_args()
+  if args.table_from:
+    with open(args.table_from) as f:
+      print(table([json.loads(line) for line in f if line.strip()]))
+    return
   rows = []
   for name in args.presets.split(','):
     row = compile_one(name, args.set)

@@ -335,31 +335,39 @@ def compile_report(config: Any, devices: Sequence[jax.Device], name: str, libtpu
   image_size = image_size or int(config.pp.crop or 224)
   classes = num_classes_of(config, num_classes)
   step, args, model, mesh = build_step(config, devices, image_size, classes)
-  start = time.time()
-  compiled = step.lower(*args).compile()
-  seconds = time.time() - start
-  memory = compiled.memory_analysis()
-  cost = compiled.cost_analysis()
-  cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
-  optimal = cost.get('optimal_seconds')
-  chip = chip_of(devices[0].device_kind)
   model_flops = flops.train_step_flops(model, image_size, config.batch) / len(devices)
   counted = model_flops / config.accum_steps  # the accumulation loop's body is one micro-batch
   if config.model.scan and model.transformer:  # the scanned body is one layer
     one_layer = model.clone(transformer={**model.transformer, 'num_layers': 1})
     counted *= flops.model_forward_flops(one_layer, image_size) / flops.model_forward_flops(model, image_size)
+  start = time.time()
+  compiled = step.lower(*args).compile()
+  return report_of(compiled, devices, topology=name, libtpu_name=libtpu_name, mesh=dict(mesh.shape),
+                   global_batch=config.batch, image_size=image_size, num_classes=classes, model_flops=model_flops,
+                   counted_model_flops=counted, compile_seconds=time.time() - start)
+
+
+def report_of(compiled: Any, devices: Sequence[jax.Device], *, model_flops: float, counted_model_flops: float,
+              **fields: Any) -> Report:
+  """The Report of a compiled step: the compiler's memory and cost figures, the chip's HBM and peaks, the estimate.
+
+  `model_flops` are per device; `counted_model_flops` the part of them outside loops or in one trip of each loop.
+  """
+  memory = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+  optimal = cost.get('optimal_seconds')
+  chip = chip_of(devices[0].device_kind)
   per_device = lambda x: x / chip.devices_per_chip if chip else 0.
   report = Report(
-      topology=name, libtpu_name=libtpu_name, device_kind=devices[0].device_kind,
-      num_devices=len(devices), mesh=dict(mesh.shape), global_batch=config.batch, image_size=image_size,
-      num_classes=classes, argument_bytes=memory.argument_size_in_bytes, output_bytes=memory.output_size_in_bytes,
-      alias_bytes=memory.alias_size_in_bytes, temp_bytes=memory.temp_size_in_bytes,
-      code_bytes=memory.generated_code_size_in_bytes, hbm_bytes=per_device(chip.hbm_bytes if chip else 0),
-      compiled_flops=float(cost.get('flops', 0.)), compiled_bytes_accessed=float(cost.get('bytes accessed', 0.)),
-      model_flops=model_flops, counted_model_flops=counted,
-      optimal_seconds=None if optimal is None else float(optimal), has_loops=_has_while(compiled),
-      peak_flops=per_device(chip.peak_flops if chip else 0), hbm_bandwidth=per_device(chip.hbm_bandwidth if chip else 0),
-      compile_seconds=seconds)
+      device_kind=devices[0].device_kind, num_devices=len(devices), argument_bytes=memory.argument_size_in_bytes,
+      output_bytes=memory.output_size_in_bytes, alias_bytes=memory.alias_size_in_bytes,
+      temp_bytes=memory.temp_size_in_bytes, code_bytes=memory.generated_code_size_in_bytes,
+      hbm_bytes=per_device(chip.hbm_bytes if chip else 0), compiled_flops=float(cost.get('flops', 0.)),
+      compiled_bytes_accessed=float(cost.get('bytes accessed', 0.)), model_flops=model_flops,
+      counted_model_flops=counted_model_flops, optimal_seconds=None if optimal is None else float(optimal),
+      has_loops=_has_while(compiled), peak_flops=per_device(chip.peak_flops if chip else 0),
+      hbm_bandwidth=per_device(chip.hbm_bandwidth if chip else 0), **fields)
   if chip:
     report.step_seconds, report.estimate = estimate_step(report)
   return report
@@ -372,7 +380,7 @@ def topology_report(config: Any, topology: Topology, num_classes: Optional[int] 
 
 def format_report(r: Report) -> str:
   """The report as the command prints it: memory per device, fits / margin, step time, MFU, img/s."""
-  gb = lambda b: f'{b / GiB:.2f} GiB'
+  gb = lambda b: f'{b / GiB:.2f} GiB' if abs(b) >= GiB / 10 else f'{b / 2**20:.1f} MiB'
   optimal = 'n/a' if r.optimal_seconds is None else f'{r.optimal_seconds:.4g} s'
   where = f'{r.topology} ({r.libtpu_name}, {r.device_kind})' if r.libtpu_name else f'{r.topology} ({r.device_kind})'
   lines = [
