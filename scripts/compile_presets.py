@@ -36,8 +36,9 @@ def compile_one(name: str, sets: List[str]) -> Dict[str, Any]:
   env = {**os.environ, 'PYTHONPATH': ROOT + os.pathsep + os.environ.get('PYTHONPATH', '')}
   proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
   lines = [l for l in proc.stdout.splitlines() if l.startswith('{')]
-  if not lines:
-    return {'preset': name, 'error': (proc.stderr.strip().splitlines() or ['no output'])[-1]}
+  if not lines:  # the compiler's out-of-HBM verdict (stdout), or a user error (stderr)
+    verdict = [l for l in proc.stdout.splitlines() if l.startswith('DOES NOT FIT')]
+    return {'preset': name, 'error': (verdict or proc.stderr.strip().splitlines() or ['no output'])[-1]}
   return {'preset': name, 'set': sets, **json.loads(lines[-1])}
 
 

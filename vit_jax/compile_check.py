@@ -44,6 +44,9 @@ def check_topology(config: Any, topology: str, num_classes: Optional[int] = None
   except tpu_compile.CompileCheckError as e:
     print(str(e), file=sys.stderr, flush=True)
     return EXIT_USER_ERROR
+  except tpu_compile.DoesNotFit as e:  # the compiler's own out-of-HBM verdict
+    print(e, flush=True)
+    return tpu_compile.EXIT_DOES_NOT_FIT
   return tpu_compile.print_report(report, as_json)
 
 

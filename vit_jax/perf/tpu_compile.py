@@ -36,6 +36,10 @@ class CompileCheckError(ValueError):
   """A user mistake (unknown topology, missing libtpu, batch not divisible); the message is one line."""
 
 
+class DoesNotFit(RuntimeError):
+  """The TPU compiler itself refused the step: it needs more HBM than the chip has (its one-line reason)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Chip:
   """Per-chip figures of a TPU generation (Cloud TPU system architecture pages) and how libtpu names it."""
@@ -341,7 +345,13 @@ def compile_report(config: Any, devices: Sequence[jax.Device], name: str, libtpu
     one_layer = model.clone(transformer={**model.transformer, 'num_layers': 1})
     counted *= flops.model_forward_flops(one_layer, image_size) / flops.model_forward_flops(model, image_size)
   start = time.time()
-  compiled = step.lower(*args).compile()
+  try:
+    compiled = step.lower(*args).compile()
+  except jax.errors.JaxRuntimeError as e:
+    if 'RESOURCE_EXHAUSTED' not in str(e):
+      raise
+    raise DoesNotFit(f'DOES NOT FIT on {name} ({len(devices)} devices, {config.batch // len(devices)} images per '
+                     f'device): {str(e).splitlines()[0]}') from None
   return report_of(compiled, devices, topology=name, libtpu_name=libtpu_name, mesh=dict(mesh.shape),
                    global_batch=config.batch, image_size=image_size, num_classes=classes, model_flops=model_flops,
                    counted_model_flops=counted, compile_seconds=time.time() - start)
@@ -374,7 +384,10 @@ def report_of(compiled: Any, devices: Sequence[jax.Device], *, model_flops: floa
 
 
 def topology_report(config: Any, topology: Topology, num_classes: Optional[int] = None) -> Report:
-  """`compile_report` on the devices of `topology` (a slice that need not be there)."""
+  """`compile_report` on the devices of `topology` (a slice that need not be there). The checkpoint paths are
+  dropped: they do not change the step, and they need not exist on this machine."""
+  config = config.copy_and_resolve_references()
+  config.model_init, config.resume = None, None
   return compile_report(config, topology_devices(topology), topology.name, topology.libtpu_name, num_classes)
 
 
@@ -422,8 +435,13 @@ def dry_run(config: Any) -> int:
     info = config_checks.validate(config)  # the dataset is there: its image size and classes, as the loop has them
   except config_checks.ConfigError as e:
     raise CompileCheckError(str(e)) from None
-  report = compile_report(config, jax.devices(), f'attached ({jax.process_count()} processes)',
-                          num_classes=info.num_classes, image_size=info.image_size)
+  try:
+    report = compile_report(config, jax.devices(), f'attached ({jax.process_count()} processes)',
+                            num_classes=info.num_classes, image_size=info.image_size)
+  except DoesNotFit as e:
+    if jax.process_index() == 0:
+      print(e, flush=True)
+    return EXIT_DOES_NOT_FIT
   if jax.process_index():
     return EXIT_DOES_NOT_FIT if report.fits is False else 0
   return print_report(report)
