@@ -118,6 +118,7 @@ def test_command_user_errors_are_one_line():
       'config.batch=6 is not divisible by the 4 devices; use a multiple of 4, e.g. 4. (on v4-8: 4 devices)']
 
 
+@pytest.mark.slow  # a vit_jax.main process: about 30 s on 2 busy cores
 def test_main_dry_run_compiles_for_the_attached_devices_and_writes_nothing(tmp_path):
   workdir = tmp_path / 'run'
   proc = lib.run_main(str(workdir), {}, extra=['--dry_run'])
