@@ -32,6 +32,9 @@ _DISTRIBUTED = flags.DEFINE_bool(
 _PRINT_CONFIG = flags.DEFINE_bool(
     'print_config', False, 'Print every config key with its default, this config\'s value and its meaning '
     '(generated from vit_jax/configs/common.py), then exit; no --workdir needed.')
+_DRY_RUN = flags.DEFINE_bool(
+    'dry_run', False, 'Compile the train step for the attached devices, print its memory per device against HBM and '
+    'a step-time estimate (vit_jax.compile_check), and exit (1: does not fit) before anything is allocated.')
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
@@ -105,7 +108,7 @@ def main(argv) -> None:
     from vit_jax.configs import describe  # pylint: disable=g-import-not-at-top
     print(describe.markdown_table(_CONFIG.value))
     return
-  if _CONFIG.value is None or not _WORKDIR.value:
+  if _CONFIG.value is None or not (_WORKDIR.value or _DRY_RUN.value):
     _fail('Both --config (e.g. configs/default.py) and --workdir (e.g. /tmp/vit_default) are required.')
   # Only where TensorFlow will be imported anyway (TensorBoard, TFDS): importing it costs seconds.
   config = _CONFIG.value
@@ -121,6 +124,12 @@ def main(argv) -> None:
   from vit_jax.training import config_checks  # pylint: disable=g-import-not-at-top
   from vit_jax.training import loop  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_transfer_guard', 'allow')  # The loop disallows device->host inside the step.
+  if _DRY_RUN.value:
+    from vit_jax.perf import tpu_compile  # pylint: disable=g-import-not-at-top
+    try:
+      sys.exit(tpu_compile.dry_run(_CONFIG.value))
+    except tpu_compile.CompileCheckError as e:
+      _fail(f'Config error: {e}')
   logging.info('JAX %s, process %d of %d, %d devices.', jax.__version__, jax.process_index(),
                jax.process_count(), jax.device_count())
   try:

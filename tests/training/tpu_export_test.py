@@ -8,7 +8,7 @@ import jax
 from jax import export
 
 import loop_testlib as lib
-from vit_jax.perf import lowering
+from vit_jax.perf import tpu_compile
 
 SMALL = {'model.num_layers': 1, 'model.hidden_size': 64, 'model.mlp_dim': 128, 'model.num_heads': 2,
          'model.representation_size': 64, 'batch': 16}
@@ -17,9 +17,9 @@ IMAGE, CLASSES = 32, 100
 
 def test_vit_b16_i21k_train_step_exports_for_tpu():
   config = lib.apply(lib.load_config('vit_b16_i21k'), SMALL)
-  program = lowering.config_program(config, CLASSES, IMAGE)
-  step, (abstract_state, abstract_batch, scalar, sums) = program.step, program.args
-
+  # The loop's jitted, donated step and its abstract (state, batch, first_bad, sums), as vit_jax.compile_check builds it.
+  step, (abstract_state, abstract_batch, scalar, sums), _, _ = tpu_compile.build_step(config, jax.devices(), IMAGE,
+                                                                                     CLASSES)
   exported = export.export(step, platforms=('tpu',))(abstract_state, abstract_batch, scalar, sums)
 
   assert exported.platforms == ('tpu',) and exported.nr_devices == 8

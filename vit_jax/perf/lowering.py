@@ -77,14 +77,20 @@ def config_program(config: Any, num_classes: int, image_size: Optional[int] = No
   all), `config.sharding_rules`, the model of `config.model` (dtype, remat, scan, attention), the optimizer and
   loss, at `config.batch` uint8 images of `image_size` (default `config.pp.crop`) pixels with integer labels, the
   preset's mixing and label ops done in the step as the loop does them."""
-  mesh = sharding.make_mesh(dict(config.mesh), devices)
+  return config_step(config, num_classes, image_size, sharding.make_mesh(dict(config.mesh), devices))[0]
+
+
+def config_step(config: Any, num_classes: int, image_size: Optional[int],
+                mesh: jax.sharding.Mesh) -> tuple[loop.StepProgram, Any]:
+  """`config_program` on a given mesh, and the model it builds."""
   model = build.build_model(config.model_name, config.model, num_classes)
   tx, schedule = optim.make_optimizer(loop.optim_section(config))
   info = input_pipeline.DatasetInfo(num_classes=num_classes, num_train=0, num_eval=0,
                                     image_size=image_size or config.pp.crop, multi_label=False)
   batch_ops = mixing.BatchOps.from_pp(config_checks.pp_dict(config.pp), num_classes)
-  return loop.step_program(config, info, model, tx, schedule, losses.get_loss_fn(config.loss), batch_ops, mesh,
-                           sharding.get_rules(config.sharding_rules))
+  program = loop.step_program(config, info, model, tx, schedule, losses.get_loss_fn(config.loss), batch_ops, mesh,
+                              sharding.get_rules(config.sharding_rules))
+  return program, model
 
 
 def lower_config(config: Any, num_classes: int, platform: str = 'cuda',
