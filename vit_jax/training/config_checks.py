@@ -16,6 +16,7 @@ from etils import epath
 
 from vit_jax.configs import reference_compat
 from vit_jax.models import build
+from vit_jax.models import layers
 from vit_jax.models import registry
 from vit_jax.models import vit
 from vit_jax.training import optim
@@ -97,6 +98,10 @@ def _stages(v: Any) -> bool:
       isinstance(v, (tuple, list)) and len(v) > 0 and all(_is_int(s) and s >= 1 for s in v))
 
 
+def _rgb(v: Any) -> bool:
+  return v is None or (isinstance(v, (tuple, list)) and len(v) == 3 and all(_is_number(x) for x in v))
+
+
 _BOOL = Rule(lambda v: isinstance(v, bool), 'True or False')
 _PROBABILITY = _number(0., 1., optional=True)
 
@@ -129,6 +134,15 @@ MODEL_RULES: Dict[str, Rule] = {
     'use_bias': _BOOL,
     'patch_dropout': _number(0., 1.),
     'mup_base_width': _int(1, optional=True),
+    # Options of checkpoints trained elsewhere (vit_jax.interop sets them from a timm / HF checkpoint).
+    'mlp_activation': _one_of(*layers.ACTIVATIONS),
+    'norm_eps': _number(0., open_low=True),
+    'pre_norm': _BOOL,
+    'fc_norm': _BOOL,
+    'projection_dim': _int(1, optional=True),
+    'pixel_mean': Rule(_rgb, 'None or three numbers (r, g, b), e.g. (0.485, 0.456, 0.406)'),
+    'pixel_std': Rule(lambda v: _rgb(v) and (v is None or min(v) > 0),
+                      'None or three positive numbers (r, g, b), e.g. (0.229, 0.224, 0.225)'),
 }
 
 # Every `config.optim` key and what it accepts (vit_jax.training.optim; the schedule keys are top-level).
