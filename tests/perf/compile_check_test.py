@@ -84,8 +84,8 @@ def test_tpu_memory_grows_with_the_batch_and_shrinks_under_fsdp():
   small, big = compile_small(batch=8), compile_small(batch=64)  # 2 and 16 images per device
   fsdp = compile_small(batch=8, sharding_rules='fsdp', **{'mesh.data': 1, 'mesh.fsdp': 4})
   assert small.device_kind == 'TPU v4' and small.num_devices == 4 and small.hbm_bytes == 32 * 2**30
-  # The batch is an argument: 14 more images per device (float32 pixels, 1000 float32 labels), TPU padding on top.
-  assert big.argument_bytes - small.argument_bytes >= 14 * (32 * 32 * 3 + 1000) * 4
+  # The batch is an argument: 14 more images per device (uint8 pixels, one int32 label), TPU padding on top.
+  assert big.argument_bytes - small.argument_bytes >= 14 * (32 * 32 * 3 + 4)
   assert big.total_bytes > small.total_bytes
   # The state (params, Adam's moments) is an argument: FSDP splits its large matrices over the 4 devices.
   assert fsdp.argument_bytes < 0.5 * small.argument_bytes and fsdp.total_bytes < small.total_bytes

@@ -95,6 +95,7 @@ def _model_section(model: Any) -> Tuple[str, ml_collections.ConfigDict]:
   if model.get('head_bias_init') is not None:
     ours.head_bias_init = float(model['head_bias_init'])
   ours.dtype = 'bfloat16'  # configs/finetune.py's compute dtype (the params and the logits stay float32)
+  ours.attention_impl = 'auto'  # configs/finetune.py's: cuDNN on GPUs that run it, XLA elsewhere
   return name, ours
 
 

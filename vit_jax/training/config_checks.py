@@ -14,7 +14,6 @@ from typing import Any, Callable, Dict, Iterable, Mapping, NamedTuple, Optional
 import jax
 from etils import epath
 
-from vit_jax.configs import reference_compat
 from vit_jax.models import build
 from vit_jax.models import layers
 from vit_jax.models import registry
@@ -269,6 +268,9 @@ def _patch_grid_divisor(config: Any) -> int:
 def validate(config: Any, *, num_devices: Optional[int] = None, check_data: bool = True) -> Any:
   """Raises ConfigError on the first mistake; returns the dataset info (or None without `check_data`)."""
   num_devices = jax.device_count() if num_devices is None else num_devices
+  # Imported here: it needs ml_collections, which the model, the step and the benchmark must not (the GPU machine
+  # has none); configs only come from ml_collections anyway.
+  from vit_jax.configs import reference_compat  # pylint: disable=g-import-not-at-top
   try:  # A google-research/vision_transformer config becomes ours first (in place; a no-op on ours).
     reference_compat.adopt(config)
   except reference_compat.ReferenceConfigError as e:
