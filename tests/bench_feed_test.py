@@ -1,4 +1,5 @@
 """Runs scripts/bench_feed.py as docs/data.md shows it, on a small batch."""
+import pytest
 import os
 import re
 import shlex
@@ -9,6 +10,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMAND = 'python scripts/bench_feed.py --batch 16 --crop 16 --classes 10 --steps 2 --device'
 
 
+@pytest.mark.slow
 def test_bench_feed_prints_the_host_cost_and_what_crosses_to_the_devices():
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO)
   argv = [sys.executable] + shlex.split(COMMAND)[1:]

@@ -15,6 +15,7 @@ def test_make_jpegs_are_imagenet_like(tmp_path):
   assert 20_000 < os.path.getsize(files[0]) < 300_000
 
 
+@pytest.mark.slow
 def test_measuring_functions_run_both_pipelines(tmp_path):
   bench_input.make_jpegs(str(tmp_path), 6)
   ours = bench_input.measure_ours(str(tmp_path), workers=1, num_images=32)
@@ -24,6 +25,7 @@ def test_measuring_functions_run_both_pipelines(tmp_path):
   assert tf_['wall'] > 0 and tf_['cpu'] > 0
 
 
+@pytest.mark.slow
 def test_ingest_and_shard_measurements_run_on_the_same_jpegs(tmp_path):
   root = str(tmp_path / 'folder')
   bench_input.make_jpegs(root, 6)

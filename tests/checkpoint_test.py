@@ -133,6 +133,7 @@ def test_save_load_round_trip_is_bitwise(tmp_path):
       assert a[k].tobytes() == b[k].tobytes() and a[k].shape == b[k].shape, k
 
 
+@pytest.mark.slow
 def test_compat_snippet_from_google_research_vision_transformer(tmp_path, monkeypatch):
   pytest.importorskip('ml_collections')
   from vit_jax.configs import models as models_config  # pylint: disable=g-import-not-at-top
@@ -206,6 +207,7 @@ def _timm_logits(path, images, *, hidden, depth, heads, mlp_dim, patch, num_clas
   return np.load(tmp / 'timm_logits.npy')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('classifier,global_pool', [('token', 'token'), ('gap', 'avg'), ('map', 'map')])
 def test_logits_match_timm(tmp_path, classifier, global_pool):
   model, images = _model(classifier=classifier), _images((32, 32))
@@ -220,6 +222,7 @@ def test_logits_match_timm(tmp_path, classifier, global_pool):
   assert diff <= 1e-5
 
 
+@pytest.mark.slow
 def test_representation_size_logits_match_timm_trunk(tmp_path):
   # timm's ViT has no representation layer (its npz reader skips pre_logits), so timm computes the pooled features
   # and the pre_logits Dense + tanh and the head are applied here from the saved file.
@@ -238,6 +241,7 @@ def test_representation_size_logits_match_timm_trunk(tmp_path):
   assert diff <= 1e-5
 
 
+@pytest.mark.slow
 def test_hybrid_logits_match_timm(tmp_path):
   """R26+ViT-S/32 (the published ResNet-26 root, 2 of the 12 transformer blocks) at 64 px against timm's hybrid."""
   model = models.get_model('R26+ViT-S_32', num_classes=5, transformer={'num_layers': 2})
@@ -270,6 +274,7 @@ def _big_vision_flat(params, scanned):
   return {f'params/{k}': v for k, v in flat.items()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('classifier,scanned', [('token', True), ('map', False)])
 def test_load_big_vision_layouts(tmp_path, classifier, scanned):
   model, images = _model(classifier=classifier), _images((32, 32))

@@ -140,6 +140,7 @@ def _shrink(config):
 NO_LEARNING_CHECK = {'vit_b16_i1k_augreg'}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name,arg', CASES)
 def test_preset_tiny_run_starts_at_the_known_loss_and_learns(name, arg, tmp_path):
   config = lib.load_config(name, arg)

@@ -19,6 +19,7 @@ def _scores(out: str):
   return m.groups()
 
 
+@pytest.mark.slow
 def test_workdir_reproduces_the_runs_final_test_accuracy(tmp_path, capsys):
   workdir = str(tmp_path / 'run')
   final = loop.train_and_evaluate(lib.tiny_config(), workdir)  # its final_metrics.json holds the same numbers
@@ -34,6 +35,7 @@ def test_workdir_reproduces_the_runs_final_test_accuracy(tmp_path, capsys):
   assert _scores(capsys.readouterr().out)[3] == correct
 
 
+@pytest.mark.slow
 def test_npz_scores_every_example_once_as_computed_by_hand(tmp_path, capsys):
   path, model, params = tiny_checkpoint.save_checkpoint(str(tmp_path), num_classes=10)
   argv = ['--checkpoint', path, '--model', tiny_checkpoint.MODEL, '--dataset', 'digits', '--split', 'test[:50]',
@@ -51,6 +53,7 @@ def test_npz_scores_every_example_once_as_computed_by_hand(tmp_path, capsys):
   assert 0 < int(correct) < 50  # a random head: neither nothing nor everything right
 
 
+@pytest.mark.slow
 def test_user_errors_are_one_line(tmp_path, capsys):
   path, _, _ = tiny_checkpoint.save_checkpoint(str(tmp_path), num_classes=5)
   from vit_jax.tools import inference  # pylint: disable=g-import-not-at-top

@@ -28,6 +28,7 @@ def _digits_top1(model, params, size):
   return correct / total
 
 
+@pytest.mark.slow
 def test_export_holds_the_final_params_of_the_run(workdir, tmp_path, capsys):
   out = str(tmp_path / 'model.npz')
   assert inference.run_cli(export.main, ['--workdir', workdir, '--out', out]) == 0
@@ -45,6 +46,7 @@ def test_export_holds_the_final_params_of_the_run(workdir, tmp_path, capsys):
   assert _digits_top1(model, params, size) == pytest.approx(final['val/top1'], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_predict_reads_a_workdir_without_being_told_the_model(workdir, tmp_path, capsys):
   img = tiny_checkpoint.write_image(str(tmp_path / 'x.png'), 8, 8)
   assert inference.run_cli(predict.main, ['--checkpoint', workdir, '--image', img, '--topk', '2']) == 0
@@ -70,6 +72,7 @@ def test_export_errors_are_one_line(tmp_path, capsys, problem):
   assert '\n' not in err and workdir in err
 
 
+@pytest.mark.slow
 def test_all_figures_of_a_workdir(workdir, tmp_path, capsys):
   # The README's figure command, on the 4-step run: one attention map per image and the three other figures.
   out = str(tmp_path / 'figs')
@@ -82,6 +85,7 @@ def test_all_figures_of_a_workdir(workdir, tmp_path, capsys):
     assert img.std() > 0, name
 
 
+@pytest.mark.slow
 def test_attention_distance_of_a_hybrid_gap_workdir(workdir, tmp_path, capsys):
   # The README's distance command, on the 4-step run of the default: a GAP hybrid (1x1 patches on a stride-4 stem).
   out = str(tmp_path / 'figs')

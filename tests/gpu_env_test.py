@@ -3,6 +3,7 @@
 The GPU image has jax, flax, optax, orbax-checkpoint, chex, numpy, absl, torch and timm, but none of `ABSENT`. Each
 test runs a subprocess in which those cannot be imported, as there; the loop needs ml_collections carried as a wheel.
 """
+import pytest
 import os
 import subprocess
 import sys
@@ -35,6 +36,7 @@ def _run(argv, how, absent, tmp_path):
   return r.stdout
 
 
+@pytest.mark.slow
 def test_benchmark_runs_without_ml_collections_tf_or_clu(tmp_path):
   script = os.path.join(REPO, 'scripts', 'benchmark.py')
   out = _run([script, '--model', 'testing', '--resolution', '32', '--batch', '4', '--dtype', 'float32', '--steps',
@@ -43,6 +45,7 @@ def test_benchmark_runs_without_ml_collections_tf_or_clu(tmp_path):
   assert 'train img/s' in out
 
 
+@pytest.mark.slow
 def test_main_trains_on_synthetic_data_with_only_ml_collections_added(tmp_path):
   workdir = str(tmp_path / 'run')
   common = os.path.join(REPO, 'vit_jax', 'configs', 'common.py')

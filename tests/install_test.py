@@ -96,6 +96,7 @@ def _blocked_env(tmp_path) -> dict[str, str]:
   return lib.env(PYTHONPATH=f'{site}{os.pathsep}{lib.REPO}')
 
 
+@pytest.mark.slow
 def test_default_trains_without_the_extras_and_writes_tensorboard_events(tmp_path):
   env = _blocked_env(tmp_path)
   workdir = str(tmp_path / 'run')
@@ -113,6 +114,7 @@ def test_default_trains_without_the_extras_and_writes_tensorboard_events(tmp_pat
   assert losses == pytest.approx({s: l for s, l in lib.train_losses(workdir).items()}, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_a_tfds_dataset_without_the_extra_is_one_line(tmp_path):
   out = subprocess.run(lib.main_command(str(tmp_path / 'run'), {'dataset': 'cifar10'}), cwd=lib.REPO,
                        env=_blocked_env(tmp_path), capture_output=True, text=True, timeout=120)

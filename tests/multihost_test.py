@@ -57,6 +57,7 @@ def _run_two_processes(workdir, overrides, timeout=600):
   return lib.communicate_all(_start_two_processes(workdir, overrides), timeout)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_and_agree_on_the_preemption_step(tmp_path):
   ref_dir = str(tmp_path / 'one_process')
   loop.train_and_evaluate(lib.tiny_config(total_steps=STEPS, **OVERRIDES), ref_dir)
@@ -92,6 +93,7 @@ def test_two_processes_match_one_process_and_agree_on_the_preemption_step(tmp_pa
                              [expected[s] for s in range(1, STEPS + 1)], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_model_init_into_fsdp_params_that_span_both_processes(tmp_path):
   """Published .npz -> FSDP params sharded over 8 devices of 2 processes: the losses are those of 1 process.
 
@@ -114,6 +116,7 @@ def test_model_init_into_fsdp_params_that_span_both_processes(tmp_path):
   np.testing.assert_allclose([got[1], got[2]], [expected[1], expected[2]], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_fewshot_raw_and_ema_on_two_processes_equal_one_process(tmp_path):
   """Few-shot batches sharded over the mesh of 2 processes: the same metrics as 1 process, and the EMA ones
   (`fewshot_ema/`, `knn_ema/`) are the evaluator's on the (1-process) checkpoint's EMA params."""
@@ -160,6 +163,7 @@ _PREEMPTION_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_preemption_with_a_distributed_client_is_jax_coordination_service(tmp_path):
   """With jax.distributed up, SIGTERM goes to JAX's preemption sync manager (our handler stays off): `due` turns
   True at the step JAX's sync point agrees on, after the notice went through the coordination service."""

@@ -15,6 +15,7 @@ def ckpt(tmp_path_factory):
   return tiny_checkpoint.save_checkpoint(str(tmp_path_factory.mktemp('ckpt')))
 
 
+@pytest.mark.slow
 def test_image_size_is_read_from_the_position_embeddings(ckpt):
   path, model, _ = ckpt
   params = inference.load_params(path)

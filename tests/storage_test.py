@@ -70,6 +70,7 @@ def _step_times(workdir: str) -> str:
           f'median of the other steps {np.median(others):.0f}')
 
 
+@pytest.mark.slow
 def test_trains_into_the_bucket_and_writes_nothing_local(emulator, bucket_run, local_run):
   names = _objects(emulator, 'run/')
   assert {'config.json', 'metrics.jsonl', 'final_metrics.json'} <= names
@@ -81,6 +82,7 @@ def test_trains_into_the_bucket_and_writes_nothing_local(emulator, bucket_run, l
   assert lib.train_losses(bucket_run) == local_losses and len(local_losses) == lib.TINY['total_steps']
 
 
+@pytest.mark.slow
 def test_sigkill_after_a_checkpoint_then_restart_matches_the_uninterrupted_run(emulator, local_run):
   workdir = 'gs://bucket/killed'
   env = gcs_emulator.emulator_env(emulator)
@@ -91,6 +93,7 @@ def test_sigkill_after_a_checkpoint_then_restart_matches_the_uninterrupted_run(e
   assert lib.train_losses(workdir) == lib.train_losses(local_run[0])
 
 
+@pytest.mark.slow
 def test_export_to_the_bucket_then_model_init_from_it_equals_a_local_copy(emulator, bucket_run, tmp_path):
   env = gcs_emulator.emulator_env(emulator)
   npz = 'gs://bucket/published/ViT-testing.npz'
@@ -114,6 +117,7 @@ def test_export_to_the_bucket_then_model_init_from_it_equals_a_local_copy(emulat
   np.testing.assert_array_less(results['local']['val/loss'], 10.)
 
 
+@pytest.mark.slow
 def test_a_checkpoint_of_another_model_stops_with_one_line_and_renames_nothing(emulator, bucket_run):
   before = _objects(emulator, 'run/checkpoints/')
   result = lib.run_main(bucket_run, {'model.num_layers': 3}, extra_env=gcs_emulator.emulator_env(emulator))
@@ -138,6 +142,7 @@ def _abstract(state):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
 
+@pytest.mark.slow
 def test_corrupt_latest_in_the_bucket_is_set_aside_and_the_previous_restored(emulator, capsys):
   from vit_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
   directory = 'gs://bucket/corrupt/checkpoints'
@@ -159,6 +164,7 @@ def test_corrupt_latest_in_the_bucket_is_set_aside_and_the_previous_restored(emu
   assert any(n.startswith('2.corrupt/') for n in names) and not any(n.startswith('2/') for n in names)
 
 
+@pytest.mark.slow
 def test_a_dead_storage_endpoint_is_retried_then_stops_naming_the_error(emulator):
   # Saved with the emulator up, read with STORAGE_EMULATOR_HOST at a port where nothing listens: connection
   # refused, which gcsfs retries itself (6 times, ~30 s) and the Checkpointer once more before stopping.
@@ -183,6 +189,7 @@ def test_a_dead_storage_endpoint_is_retried_then_stops_naming_the_error(emulator
                                                       if n.startswith('1/')}  # nothing renamed
 
 
+@pytest.mark.slow
 def test_two_processes_share_a_bucket_workdir_like_one_process_and_both_resume_the_same_step(emulator, tmp_path):
   import re  # pylint: disable=g-import-not-at-top
   import signal  # pylint: disable=g-import-not-at-top

@@ -115,6 +115,7 @@ def uninterrupted():
   return out
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_started_again_skips_finished_points_and_resumes_exactly(resumed_sweep, uninterrupted):
   workdir, stdout = resumed_sweep
   assert f'{NAMES[0]}: done, skipped.' in stdout and f'{NAMES[1]}: done, skipped.' in stdout
@@ -134,6 +135,7 @@ def test_a_killed_sweep_started_again_skips_finished_points_and_resumes_exactly(
   assert len({uninterrupted[n][0]['val/loss'] for n in NAMES}) == 4
 
 
+@pytest.mark.slow
 def test_report_rows_equal_each_runs_final_metrics(resumed_sweep, tmp_path):
   workdir, _ = resumed_sweep
   result = subprocess.run([sys.executable, '-m', 'vit_jax.sweep', 'report', workdir], cwd=lib.REPO, env=lib.env(),

@@ -50,6 +50,7 @@ def test_rollout_adds_identity_renormalises_and_multiplies():
   np.testing.assert_allclose(joint.sum(-1), 1, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('classifier', ['token', 'gap'])
 def test_rollout_of_uniform_attention_is_uniform(classifier):
   model, params = tiny_checkpoint.random_params(classifier=classifier)

@@ -154,6 +154,7 @@ def test_mixed_batches_match_the_former_host_draws_in_distribution():
     assert abs(old.count(kind) / n - p) < tol, kind
 
 
+@pytest.mark.slow
 def test_train_batch_is_the_former_host_formula_with_the_drawn_weights():
   raw = _host_batch(n=8, size=10, seed=1)
   ops = mixing.BatchOps(num_classes=5, value_range=(0., 1.), label_smoothing=0.1, mixup=0.5, cutmix=1.)

@@ -50,6 +50,7 @@ def test_digits_train_matches_sklearn_pixels():
     assert label.argmax() == raw.target[i]
 
 
+@pytest.mark.slow
 def test_synthetic_does_not_import_tensorflow_or_grain():
   code = ('import sys; from vit_jax.data import pipeline as ip; '
           'it = ip.make_train_iterator("synthetic", {"crop": 8, "num_classes": 5}, global_batch=8); '
@@ -254,6 +255,7 @@ def test_grain_orbax_handler_saves_and_restores_the_data_position(tmp_path):
     np.testing.assert_array_equal(next(restored)['image'], want['image'])
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_stream_and_resume():
   pp = {'crop': 8, 'randaug': (1, 5)}
   want = _take(ip.make_train_iterator('digits', pp, global_batch=16, seed=2), 4)

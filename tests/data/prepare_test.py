@@ -108,6 +108,7 @@ def test_the_tar_of_tars_gives_byte_identical_shards(data):
   assert {(s['class'], s['name']) for s in skipped} == BAD
 
 
+@pytest.mark.slow
 def test_the_command_on_all_cores_rewrites_the_same_shards_over_a_half_finished_build(data, tmp_path):
   root, _ = data
   out = tmp_path / 'out'
@@ -197,6 +198,7 @@ def _checkpoint_steps(workdir):
   return sorted(int(s) for s in os.listdir(d) if s.isdigit()) if os.path.isdir(d) else []
 
 
+@pytest.mark.slow
 def test_exact_resume_after_sigkill_on_the_prepared_dataset(data, tmp_path):
   root, _ = data
   overrides = {'dataset': str(root / 'from_tar'), 'pp.train': 'train[:75%]', 'pp.test': 'train[75%:]',

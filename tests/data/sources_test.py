@@ -175,6 +175,7 @@ def _tfds_dir(tmp_path_factory):
   return data_dir
 
 
+@pytest.mark.slow
 def test_tfds_source_info_train_and_eval(tfds_dir):
   pp = {'crop': 8, 'train': 'train[:80%]', 'test': 'test'}
   info = ip.get_dataset_info('vit_jax_tiny_images', pp, data_dir=tfds_dir)

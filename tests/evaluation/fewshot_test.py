@@ -50,6 +50,7 @@ def test_shots_are_distinct_and_balanced_and_unfillable_counts_skipped():
   assert set(fewshot.evaluate_features((x, labels), (x, labels), 2, shots=(1, 5), knn_k=())) == {'fewshot/1shot'}
 
 
+@pytest.mark.slow
 def test_evaluator_and_cli_on_digits(tmp_path, capsys):
   # Digits are 8x8: a 'mu/4' model sees them as a 2x2 grid. Even random features carry the digits' shape.
   path, model, params = tiny_checkpoint.save_checkpoint(str(tmp_path), size=8)

@@ -108,6 +108,7 @@ def timm_results(tmp_path_factory):
           for name in OPTIONS}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(OPTIONS))
 def test_b16_param_count_equals_timm(timm_results, name):
   options, _, _, timm_only_per_block = OPTIONS[name]
@@ -116,6 +117,7 @@ def test_b16_param_count_equals_timm(timm_results, name):
   assert theirs != _b16_count({})  # every option adds or removes params (parallel: one LayerNorm fewer per block)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(OPTIONS))
 def test_logits_equal_timm(timm_results, name):
   _, theirs, ours = timm_results[name]
@@ -133,6 +135,7 @@ EXEC_OPTIONS['patch_dropout'] = dict(patch_dropout=0.5, num_registers=1)
 EXEC_OPTIONS['mup'] = dict(mup_base_width=16)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(EXEC_OPTIONS))
 def test_scan_remat_dot_product_and_bf16_compute_the_same_function(name):
   options, images = EXEC_OPTIONS[name], _images()
@@ -181,6 +184,7 @@ def test_new_params_shard_under_fsdp():
 # ------------------------------------------------------------------------------------------- option semantics
 
 
+@pytest.mark.slow
 def test_registers_are_dropped_before_pooling_and_unpooled_outputs():
   images = _images()
   for classifier, tokens in (('unpooled', 16), ('token_unpooled', 17)):
@@ -191,6 +195,7 @@ def test_registers_are_dropped_before_pooling_and_unpooled_outputs():
     assert model.apply({'params': params}, images, train=False).shape == (2, tokens, 5)
 
 
+@pytest.mark.slow
 def test_init_values_of_new_params():
   model = _tiny(dict(layer_scale_init=1e-4, qk_norm=True, num_registers=2))
   params = nn.meta.unbox(model.init(jax.random.key(0), _images()[:1], train=False))['params']
@@ -215,6 +220,7 @@ def test_patch_dropout_keeps_prefix_and_a_random_subset():
   assert vit._patch_dropout(ids, 0.99, prefix, jax.random.key(0)).shape[1] == prefix + 1  # at least one patch
 
 
+@pytest.mark.slow
 def test_patch_dropout_trains_on_fewer_tokens_and_evaluates_on_all():
   images = _images()
   model = _tiny(dict(patch_dropout=0.75, num_registers=1))

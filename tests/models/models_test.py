@@ -66,6 +66,7 @@ def test_registry_matches_param_table():
       f'{set(registry.MODEL_CONFIGS) ^ set(PARAM_COUNTS)}')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(PARAM_COUNTS))
 def test_param_count(name):
   model = models.get_model(name, num_classes=1000)
@@ -93,6 +94,7 @@ def test_compat_model_configs_work_with_visiontransformer():
 # give a 7x7 grid at 224 px, as in the reference implementation and timm's vit_tiny_r_s16_p8_224.
 @pytest.mark.parametrize('name,tokens', [('R50+ViT-B_16', 197), ('R26+ViT-B_32', 50), ('R+ViT-Ti_16', 50),
                                          ('ViT-B_8', 785), ('ViT-H_14', 257)])
+@pytest.mark.slow
 def test_token_grid(name, tokens):
   params = _abstract_params(models.get_model(name))
   assert params['Transformer']['posembed_input']['pos_embedding'].shape[1] == tokens
@@ -154,6 +156,7 @@ def _np_vit(params, images, patch, classifier, num_layers):
   return x @ p['head']['kernel'] + p['head']['bias']
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('classifier,rep', [('token', None), ('gap', None), ('map', None), ('token', 16)])
 def test_logits_equal_numpy_reference(classifier, rep):
   model = models.get_model('S/8', num_classes=7, classifier=classifier, representation_size=rep, **TINY)
@@ -165,6 +168,7 @@ def test_logits_equal_numpy_reference(classifier, rep):
   np.testing.assert_allclose(logits, expected, atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_scan_equals_loop_and_params_convert_both_ways():
   x = _images()
   looped = models.get_model('S/8', num_classes=5, **TINY)
@@ -211,6 +215,7 @@ def test_auto_attention_resolves_by_backend_and_dtype(monkeypatch, backend, dtyp
     assert attn._resolve_impl(need_weights, head_dim) == want  # pylint: disable=protected-access
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('policy,scan', [('full', False), ('dots', True), ('dots_no_batch', True)])
 def test_remat_keeps_values_and_gradients(policy, scan):
   x = _images()
@@ -225,6 +230,7 @@ def test_remat_keeps_values_and_gradients(policy, scan):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_attention_logits_gradient_is_the_einsums_and_stays_16_bit():
   kq, kk, kw = jax.random.split(jax.random.PRNGKey(0), 3)
   q, k = jax.random.normal(kq, (2, 5, 3, 8)), jax.random.normal(kk, (2, 7, 3, 8))
@@ -240,6 +246,7 @@ def test_attention_logits_gradient_is_the_einsums_and_stays_16_bit():
     np.testing.assert_allclose(a.astype(jnp.float32), b, rtol=0.05, atol=0.05 * float(jnp.max(jnp.abs(b))))
 
 
+@pytest.mark.slow
 def test_attention_weights_returned_on_request():
   x = _images()
   for scan in (False, True):
@@ -259,6 +266,7 @@ def test_attention_weights_returned_on_request():
     np.testing.assert_allclose(weights.sum(-1), 1., atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params_and_logits():
   x = _images()
   model = models.get_model('S/8', num_classes=5, dtype=jnp.bfloat16, **TINY)
@@ -271,6 +279,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   np.testing.assert_allclose(out, ref, atol=0.1 * float(jnp.abs(ref).max()))
 
 
+@pytest.mark.slow
 def test_dropout_and_drop_path():
   x = _images()
   cfg = dict(TINY, transformer=dict(TINY['transformer'], dropout_rate=0.1))
@@ -325,6 +334,7 @@ def test_head_is_zero_initialised_with_bias():
                                 np.full((2, 5), -10., np.float32))
 
 
+@pytest.mark.slow
 def test_hybrid_layout_and_forward():
   params = _abstract_params(models.get_model('R26+ViT-S_32'))
   assert {'conv_root', 'gn_root', 'block1', 'block4', 'embedding'} <= set(params)

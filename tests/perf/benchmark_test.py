@@ -31,6 +31,7 @@ def cli_result(tmp_path_factory):
     return json.load(f)
 
 
+@pytest.mark.slow
 def test_cli_writes_positive_consistent_numbers(cli_result):
   row, = cli_result['rows']
   for key in ('compile_s', 'train_step_ms', 'train_img_s', 'infer_ms', 'infer_img_s', 'fwd_GFLOP_xla',
@@ -84,6 +85,7 @@ def _logits(model, params, x):
   return jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))(params, x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('impl,pad', [('dot_product', 0), ('xla', 8), ('xla', 64), ('dot_product', 128)])
 def test_attention_paths_and_padding_compute_the_same_logits(small_params, impl, pad):
   x, params = small_params

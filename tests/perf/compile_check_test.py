@@ -109,6 +109,7 @@ def test_command_without_libtpu_names_the_extra():
                                         "'jax[tpu]==") and len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_command_user_errors_are_one_line():
   proc = _command('--config=configs/vit_b16_i21k.py', '--topology=v4-6')
   assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [

@@ -48,6 +48,7 @@ def test_cudnn_forward_has_one_fused_call_per_layer_and_no_backward():
   assert (c['dots_bf16_in'], c['dots_f32_in']) == (DENSE_PER_LAYER * LAYERS, 1)
 
 
+@pytest.mark.slow
 def test_auto_attention_picks_cudnn_on_a_gpu_for_bf16(monkeypatch):
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')  # what 'auto' asks; the devices stay CPUs
   assert (_counts('train', attention_impl='auto')['fmha_fwd'],
@@ -158,6 +159,7 @@ def _preset_program(name: str, platform: str):
   return config, text, lowering.summarize(text)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(len(jax.devices()) < 8, reason='needs 8 devices (tests/conftest.py fakes 8 CPUs)')
 @pytest.mark.parametrize('platform', ['cuda', 'tpu'])
 @pytest.mark.parametrize('name', sorted(PRESETS))

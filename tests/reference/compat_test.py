@@ -88,6 +88,7 @@ def test_mixer_and_lit_configs_are_one_line_errors():
 # ------------------------------------------------------------------------------------- 2. plain init params
 
 
+@pytest.mark.slow
 def test_init_gives_plain_arrays_and_init_with_axes_the_logical_names():
   model = models.get_model('testing', num_classes=3, scan=True)
   x = jnp.zeros((1, 32, 32, 3))
@@ -106,6 +107,7 @@ def test_init_gives_plain_arrays_and_init_with_axes_the_logical_names():
     np.testing.assert_array_equal(a, b)  # the same values: only the boxes differ
 
 
+@pytest.mark.slow
 def test_reference_writer_output_loads_as_the_params_it_wrote_and_fine_tunes(tmp_path):
   """The reference's writer of `model.init` params (flax.serialization.to_state_dict, '/'-joined names, np.savez)
   -> our `load` gives them back bitwise, and `load_pretrained` adapts them to 32 px and 2 classes, as its
@@ -165,6 +167,7 @@ def _published_hybrid_shapes():
   return shapes
 
 
+@pytest.mark.slow
 def test_save_npz_writes_the_published_hybrid_layout(tmp_path):
   model = models.get_model('testing', num_classes=3, patches={'size': (1, 1)},
                            resnet={'num_layers': (1, 1), 'width_factor': 0.5})

@@ -100,6 +100,7 @@ def test_colab_fine_tuning_cells(tmp_path):
   assert vit_apply_repl(params_repl, batch['image']).shape == (devices, 8 // devices, 2)
 
 
+@pytest.mark.slow
 def test_utils_schedule_and_gradient_accumulation():
   lr = utils.create_learning_rate_schedule(100, 0.1, 'linear', 10)
   np.testing.assert_allclose([lr(5), lr(10), lr(55), lr(100)], [0.05, 0.1, 1e-5 + (0.1 - 1e-5) / 2, 1e-5],
@@ -135,6 +136,7 @@ def test_get_augreg_df_reads_a_local_index(tmp_path):
   assert list(df.filename) == ['Ti_16-i21k-a']
 
 
+@pytest.mark.slow
 def test_model_fields_take_the_reference_arguments():
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 4))
   mlp = models.MlpBlock(mlp_dim=8, out_dim=3, param_dtype=jnp.bfloat16, kernel_init=nn.initializers.ones,
@@ -182,6 +184,7 @@ def test_module_aliases():
   assert models.get_model('testing', num_classes=3).num_classes == 3
 
 
+@pytest.mark.slow
 def test_inference_time(tmp_path):
   config = ml_collections.ConfigDict(dict(model_name='testing', batch=8, num_classes=3, image_size=32, steps=2,
                                           initial_steps=1))

@@ -95,6 +95,7 @@ def test_model_init_given_wins_over_pretrained_dir(tmp_path):
     (lambda c: c.model.update(dict(resnet=dict(num_layers=(1,), width_factor=2))),
      'only the number of units per stage can change here'),
 ])
+@pytest.mark.slow
 def test_what_cannot_be_mapped_is_one_line(tmp_path, edit, message):
   reference_testlib.testing_npz(tmp_path, 'testing-tiny')
   config = augreg_style_config.get_config('testing-tiny')
@@ -144,6 +145,7 @@ def test_augreg_style_file_through_main(tmp_path):
   assert written['model_init'] == f'{tmp_path}/testing-tiny.npz' and written['pretrained_dir'] is None
 
 
+@pytest.mark.slow
 def test_unmappable_config_exits_2_in_one_line(tmp_path):
   """A reference config naming a checkpoint that is not there: one line and exit 2 from main, no traceback."""
   cmd = [sys.executable, '-m', 'vit_jax.main', '--config=tests/reference/augreg_style_config.py:testing-tiny',

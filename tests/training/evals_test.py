@@ -60,6 +60,7 @@ def _predictions(model, params, dataset, pp, data_dir=None):
   return preds
 
 
+@pytest.mark.slow
 def test_several_evaluators_log_their_own_prefix_and_cadence(tmp_path, real_dir):
   workdir = str(tmp_path / 'run')
   config = lib.tiny_config(tfds_data_dir=real_dir, evals={

@@ -25,6 +25,7 @@ def reference(tmp_path_factory):
   return workdir, loop.train_and_evaluate(lib.tiny_config(profile_steps=2), workdir)
 
 
+@pytest.mark.slow
 def test_metrics_jsonl_has_the_documented_keys_and_monotone_steps(reference):
   workdir, final = reference
   records = lib.read_metrics(workdir)
@@ -50,6 +51,7 @@ def test_profile_steps_writes_a_trace(reference):
   assert any(f.endswith('.xplane.pb') for f in traces), traces
 
 
+@pytest.mark.slow
 def test_a_finished_run_restarted_only_evaluates(reference, tmp_path):
   workdir, final = reference
   again = loop.train_and_evaluate(lib.tiny_config(), workdir)
@@ -57,6 +59,7 @@ def test_a_finished_run_restarted_only_evaluates(reference, tmp_path):
   assert sorted(lib.train_losses(workdir)) == list(range(1, 13))
 
 
+@pytest.mark.slow
 def test_exact_resume_after_sigkill_at_two_points(tmp_path):
   """Killed from outside twice (each time once a new checkpoint is on disk), then run to the end: the losses are
   bit-identical to an uninterrupted run's."""
@@ -79,6 +82,7 @@ def test_exact_resume_after_sigkill_at_two_points(tmp_path):
   assert got == expected  # bit-identical on CPU
 
 
+@pytest.mark.slow
 def test_sigterm_saves_exits_zero_and_the_run_resumes(tmp_path):
   workdir = str(tmp_path / 'preempted')
   proc = subprocess.Popen(lib.main_command(workdir, {'total_steps': 100_000, 'checkpoint_every': 100_000}),
@@ -104,6 +108,7 @@ def test_sigterm_saves_exits_zero_and_the_run_resumes(tmp_path):
   assert max(lib.train_losses(workdir)) == saved + 2
 
 
+@pytest.mark.slow
 def test_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
   workdir = str(tmp_path / 'nan')
   cfg = lib.tiny_config(base_lr=1e30, checkpoint_every=1)
@@ -120,6 +125,7 @@ def test_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, 
   assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(params))
 
 
+@pytest.mark.slow
 def test_model_init_loads_a_published_npz(reference, tmp_path, capsys):
   ref_dir, _ = reference
   ckpt = checkpointing.Checkpointer(os.path.join(ref_dir, 'checkpoints'), save_every=1, read_only=True)
@@ -136,6 +142,7 @@ def test_model_init_loads_a_published_npz(reference, tmp_path, capsys):
   jax.tree.map(np.testing.assert_array_equal, tuned['params'], state['params'])
 
 
+@pytest.mark.slow
 def test_fewshot_during_training_equals_the_evaluator_on_the_saved_params(tmp_path):
   workdir = str(tmp_path)
   config = lib.tiny_config(fewshot__datasets=(('digits', 'train', 'test'),), fewshot__every=6,
@@ -161,6 +168,7 @@ def test_fewshot_entry_that_is_not_a_triple_is_one_line():
     config_checks.validate(config)
 
 
+@pytest.mark.slow
 def test_logged_loss_and_grad_norm_are_window_means(reference, tmp_path):
   ref_dir, _ = reference  # logs every step
   per_step = {r['step']: r for r in lib.read_metrics(ref_dir) if 'train/loss' in r}

@@ -20,6 +20,7 @@ def _tiny_step_flops_by_hand() -> int:
 
 @pytest.mark.parametrize('overrides', [{}, {'model__scan': True}, {'accum_steps': 2}],
                          ids=['unrolled', 'scan', 'accum2'])
+@pytest.mark.slow
 def test_logged_model_flops_are_the_closed_form_count(tmp_path, overrides):
   loop.train_and_evaluate(lib.tiny_config(total_steps=2, warmup_steps=1, checkpoint_every=100, **overrides), str(tmp_path))
   logged = {r['progress/model_flops_per_step'] for r in lib.read_metrics(str(tmp_path))

@@ -52,6 +52,7 @@ def _activation_updates(width, mup, seeds=(0, 1), steps=3, lr=1e-2):
   return np.mean(out, axis=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('mup', [True, False])
 def test_coordinate_check(mup):
   small, large = _activation_updates(BASE_WIDTH, mup), _activation_updates(4 * BASE_WIDTH, mup)

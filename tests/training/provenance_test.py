@@ -1,4 +1,5 @@
 """provenance.json: the git commit, package versions and devices of a run, beside config.json."""
+import pytest
 import importlib.metadata
 import json
 import os
@@ -12,6 +13,7 @@ from vit_jax.training import loop
 from vit_jax.training import provenance
 
 
+@pytest.mark.slow
 def test_a_run_records_commit_versions_and_devices(tmp_path):
   workdir = str(tmp_path / 'run')
   loop.train_and_evaluate(lib.tiny_config(total_steps=2, warmup_steps=1, checkpoint_every=100), workdir)

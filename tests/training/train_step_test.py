@@ -55,6 +55,7 @@ def _allclose(a, b, **kw):
   jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), **kw), a, b)
 
 
+@pytest.mark.slow
 def test_create_train_state():
   state = _state()
   assert int(state.step) == 0 and state.rng.dtype == jnp.uint32
@@ -66,6 +67,7 @@ def test_create_train_state():
                         jax.random.PRNGKey(0)).ema_params is None
 
 
+@pytest.mark.slow
 def test_accumulation_equals_full_batch_step():
   state, batch = _state(), _batch(16)
   s1, m1 = _step_fn()(state, batch)
@@ -78,6 +80,7 @@ def test_accumulation_equals_full_batch_step():
     jax.eval_shape(train_step.make_train_step(_model(), TX, accum_steps=3), state, batch)
 
 
+@pytest.mark.slow
 def test_randomness_is_a_function_of_seed_and_step():
   state, batch = _state(dropout=0.5), _batch(16)
   loss = lambda s: float(_step_fn(dropout=0.5)(s, batch)[1]['loss'])
@@ -86,6 +89,7 @@ def test_randomness_is_a_function_of_seed_and_step():
   assert loss(state) != loss(state.replace(rng=jax.random.PRNGKey(7)))
 
 
+@pytest.mark.slow
 def test_metrics_and_ema():
   state, batch = _state(), _batch(16)
   model = _model()
@@ -117,6 +121,7 @@ def test_nan_shows_in_metrics():
   assert not np.isfinite(metrics['loss']) and not np.isfinite(metrics['grad_norm'])
 
 
+@pytest.mark.slow
 def test_eval_step_counts_each_real_example_once():
   model, params = _model(), _state().params
   real = _batch(5, seed=3)
@@ -153,6 +158,7 @@ def _sharded_run(mesh_shape, rules, steps=3, activation_rules=False):
   return losses_, state
 
 
+@pytest.mark.slow
 def test_dp_and_fsdp_train_identically():
   dp_losses, dp_state = _sharded_run((('data', 8),), 'dp')
   fsdp_losses, fsdp_state = _sharded_run((('data', 2), ('fsdp', 4)), 'fsdp')
@@ -164,6 +170,7 @@ def test_dp_and_fsdp_train_identically():
   _allclose(jax.device_get(dp_state.ema_params), jax.device_get(fsdp_state.ema_params), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_activation_rules_in_the_step():
   """`mesh`/`rules` put the model's activation constraints in the step; numerics unchanged."""
   mesh_shape = (('data', 2), ('fsdp', 4))
@@ -187,6 +194,7 @@ def test_golden_first_steps():
   np.testing.assert_allclose(got[:2], GOLDEN_LOSSES, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_bf16_compute_keeps_float32_params_and_bf16_momentum():
   model = models.get_model('testing', num_classes=NUM_CLASSES, dtype=jnp.bfloat16)
   tx, schedule = optim.make_optimizer({**OPTIMIZER, 'optimizer': 'adam', 'mu_dtype': 'bfloat16'})

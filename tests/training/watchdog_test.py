@@ -1,4 +1,5 @@
 """The lost-process watchdog against a stand-in key-value store: who stops, when, and with which line."""
+import pytest
 import threading
 import time
 from typing import List, Optional
@@ -82,6 +83,7 @@ def test_the_coordinator_gone_stops_the_others_at_once():
     d.close()
 
 
+@pytest.mark.slow
 def test_finished_processes_and_a_published_failure():
   store = _Store()
   dogs, stopped = _watchdogs(store, 2, timeout_s=0.3)
