@@ -3,8 +3,9 @@
 Command:   python -m vit_jax.main --config=configs/default.py --workdir=/tmp/vit_default
 Hardware:  2 CPU cores (any laptop); no accelerator needed.
 Time:      about 2 minutes for the whole command on 2 idle CPU cores (1,000 steps of batch 128).
-Expected:  >= 97% test accuracy on the 297 held-out digits of the fixed stratified split; measured 98.32% (seed 0),
-           98.65% (seed 1), 98.99% (seed 2). The last line printed is 'Final test accuracy: ...'.
+Expected:  >= 97% test accuracy on the 297 held-out digits of the fixed stratified split; measured 97.31% (seed 0)
+           and 98.99% (seed 1) with mixup drawn on the devices (98.32% / 98.65% / 98.99% for seeds 0-2 when it
+           was drawn on the host). The last line printed is 'Final test accuracy: ...'.
 What it took: a plain ViT overfits 1,500 images at ~85%; the convolutional stem gives ~96-97%; mixup (0.2) and
            decoupled weight decay (0.05) over 1,000 steps lift it to ~98% with less variance across seeds.
 Sweep:     python -m vit_jax.sweep --config=configs/default.py --workdir=/tmp/vit_default_sweep   (get_sweep: 2 lr x
