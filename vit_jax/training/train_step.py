@@ -19,6 +19,7 @@ import optax
 from vit_jax import models
 from vit_jax.data import mixing
 from vit_jax.training import losses
+from vit_jax.training import objectives
 from vit_jax.training import sharding as sharding_lib
 
 Array = jax.Array
@@ -92,15 +93,17 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     accum_steps: int = 1, ema_decay: Optional[float] = None,
                     mesh: Optional[jax.sharding.Mesh] = None, rules: Any = None,
                     batch_ops: Optional[mixing.BatchOps] = None,
-                    ) -> Callable[[TrainState, Batch], Tuple[TrainState, Metrics]]:
-  """step(state, {'image': [B,H,W,3], 'label': [B,C] float}) -> (state, metrics); pure and jit-able.
+                    objective: Optional[objectives.Objective] = None,
+                    ) -> Callable[..., Tuple[TrainState, Metrics]]:
+  """step(state, {'image': [B,H,W,3], 'label': [B,C] float}, frozen=None) -> (state, metrics); pure, jit-able.
 
   With `batch_ops` the batch is uint8 images and integer labels (`pipeline.make_train_iterator(uint8=True)`),
   turned into float images and (smoothed, mixed) targets here, on the devices (`mixing.train_batch`).
 
-  The loss is the batch mean of `loss_fn` (per-example). With `accum_steps` > 1 the batch is split into that
-  many micro-batches scanned one after another and their gradients averaged: the same update as one step on the
-  whole batch (without dropout), with a fraction of the activation memory. `ema_decay`: EMA of the params,
+  The loss is `objective` (`vit_jax.training.objectives`; default: the batch mean of the per-example `loss_fn` of
+  the model's logits), handed `frozen` (e.g. a teacher's params, never differentiated) as it is. With
+  `accum_steps` > 1 the batch is split into that many micro-batches scanned one after another and their
+  gradients averaged: the same update as one step on the whole batch (without dropout), with a fraction of the activation memory. `ema_decay`: EMA of the params,
   e <- ema_decay * e + (1 - ema_decay) * params after each update (needs a state made with `ema=True`).
   `mesh`/`rules`: trace the model under `sharding.axis_rules`, so its activation constraints follow the rule
   table (None: no constraints, XLA's propagation decides).
@@ -111,13 +114,13 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   if accum_steps < 1:
     raise ValueError(f'accum_steps must be >= 1, got {accum_steps}.')
 
-  def loss_and_grad(params, images, labels, rng):
-    def mean_loss(p):
-      logits = model.apply({'params': p}, images, train=True, rngs={'dropout': rng})
-      return jnp.mean(loss_fn(logits, labels))
-    return jax.value_and_grad(mean_loss)(params)
+  if objective is None:
+    objective = objectives.classification(model, loss_fn)
 
-  def step(state: TrainState, batch: Batch) -> Tuple[TrainState, Metrics]:
+  def step(state: TrainState, batch: Batch, frozen: Optional[Any] = None) -> Tuple[TrainState, Metrics]:
+    def loss_and_grad(params, images, labels, rng):
+      return jax.value_and_grad(objective)(params, images, labels, rng, frozen)
+
     images, labels = batch['image'], batch['label']
     if images.shape[0] % accum_steps:
       raise ValueError(f'Batch size {images.shape[0]} is not divisible by accum_steps={accum_steps}; '
