@@ -6,7 +6,6 @@ Keys keep google-research/vision_transformer's names where it has them (`total_s
 The config is locked: a misspelt key is an error (with the nearest valid key), not a silent no-op.
 """
 import copy
-from typing import Any, Iterator, Tuple
 
 import ml_collections
 from ml_collections import config_dict
@@ -194,15 +193,6 @@ def with_dataset(config: ml_collections.ConfigDict, dataset: str) -> ml_collecti
   config.dataset = dataset
   config.update(DATASET_PRESETS[dataset])
   return config
-
-
-def flatten(config: Any, prefix: Tuple[str, ...] = ('config',)) -> Iterator[Tuple[str, Any]]:
-  """(dotted key, value) pairs of a nested config, e.g. for a sweep's table."""
-  for key, value in config.items():
-    if isinstance(value, (dict, ml_collections.ConfigDict)):
-      yield from flatten(value, prefix + (key,))
-    else:
-      yield '.'.join(prefix + (key,)), value
 
 
 # 90 epochs (ViT paper, table 3) of the ImageNet-21k release the paper used (fall11: 14,197,122 images) at batch 4096.
