@@ -158,25 +158,6 @@ def topology_devices(topology: Topology) -> Sequence[jax.Device]:
                             f'{str(e).splitlines()[0]}') from None
 
 
-def make_mesh(shape: Dict[str, int], devices: Sequence[jax.Device]) -> jax.sharding.Mesh:
-  """The config's mesh over `devices`, laid out on the torus as a run on that slice lays it out."""
-  from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
-  from vit_jax.training import sharding  # pylint: disable=g-import-not-at-top
-  mesh = sharding.make_mesh(shape, devices)  # validates the sizes; lays devices out in order
-  slices = {getattr(d, 'slice_index', 0) for d in devices}
-  try:
-    if len(slices) > 1:  # the data axis spans the slices (DCN), the rest stays inside one slice (ICI)
-      per_slice = list(mesh.devices.shape)
-      per_slice[0] //= len(slices)
-      dcn = [len(slices)] + [1] * (len(per_slice) - 1)
-      grid = mesh_utils.create_hybrid_device_mesh(per_slice, dcn, devices, allow_split_physical_axes=True)
-    else:
-      grid = mesh_utils.create_device_mesh(mesh.devices.shape, devices, allow_split_physical_axes=True)
-  except (ValueError, NotImplementedError, AssertionError):
-    return mesh
-  return jax.sharding.Mesh(grid, mesh.axis_names, axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names))
-
-
 def num_classes_of(config: Any, num_classes: Optional[int] = None) -> int:
   """The class count: `num_classes`, else config.pp.num_classes, else KNOWN_CLASSES of the dataset's last path part."""
   if num_classes:
@@ -290,7 +271,10 @@ def build_step(config: Any, devices: Sequence[jax.Device], image_size: int, num_
   """The loop's jitted, donated train step on a mesh of `devices` and its abstract arguments (uint8 images and
   integer labels, as the loop feeds it), with the model and the mesh."""
   from vit_jax.perf import lowering  # pylint: disable=g-import-not-at-top
-  mesh = make_mesh(dict(config.mesh), devices)
+  from vit_jax.training import sharding  # pylint: disable=g-import-not-at-top
+  # The loop's own mesh builder: on the topology's devices it lays each slice out on its torus and spans the
+  # slices with config.mesh.dcn (the data axis by default), as a run on that slice does.
+  mesh = sharding.make_mesh(dict(config.mesh), devices)
   program, model = lowering.config_step(config, num_classes, image_size, mesh)
   return program.step, program.args, model, mesh
 
