@@ -20,35 +20,8 @@ PIL, which decodes it or names it as corrupt; a JPEG without its end marker (tru
 so a truncated file is named whatever box was drawn. Damage below the box goes unseen: those pixels are
 not used.
 
-`pp` keys (all optional except where the pipeline says otherwise):
-  train, test        split strings, e.g. 'train[:99%]', 'test' (defaults 'train' / 'test').
-  crop               output side in pixels (default 224; the digits' native 8, synthetic's 224).
-  train_crop         'inception' (random resized crop, default), 'resize_crop' (resize to `resize`,
-                     then a random `crop` x `crop` window: vit_jax fine-tuning) or 'resize' (resize to
-                     crop; the digits' default).
-  area_range         inception crop: fraction of the image area kept, default (0.08, 1.0).
-  aspect_range       inception crop: width/height ratio range, default (3/4, 4/3).
-  resize             'resize_crop' train side, and the smaller side for eval 'resize_small_crop'
-                     (default: crop * 8 / 7, i.e. 256 for 224).
-  eval_crop          'resize_small_crop' (resize smaller side to `resize`, central crop; default) or
-                     'resize' (resize to crop x crop: vit_jax's eval; the digits' and synthetic default).
-  flip               random horizontal flip for training (default True; digits False).
-  randaug            RandAugment (num_layers, magnitude), e.g. (2, 15) (AugReg's 'medium'); default None = off.
-  randaug_variant    'tf' (default: big_vision's / TF's level mapping and 16 ops, Cutout included; magnitudes
-                     above 10 extrapolate) or 'increasing' (timm's rand-m*-inc1: every op stronger with the
-                     magnitude, clipped to 10). See the RandAugment section below.
-  mixup              mixup Beta(alpha, alpha) concentration; 0 (default) = off. Each example is mixed with the one
-                     half a batch away, independent of the process count. Done by the train step on the devices
-                     (vit_jax/data/mixing.py), as are cutmix, mix_prob, label_smoothing and value_range.
-  cutmix             cutmix Beta(alpha, alpha) concentration; 0 (default) = off. With both on, each batch
-                     uses one of the two, chosen with equal odds.
-  mix_prob           probability that a batch is mixed at all (default 1.0).
-  label_smoothing    one-hot: y * (1 - s) + s / num_classes; multi-hot: y * (1 - s) + s / 2 (default 0).
-  value_range        float pixel range (default (-1, 1)).
-  num_classes        synthetic only: number of classes (default 1000).
-  num_train, num_eval  synthetic only: split sizes (default 1,281,167 and 50,000, ImageNet's).
-  workers            grain worker processes for decoding (default 0 = threads in this process).
-  threads            grain reader threads per process (default: CPU count).
+The `pp` keys these ops read (crop, train_crop, resize, eval_crop, flip, randaug, ...) are documented once, in
+the config (`vit_jax/configs/common.py`, generated into docs/config.md); the RandAugment variants are explained at its section below.
 """
 import math
 from typing import Any, Callable
