@@ -159,7 +159,7 @@ def _child(kind: str, root: str, workers: int, num_images: int, call: str | None
 
 
 # Classes of the datasets the presets name: the label width the host builds (one-hot rows of this many floats).
-DATASET_CLASSES = {'imagenet21k': 21_843, 'imagenet2012': 1000, 'cifar10': 10, 'cifar100': 100,
+DATASET_CLASSES = {'imagenet21k': 21_843, 'imagenet2012': 1000, 'digits': 10, 'cifar10': 10, 'cifar100': 100,
                    'oxford_iiit_pet': 37, 'oxford_flowers102': 102}
 # Accelerator hosts a preset's train step must be fed on: (accelerators per host, ViT-B/16 train img/s per
 # accelerator at 224 px). The issue's targets (docs/performance.md, section 3); other models at the same MFU.
@@ -171,6 +171,20 @@ def load_config(spec: str) -> Any:
   from vit_jax.tools import sweep  # pylint: disable=g-import-not-at-top
   module, arg = sweep.load_module(spec)
   return module.get_config(arg) if arg else module.get_config()
+
+
+def documented_hardware(spec: str) -> str:
+  """The 'Hardware:' line of a preset's docstring (tests/docs_test.py holds every preset to one)."""
+  from vit_jax.tools import sweep  # pylint: disable=g-import-not-at-top
+  module, _ = sweep.load_module(spec)
+  lines = (module.__doc__ or '').splitlines()
+  return next((line.split(':', 1)[1].strip() for line in lines if line.startswith('Hardware:')), '')
+
+
+def preset_targets(spec: str, model_name: str, crop: int) -> dict[str, float]:
+  """`host_targets`, or none for a preset documented to run without an accelerator (the default: B/16's MFU
+  scaled to a 16-px model would ask for millions of images per second)."""
+  return {} if 'no accelerator' in documented_hardware(spec) else host_targets(model_name, crop)
 
 
 def host_targets(model_name: str, crop: int) -> dict[str, float]:
@@ -226,7 +240,7 @@ def preset_main(args: argparse.Namespace) -> list[dict[str, Any]]:
   c = load_config(args.config)
   classes = DATASET_CLASSES.get(c.dataset, c.pp.get('num_classes') or 1000)
   batch = args.batch or c.batch  # per host: one 8-GPU host runs the whole global batch
-  targets = host_targets(c.model_name, c.pp.crop)
+  targets = preset_targets(args.config, c.model_name, c.pp.crop)
   rows = []
   with tempfile.TemporaryDirectory() as tmp:
     root = os.path.join(tmp, 'folder')
@@ -247,6 +261,8 @@ def preset_main(args: argparse.Namespace) -> list[dict[str, Any]]:
   print(f'{args.config}: {c.model_name}, crop {pp.crop} ({pp.get("train_crop")}), flip {pp.get("flip")}, randaug '
         f'{pp.get("randaug")}, mixup {pp.get("mixup")}, cutmix {pp.get("cutmix")}, {classes} classes; '
         f'batch {batch} per host; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs')
+  print(f'documented hardware: {documented_hardware(args.config)}'
+        + ('' if targets else ' (no accelerator host to feed: no cores figure)'))
   cols = [('workers', 'workers'), ('img_s', 'img/s'), ('img_per_cpu_s', 'img per CPU-s')]
   for host in targets:
     cols += [(f'{host} img/s', f'{host} needs img/s'), (f'{host} cores', f'{host} cores')]

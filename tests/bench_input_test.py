@@ -43,6 +43,13 @@ def test_host_targets_scale_the_b16_rates_by_train_flops():
   assert l16 == pytest.approx(8 * 4100 * 35.13 / 123.11, rel=1e-3)  # same MFU: ~1,170 img/s per H100
 
 
+def test_preset_targets_are_the_hosts_for_accelerator_presets_and_none_for_the_cpu_default():
+  augreg = bench_input.preset_targets('configs/vit_b16_i1k_augreg.py', 'ViT-B_16', 224)
+  assert augreg == {'8x H100': 8 * 4100., 'TPU v4 host': 4 * 2000.}
+  assert bench_input.preset_targets('configs/default.py', 'R+ViT-Ti_16', 16) == {}
+  assert bench_input.documented_hardware('configs/finetune.py:imagenet2012').startswith('one TPU v3-8 or 8 GPUs')
+
+
 @pytest.mark.slow
 def test_preset_mode_runs_the_presets_pipeline_in_worker_processes(tmp_path, capsys):
   out = tmp_path / 'rows.json'

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from vit_jax import fewshot as fewshot_cli
+from vit_jax.data import pipeline
 from vit_jax.evaluation import fewshot
 from vit_jax.tools import inference
 import tiny_checkpoint
@@ -65,3 +66,46 @@ def test_evaluator_and_cli_on_digits(tmp_path, capsys):
                                           '--batch_size', '256']) == 0
   printed = dict(line.split() for line in capsys.readouterr().out.strip().split('\n'))
   assert float(printed['fewshot/digits/10shot']) == pytest.approx(metrics['fewshot/digits/10shot'], abs=1e-4)
+
+
+# Not (-1, 1): an evaluator that ignored pp.value_range on the devices would give other features.
+UINT8_PP = {'crop': 8, 'value_range': (0., 1.)}
+
+
+@pytest.fixture(scope='module')
+def uint8_features():
+  """The evaluator's features of digits' test split, and the dtypes and shapes of every batch it handed to the
+  devices: (model, params, (features, labels, num_classes), [{key: (dtype, shape)}, ...])."""
+  model, params = tiny_checkpoint.random_params(size=8, num_classes=10)
+  evaluator = fewshot.FewShotEvaluator(model, 'digits', UINT8_PP, batch_size=128)
+  seen, apply = [], evaluator._apply
+
+  def recorded(params, batch, *args):
+    seen.append({k: (v.dtype.name, v.shape) for k, v in batch.items()})
+    return apply(params, batch, *args)
+  evaluator._apply = recorded
+  return model, params, evaluator.features(params, 'test'), seen
+
+
+def test_evaluator_hands_the_devices_uint8_images_and_int32_labels(uint8_features):
+  *_, seen = uint8_features
+  assert len(seen) == 3  # 297 test digits in global batches of 128
+  assert all(s == {'image': ('uint8', (128, 8, 8, 3)), 'label': ('int32', (128,)), 'mask': ('float32', (128,)),
+                   'id': ('int32', (128,))} for s in seen), seen
+
+
+def test_features_from_uint8_batches_equal_the_host_float_path(uint8_features):
+  model, params, (feats, labels, num_classes), _ = uint8_features
+  features_model = model.clone(num_classes=0)
+  ref_feats, ref_labels, ids = [], [], []
+  for b in pipeline.make_eval_iterator('digits', UINT8_PP, global_batch=128, with_ids=True, uint8=False):
+    keep = b['mask'] > 0  # float images in pp.value_range and one-hot rows, made on the host
+    ref_feats.append(np.asarray(features_model.apply({'params': params}, b['image'], train=False))[keep])
+    ref_labels.append(np.argmax(b['label'], axis=-1)[keep])
+    ids.append(b['id'][keep])
+  order = np.argsort(np.concatenate(ids))
+  assert num_classes == 10 and feats.shape == (297, 32)
+  np.testing.assert_array_equal(labels, np.concatenate(ref_labels)[order])
+  # The two paths scale the pixels by the same formula, on the device and on the host: they may differ by an ulp
+  # of the inputs, which a one-layer model carries to the features as float32 rounding.
+  np.testing.assert_allclose(feats, np.concatenate(ref_feats)[order], rtol=1e-5, atol=1e-5)

@@ -359,6 +359,7 @@ def make_eval_iterator(dataset: str, pp: Mapping[str, Any] | None, *, global_bat
 
   uint8: uint8 images and integer labels, for the eval step to finish (`vit_jax.data.mixing.eval_batch`);
   False: float32 images in pp.value_range and float32 one-/multi-hot targets made on the host.
+  The iterator's `num_classes` is the dataset's label space.
   """
   p, n_proc = _process(process_index, process_count)
   local_b = _local_batch(global_batch, n_proc, 'global_batch')
@@ -380,6 +381,7 @@ def make_eval_iterator(dataset: str, pp: Mapping[str, Any] | None, *, global_bat
     ds = grain.MapDataset.range(num_batches * local_b).map(load)
     it = iter(ds.to_iter_dataset(_read_options(pp)).map(finish).batch(local_b).map(finish.batch))
   it.corrupt_images = corrupt
+  it.num_classes = k  # What the device finish needs (`mixing.BatchOps`): uint8 batches do not carry it.
   return it
 
 

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vit_jax.data import mixing
 from vit_jax.training import sharding
 
 
@@ -104,12 +105,13 @@ def evaluate_features(train: Tuple[np.ndarray, np.ndarray], test: Tuple[np.ndarr
 
 # ------------------------------------------------------------------------------------------------ features
 def _eval_batches(dataset: str, pp: Mapping[str, Any], split: str, batch_size: int,
-                  data_dir: Optional[str]) -> Iterator[Dict[str, np.ndarray]]:
-  """This process's share of `split`, eval-preprocessed, in padded batches with a `mask` and the example `id`."""
+                  data_dir: Optional[str]) -> Tuple[Iterator[Dict[str, np.ndarray]], int]:
+  """(this process's share of `split` in padded batches of uint8 images, integer labels, a `mask` and the example
+  `id`; the number of classes). The devices finish the batches (`mixing.eval_batch`), as in the eval step."""
   from vit_jax.data import pipeline as input_pipeline  # pylint: disable=g-import-not-at-top
-  for batch in input_pipeline.make_eval_iterator(dataset, {**pp, 'test': split}, global_batch=batch_size,
-                                                 data_dir=data_dir, with_ids=True):
-    yield {**batch, 'id': batch['id'].astype(np.int32)}
+  it = input_pipeline.make_eval_iterator(dataset, {**pp, 'test': split}, global_batch=batch_size,
+                                         data_dir=data_dir, with_ids=True, uint8=True)
+  return ({**batch, 'id': batch['id'].astype(np.int32)} for batch in it), it.num_classes
 
 
 class FewShotEvaluator:
@@ -120,6 +122,8 @@ class FewShotEvaluator:
   be the model's resolution. Training examples come from `train_split` (default `pp['train']`), test examples
   from `test_split` (default `pp['test']`), both with eval preprocessing. `mesh`: the batches are global arrays
   sharded over its data axes, as in the eval step (default: all devices along one axis); `batch_size` is global.
+  As in the eval step, only uint8 images and integer labels cross to the devices, which scale the pixels to
+  `pp['value_range']` (`mixing.eval_batch`).
   """
 
   def __init__(self, model, dataset: str, pp: Mapping[str, Any], *, train_split: Optional[str] = None,
@@ -136,22 +140,22 @@ class FewShotEvaluator:
                         name=dataset if name is None else name)
     self.mesh = sharding.make_mesh({'data': -1}) if mesh is None else mesh
 
-    def apply(params, batch):
+    def apply(params, batch, batch_ops: mixing.BatchOps):
+      batch = mixing.eval_batch(batch, batch_ops)  # uint8 -> pp.value_range, labels -> one-/multi-hot rows
       feats = self.features_model.apply({'params': params}, batch['image'], train=False)
       return feats, jnp.argmax(batch['label'], axis=-1), batch['mask'] > 0, batch['id']
     # Replicated outputs: XLA gathers every process's examples, so each process reads all of them.
-    self._apply = jax.jit(apply, out_shardings=sharding.replicated(self.mesh))
+    self._apply = jax.jit(apply, static_argnums=2, out_shardings=sharding.replicated(self.mesh))
 
   def features(self, params: Any, split: str) -> Tuple[np.ndarray, np.ndarray, int]:
     """(features, integer labels, number of classes) of every example of `split` in split order, on every
     process."""
     from vit_jax.data import pipeline as input_pipeline  # pylint: disable=g-import-not-at-top
+    batches, num_classes = _eval_batches(self.dataset, self.pp, split, self.batch_size, self.data_dir)
+    batch_ops = mixing.BatchOps.from_pp(self.pp, num_classes)
     outs = []
-    for batch in input_pipeline.prefetch_to_mesh(
-        _eval_batches(self.dataset, self.pp, split, self.batch_size, self.data_dir),
-        sharding.batch_sharding(self.mesh)):
-      outs.append([np.asarray(x.addressable_data(0)) for x in self._apply(params, batch)])
-      num_classes = batch['label'].shape[-1]
+    for batch in input_pipeline.prefetch_to_mesh(batches, sharding.batch_sharding(self.mesh)):
+      outs.append([np.asarray(x.addressable_data(0)) for x in self._apply(params, batch, batch_ops)])
     feats, labels, masks, ids = (np.concatenate(x) for x in zip(*outs))
     order = np.argsort(ids[masks])  # Each process read its own examples: back to the split's order.
     return feats[masks][order], labels[masks][order], num_classes
