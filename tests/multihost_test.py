@@ -1,10 +1,9 @@
 """Multi-host, proven locally: 2 processes x 4 CPU devices (gloo) train like 1 process x 8 devices.
 
 Also: process 0 killed mid-step or mid-save ends the other in bounded time with our line and status, and the
-relaunch resumes exactly; a SIGTERM sent to
-one process only makes both save the same step and exit 0 (JAX's preemption sync point);
-`config.model_init` loads into FSDP params that span both processes; few-shot metrics (raw and EMA) are those of
-one process.
+relaunch resumes exactly; a SIGTERM sent to one process only makes both save the same step and exit 0 (JAX's
+preemption sync point); `config.model_init` loads into FSDP params that span both processes; few-shot metrics (raw
+and EMA) are those of one process.
 """
 import json
 import os
