@@ -7,25 +7,36 @@ The watchdog here makes that bounded and readable:
   * every process bumps its own counter in the coordination service's key-value store every `interval` seconds;
   * process 0 (which hosts the service) notes when each counter last moved; one that has not moved for
     `heartbeat_timeout_s` is a lost process: process 0 publishes its index and stops;
-  * every other process reads that key and process 0's counter each interval: it stops on a published loss, on a
-    counter of process 0 that does not move, or at once when the service itself is gone (process 0 died).
+  * every other process reads that key and process 0's counter each interval, and stops on a published loss or on
+    a counter of process 0 that does not move;
+  * every other process also knocks at the service's TCP port each interval (a second thread, as a call into a
+    service that is gone can hang): a refused connection means nothing listens there any more, process 0 is gone,
+    and it stops at once. A slow but alive process 0 never refuses (its kernel accepts for it), and a service that
+    errs or hangs without refusing is lost only after `heartbeat_timeout_s` without an answer.
 
 Stopping is one line on stderr naming the lost process, then exit status `EXIT_PROCESS_LOST` without waiting for
 anything (an async checkpoint save in flight is abandoned: Orbax commits a step only once every process wrote its
 part, so the newest committed checkpoint stays the one a relaunch resumes from). JAX's own heartbeat timeout is set
 to twice ours, as the backstop for a watchdog thread that cannot run (a network gone rather than a process).
-When process 0 itself dies, JAX's client usually gets there first: the closed connection to the service makes it
-abort the process at once with its own line (its callback cannot be replaced from Python: jaxlib cannot pass the
-error status to a Python callable). The load on the service is O(processes) small requests per interval.
+
+When process 0 dies, JAX's client in every other process sees its long-polling error RPC fail at once and calls
+its missed-heartbeat callback, whose default logs "Terminating process because the JAX distributed service
+detected fatal errors" and aborts. That callback cannot be ours: jaxlib takes a Python callable for it, but calls it
+with an `absl::Status` that nanobind cannot convert, so it ends in `std::bad_cast` and an abort all the same. So
+the other processes make an abort wait instead (`_delay_aborts`): their SIGABRT handler is libc's `sleep`, which
+holds the aborting thread for 6 s (the signal's number), time for the port knock (within a second) to end the
+process with our line. An abort the watchdog does not explain still ends the process, 6 s later, as before.
+The load on the service is O(processes) small requests and connections per interval.
 """
+import ctypes
 import logging
 import os
+import signal
+import socket
 import sys
 import threading
 import time
 from typing import Callable, Dict, Optional
-
-import jax
 
 EXIT_PROCESS_LOST = 5
 
@@ -35,15 +46,49 @@ _KEY = 'vit_jax/watchdog'
 def start(*, coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
           process_id: Optional[int] = None, heartbeat_timeout_s: float, barrier_timeout_s: int) -> 'Watchdog':
   """`jax.distributed.initialize` (cluster auto-detection for what is None), then a started `Watchdog`."""
+  import jax  # pylint: disable=g-import-not-at-top  # Here: the watchdog itself runs (and is tested) without it.
   jax.distributed.initialize(
       coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id,
       initialization_timeout=int(barrier_timeout_s),
       heartbeat_timeout_seconds=int(max(2 * heartbeat_timeout_s, heartbeat_timeout_s + 10)))
   from jax._src import distributed  # pylint: disable=g-import-not-at-top  # The client is not public API.
   watchdog = Watchdog(distributed.global_state.client, jax.process_index(), jax.process_count(),
-                      heartbeat_timeout_s)
+                      heartbeat_timeout_s, coordinator=distributed.global_state.coordinator_address,
+                      delay_aborts=True)
   watchdog.start()
   return watchdog
+
+
+def _delay_aborts() -> Optional[Callable[[], None]]:
+  """Makes an abort of this process wait 6 s first; returns the undo, None where libc's `signal` is not reachable.
+
+  The handler is libc's `sleep`, called with the signal's number, 6: abort() runs it in the aborting thread and,
+  once it returns, ends the process by SIGABRT regardless. A Python handler could not do this: Python runs it later
+  in the main thread, and abort() does not wait for that.
+  """
+  try:
+    libc = ctypes.CDLL(None)
+    handler = ctypes.cast(libc.sleep, ctypes.c_void_p)
+    libc.signal.restype = ctypes.c_void_p
+    libc.signal.argtypes = (ctypes.c_int, ctypes.c_void_p)
+  except (OSError, AttributeError):
+    return None
+  previous = libc.signal(signal.SIGABRT, handler)
+  if previous == ctypes.c_void_p(-1).value:  # SIG_ERR
+    return None
+  return lambda: libc.signal(signal.SIGABRT, previous)
+
+
+def _refused(address: str, timeout_s: float) -> bool:
+  """Whether a TCP connection to `address` (host:port) is refused: nothing listens there (a timeout is not that)."""
+  host, port = address.rsplit(':', 1)
+  try:
+    socket.create_connection((host.strip('[]'), int(port)), timeout=timeout_s).close()
+  except ConnectionRefusedError:
+    return True
+  except OSError:  # A timeout, an unreachable network: not proof; the heartbeat decides.
+    return False
+  return False
 
 
 def _lost(message: str) -> None:
@@ -54,20 +99,35 @@ def _lost(message: str) -> None:
 class Watchdog:
   """Ends this process in bounded time once another process of the job is gone (see the module docstring)."""
 
-  def __init__(self, client, index: int, count: int, timeout_s: float, stop: Callable[[str], None] = _lost):
+  def __init__(self, client, index: int, count: int, timeout_s: float, stop: Callable[[str], None] = _lost,
+               coordinator: Optional[str] = None, delay_aborts: bool = False):
+    """`coordinator`: the service's host:port, knocked at by every process but 0; `delay_aborts`: see
+    `_delay_aborts` (for a process of its own: it sets a process-wide signal handler)."""
     self._client, self._index, self._count, self._timeout = client, index, count, timeout_s
+    self._coordinator, self._delay_aborts, self._undo_delay = coordinator, delay_aborts, None
     self._interval = min(1., timeout_s / 5)
     self._stop = stop
     self._done = threading.Event()
+    self._answered, self._error = time.monotonic(), ''  # When the service last answered a whole round; why not.
     self._thread = threading.Thread(target=self._run, name='vit_jax_watchdog', daemon=True)
+    self._knocker = threading.Thread(target=self._knock, name='vit_jax_watchdog_knock', daemon=True)
 
   def start(self) -> None:
     self._thread.start()
+    if self._index != 0:
+      self._knocker.start()
+      if self._delay_aborts:
+        self._undo_delay = _delay_aborts()
 
   def close(self) -> None:
     """Stops watching (the run ended here); marks this process finished so that no other one misses it."""
     self._done.set()
-    self._thread.join()
+    self._thread.join(self._timeout)  # A call into a service that is gone can hang: not forever.
+    if self._knocker.is_alive():
+      self._knocker.join()
+    if self._undo_delay is not None:
+      self._undo_delay()
+      self._undo_delay = None
     try:
       self._client.key_value_set(f'{_KEY}/finished/{self._index}', '1', allow_overwrite=True)
     except Exception:  # pylint: disable=broad-except  # The service is gone: nobody is left to miss us.
@@ -137,12 +197,11 @@ class Watchdog:
       except Exception as e:  # pylint: disable=broad-except
         if self._done.is_set():
           return None
-        if self._index != 0:  # The service runs in process 0: it is gone.
-          first = (str(e).splitlines() or [''])[0][:120]
-          return self._stop(self._message(self._who(0), f'its coordination service does not answer ({first})'))
+        # Not proof of a loss (a slow service, a network blip): the knock and the timeout decide (`_knock`).
+        self._error = (str(e).splitlines() or [''])[0][:120]
         logging.warning('Watchdog: %s', e)
         continue
-      now = time.monotonic()
+      now = self._answered = time.monotonic()
       for i, value in values.items():
         if value != last_value.get(i):
           last_value[i], last_change[i] = value, now
@@ -151,6 +210,19 @@ class Watchdog:
           if self._index == 0:
             self.publish_loss(why, index=i)
           return self._stop(self._message(self._who(i), why))
+    return None
+
+  def _knock(self) -> None:
+    """Every process but 0: stops at once when the service's port refuses a connection, or when the service has
+    not answered a round of `_run` for the timeout (a call that errs or hangs, a host that does not answer)."""
+    while not self._done.wait(self._interval):
+      if self._coordinator and _refused(self._coordinator, self._interval):
+        return self._stop(self._message(
+            self._who(0), f'its coordination service at {self._coordinator} refuses connections'))
+      silent = time.monotonic() - self._answered
+      if silent > self._timeout and not self._done.is_set():
+        why = f'its coordination service has not answered for {self._timeout:g} s'
+        return self._stop(self._message(self._who(0), why + (f' ({self._error})' if self._error else '')))
     return None
 
 
