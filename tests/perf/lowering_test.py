@@ -139,10 +139,12 @@ PRESETS = {
     'vit_b16_i21k': (16, 21843, True),        # TPU v3-256
     'vit_l16_i21k': (8, 21843, True),         # TPU v3-512, remat 'dots'
     'vit_h14_i21k': (4, 21843, True),         # TPU v3-1024, fsdp=8, remat 'dots', scan
-    'vit_b16_i1k_augreg': (128, 1000, True),  # TPU v3-32
-    'finetune': (64, 10, False),              # TPU v3-8 (cifar10)
+    'vit_b16_i1k_augreg': (128, 1000, True),  # TPU v3-32, 4 accumulation steps of 32 per device
+    'finetune': (64, 10, False),              # TPU v3-8 (cifar10), 8 accumulation steps of 8 per device
 }
 PRESET_LAYERS = 1
+# Accumulation steps the presets need to fit the named TPU (docs/compile_check.md); the others take the whole batch.
+ACCUM_STEPS = {'vit_b16_i1k_augreg': 4, 'finetune': 8}
 
 
 def test_every_accelerator_preset_has_a_lowering_row():
@@ -173,16 +175,21 @@ def test_preset_train_step_lowers_with_its_pins(name, platform):
   fsdp = 8 if mesh['fsdp'] == -1 else mesh['fsdp']
   assert f'sdy.mesh @mesh = <["data"={8 // fsdp}, "fsdp"={fsdp}, "tensor"=1]>' in text
   assert f'tensor<{8 * per_device}x{config.pp.crop}x{config.pp.crop}x3xf32>' in text
+  # Accumulation scans the batch's micro-batches (one more while loop) after mixing the whole batch.
+  accum = config.accum_steps
+  assert accum == ACCUM_STEPS.get(name, 1)
+  micro = f'tensor<{accum}x{8 * per_device // accum}x{config.pp.crop}x{config.pp.crop}x3xf32>'
+  assert (micro in text) == (accum > 1)
   # No host round trip (callback, infeed/outfeed) inside the step, and no custom call but cuDNN attention.
   assert (c['host_callbacks'], c['other_custom_calls'], c['fmha_fwd'], c['fmha_bwd']) == (0, 0, 0, 0)
   # Matmuls: every encoder Dense (q, k, v, out, MLP in/out; forward and both backward products) takes bf16;
   # float32 only in the head and pre-logits (forward, two backward each), which the model keeps in float32.
   f32_dots = 3 * (2 if representation else 1)
   assert c['dots_f32_in'] == f32_dots and c['dots_by_type']['f32xf32->f32'] == f32_dots
-  # The scanned forward and backward; and mixup/cutmix's Beta draws in the step (jax's Beta is two gamma draws,
-  # each lowered with two rejection loops: four per Beta).
+  # The scanned forward and backward (inside the accumulation loop, which adds one); and mixup/cutmix's Beta draws
+  # in the step (jax's Beta is two gamma draws, each lowered with two rejection loops: four per Beta).
   mix_loops = 4 * (bool(config.pp.mixup) + bool(config.pp.cutmix))
-  assert c['while_loops'] == (2 if config.model.scan else 0) + mix_loops
+  assert c['while_loops'] == (2 if config.model.scan else 0) + (accum > 1) + mix_loops
   if platform == 'cuda':
     # 'auto' picked cuDNN: one fused forward and one backward per layer (wrapped for XLA's SPMD partitioner under
     # a mesh); remat recomputes the forward, which is not a dot that the 'dots' policy saves.

@@ -204,7 +204,8 @@ def test_the_loop_hands_the_steps_uint8_images_and_int32_labels_with_mixing_on(t
   monkeypatch.setattr(train_step, 'make_eval_step', spy(train_step.make_eval_step, 'eval'))
   cfg = lib.apply(lib.load_config('vit_b16_i1k_augreg'), {
       **lib.TINY, 'dataset': 'digits', 'pp.train': 'train', 'pp.test': 'test', 'pp.cutmix': 1.0,
-      'model.representation_size': None, 'model.dtype': 'float32', 'total_steps': 2, 'warmup_steps': 1})
+      'model.representation_size': None, 'model.dtype': 'float32', 'total_steps': 2, 'warmup_steps': 1,
+      'accum_steps': 2})  # the preset accumulates 4 micro-batches; 2 images per device split in 2 here
   assert cfg.pp.mixup == 0.5 and cfg.pp.randaug == (2, 15)
   with cfg.unlocked():
     cfg.evals = ml_collections.ConfigDict({'minival': {'split': 'train[99%:]'}})

@@ -49,7 +49,8 @@ def test_the_loop_hands_every_presets_steps_uint8_images_and_int32_labels(name, 
   monkeypatch.setattr(loop, '_train', train_stand_in)
   cfg = lib.apply(lib.load_config(name, arg), {
       **lib.TINY, 'dataset': 'digits', 'pp.train': 'train', 'pp.test': 'test', 'model_init': None,
-      'model.representation_size': None, 'batch_eval': 160})
+      'model.representation_size': None, 'batch_eval': 160,
+      'accum_steps': 1})  # the presets' accumulation (4, 8) does not divide the tiny batch's 2 images per device
   pp = cfg.pp.to_dict()
   with cfg.unlocked():
     cfg.evals = ml_collections.ConfigDict({'minival': {'split': 'train[99%:]'}})  # the second evaluator's path
