@@ -64,7 +64,7 @@ print(config.model_name, config.total_steps, config.pp.crop)
   out = subprocess.run([sys.executable, '-c', probe], cwd=tmp_path, env=_env(target), capture_output=True, text=True,
                        timeout=120)
   assert out.returncode == 0, out.stderr
-  assert out.stdout.split() == ['R+ViT-Ti_16', '1000', '16']
+  assert out.stdout.split() == ['R+ViT-Ti_16', '1500', '16']
 
   # The console script wraps absl's app.run: with no flags it names what is missing, in one line, exit status 2.
   train = subprocess.run([str(target / 'bin' / 'vit-jax-train')], cwd=tmp_path, env=_env(target),
