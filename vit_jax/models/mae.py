@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from vit_jax.models import vit
 
 Array = jax.Array
+_logical = nn.with_logical_partitioning  # logical axis names on each weight, as vit.py's (the sharding rules read them)
 
 
 def num_visible(num_patches: int, mask_ratio: float) -> int:
@@ -54,9 +55,9 @@ class Decoder(vit.Module):
   def __call__(self, tokens: Array, keep: Array, grid: Tuple[int, int], *, train: bool) -> Array:
     d, n = self.hidden_size, grid[0] * grid[1]
     x = nn.Dense(d, dtype=self.dtype, name='embed',
-                 kernel_init=vit._logical(nn.initializers.xavier_uniform(), ('embed', None)),  # pylint: disable=protected-access
-                 bias_init=vit._logical(nn.initializers.zeros, (None,)))(tokens)  # pylint: disable=protected-access
-    mask_token = self.param('mask_token', vit._logical(nn.initializers.normal(0.02), (None, None, None)),  # pylint: disable=protected-access
+                 kernel_init=_logical(nn.initializers.xavier_uniform(), ('embed', None)),
+                 bias_init=_logical(nn.initializers.zeros, (None,)))(tokens)
+    mask_token = self.param('mask_token', _logical(nn.initializers.normal(0.02), (None, None, None)),
                             (1, 1, d))
     prefix, visible = x[:, :self.num_prefix_tokens], x[:, self.num_prefix_tokens:]
     full = jnp.broadcast_to(mask_token.astype(x.dtype), (x.shape[0], n, d))
@@ -66,8 +67,8 @@ class Decoder(vit.Module):
                     posemb='sincos2d', grid=grid, num_prefix_tokens=self.num_prefix_tokens,
                     name='Transformer')(x, train=train)
     x = nn.Dense(self.patch * self.patch * 3, dtype=jnp.float32, name='pred',
-                 kernel_init=vit._logical(nn.initializers.xavier_uniform(), (None, None)),  # pylint: disable=protected-access
-                 bias_init=vit._logical(nn.initializers.zeros, (None,)))(x)  # pylint: disable=protected-access
+                 kernel_init=_logical(nn.initializers.xavier_uniform(), (None, None)),
+                 bias_init=_logical(nn.initializers.zeros, (None,)))(x)
     return x[:, self.num_prefix_tokens:]
 
 
