@@ -6,9 +6,9 @@ Command:   python -m vit_jax.main --config=configs/mae_digits.py:pretrain --work
            comparison with the same model at random init, and prints the figures).
 Hardware:  2 CPU cores; no accelerator needed.
 Time:      a few minutes per stage on 2 idle CPU cores (800 steps of batch 128 each).
-Expected:  pretraining reports the masked-patch reconstruction loss (val/loss) and 10-shot linear accuracy of its
-           features (fewshot/...), well above the random-init encoder's; fine-tuning reports top-1 on the 297 test
-           digits (docs/mae.md gives the measured figures and the command that printed them).
+Expected:  measured (seed 0, scripts/mae_digits.py --scratch): pretraining val/loss 0.33; 10-shot linear accuracy of
+           the features 81.9% (random init 51.4%), kNN 93.9% (74.1%); fine-tuned top-1 94.3% on the 297 test digits
+           (the same plain ViT and recipe from random init: 90.2%; the default preset's hybrid: >= 97%).
 Recipe:    this repository's own (no paper behind it): 800 steps of AdamW (betas (0.9, 0.95) for pretraining,
            as the paper's), lr 2e-3 pretraining / 1e-3 fine-tuning with layer decay 0.75, mixup 0.2 and drop path 0.1
            when fine-tuning (the default preset's augmentation).

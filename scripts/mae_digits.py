@@ -20,6 +20,7 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from vit_jax.evaluation import fewshot  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vit_jax.models import build  # pylint: disable=g-import-not-at-top,wrong-import-position
+from vit_jax.tools import inference  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vit_jax.training import config_checks  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vit_jax.training import loop  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -34,11 +35,13 @@ def _config(stage: str, steps: int = 0) -> Any:
   return c
 
 
-def random_init_fewshot(config: Any) -> Dict[str, float]:
-  """Few-shot and kNN accuracy of the pretraining model's features at its random init (seed `config.seed`)."""
+def fewshot_of(config: Any, params: Any = None) -> Dict[str, float]:
+  """Few-shot and kNN accuracy of the pretraining model's features with `params` (None: its random init, seed
+  `config.seed`), by the evaluator the loop runs."""
   model = build.build_model(config.model_name, config.model, 10)
-  size = config.pp.crop
-  params = model.init(jax.random.PRNGKey(config.seed), jax.numpy.zeros((1, size, size, 3)), train=False)['params']
+  if params is None:
+    size = config.pp.crop
+    params = model.init(jax.random.PRNGKey(config.seed), jax.numpy.zeros((1, size, size, 3)), train=False)['params']
   f = config.fewshot
   (dataset, train, test), = config_checks.fewshot_datasets(config)
   evaluator = fewshot.FewShotEvaluator(model, dataset, config_checks.fewshot_pp(config), train_split=train,
@@ -55,13 +58,14 @@ def main(argv: Sequence[str]) -> int:
   args = parser.parse_args(argv)
   pretrain_dir = os.path.join(args.workdir, 'pretrain')
   pre = loop.train_and_evaluate(_config('pretrain', args.steps), pretrain_dir)
-  rand = random_init_fewshot(_config('pretrain', args.steps))
+  mae_features = fewshot_of(_config('pretrain', args.steps), inference.load_params(pretrain_dir))  # decoder dropped
+  rand = fewshot_of(_config('pretrain', args.steps))
   finetune = _config('finetune', args.steps)
   finetune.model_init = pretrain_dir
   tuned = loop.train_and_evaluate(finetune, os.path.join(args.workdir, 'finetune'))
   print(f'MAE pretraining: reconstruction loss (val/loss) {pre["val/loss"]:.4f}')
-  for key in sorted(k for k in pre if k.startswith(('fewshot/', 'knn/'))):
-    print(f'{key}: MAE features {pre[key]:.4f}, random init {rand[key]:.4f}')
+  for key in sorted(rand):
+    print(f'{key}: MAE features {mae_features[key]:.4f}, random init {rand[key]:.4f}')
   print(f'fine-tuned from MAE: top-1 {tuned["val/top1"]:.4f}')
   if args.scratch:
     scratch = loop.train_and_evaluate(_config('finetune', args.steps), os.path.join(args.workdir, 'scratch'))
