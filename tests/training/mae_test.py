@@ -22,17 +22,24 @@ from vit_jax.training import mae
 P, IMG = 4, 16  # a 4x4 grid of patches
 
 
-def _tiny_mae(mask_ratio=0.75):
+@pytest.fixture(scope='module')
+def tiny():
+  """(model, params, images): a 2-block MAE on 16x16 images, params perturbed so that no term hides behind an init
+  zero (biases, LayerNorm, mask token)."""
   encoder = vit.VisionTransformer(num_classes=0, patches={'size': (P, P)}, hidden_size=16, classifier='token_unpooled',
                                   transformer={'num_layers': 2, 'num_heads': 2, 'mlp_dim': 24})
-  model = mae_model.MaskedAutoencoder(encoder=encoder, mask_ratio=mask_ratio, decoder_num_layers=1,
+  model = mae_model.MaskedAutoencoder(encoder=encoder, mask_ratio=0.75, decoder_num_layers=1,
                                       decoder_hidden_size=8, decoder_num_heads=2)
-  images = jax.random.uniform(jax.random.PRNGKey(1), (3, IMG, IMG, 3), minval=-1, maxval=1)
-  params = model.init({'params': jax.random.PRNGKey(0)}, images, train=False)['params']
-  # Non-zero biases, LayerNorm and mask token everywhere, so a mis-wired term cannot hide behind an init zero.
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
-  params = jax.tree.unflatten(tree, [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+
+  @jax.jit
+  def make():
+    images = jax.random.uniform(jax.random.PRNGKey(1), (3, IMG, IMG, 3), minval=-1, maxval=1)
+    params = model.init({'params': jax.random.PRNGKey(0)}, images, train=False)['params']
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
+    return jax.tree.unflatten(tree, [x + 0.1 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]), images
+
+  params, images = make()
   return model, jax.tree.map(np.asarray, params), np.asarray(images, np.float64)
 
 
@@ -112,19 +119,20 @@ def _np_mae_loss(params, img, keep, norm_pix):
 
 
 @pytest.mark.parametrize('norm_pix', [True, False])
-def test_mae_loss_matches_numpy(norm_pix):
-  model, params, images = _tiny_mae()
+def test_mae_loss_matches_numpy(tiny, norm_pix):
+  model, params, images = tiny
   rng = jax.random.PRNGKey(7)
-  loss = mae.objective(model, norm_pix)(params, jnp.asarray(images, jnp.float32), None, rng)
-  keep, _ = mae_model.random_masks(jax.random.split(rng)[0], 3, 16, 0.75)  # the objective's mask key
+  loss = jax.jit(mae.objective(model, norm_pix))(params, jnp.asarray(images, jnp.float32), None, rng)
+  keep, _ = jax.jit(mae_model.random_masks, static_argnums=(1, 2, 3))(jax.random.split(rng)[0], 3, 16, 0.75)
   want = np.mean([_np_mae_loss(params, images[i], np.asarray(keep[i]), norm_pix) for i in range(3)])
   assert abs(float(loss) - want) < 1e-5, (float(loss), want)
 
 
-def test_visible_token_encoder_equals_full_encoder_with_masked_keys():
-  model, params, images = _tiny_mae()
+def test_visible_token_encoder_equals_full_encoder_with_masked_keys(tiny):
+  model, params, images = tiny
   keep, masked = mae_model.random_masks(jax.random.PRNGKey(3), 3, 16, 0.75)
-  got = model.encoder.apply({'params': params}, jnp.asarray(images, jnp.float32), train=False, keep=keep)
+  encode = jax.jit(lambda p, x, k: model.encoder.apply({'params': p}, x, train=False, keep=k))
+  got = encode(params, jnp.asarray(images, jnp.float32), keep)
   for i in range(3):
     key_mask = np.concatenate([[True], ~np.asarray(masked[i])])  # the class token and the visible patches
     full = _np_encoder(params, _np_tokens(params, images[i]), key_mask)
