@@ -50,6 +50,7 @@ class Decoder(vit.Module):
   patch: int
   num_prefix_tokens: int
   dtype: Any = jnp.float32
+  attention_impl: str = 'xla'  # the encoder's (vit.ATTENTION_IMPLS)
 
   @nn.compact
   def __call__(self, tokens: Array, keep: Array, grid: Tuple[int, int], *, train: bool) -> Array:
@@ -64,6 +65,7 @@ class Decoder(vit.Module):
     full = jax.vmap(lambda f, i, v: f.at[i].set(v))(full, keep, visible)
     x = jnp.concatenate([prefix, full], axis=1)
     x = vit.Encoder(num_layers=self.num_layers, mlp_dim=4 * d, num_heads=self.num_heads, dtype=self.dtype,
+                    attention_impl=self.attention_impl,
                     posemb='sincos2d', grid=grid, num_prefix_tokens=self.num_prefix_tokens,
                     name='Transformer')(x, train=train)
     x = nn.Dense(self.patch * self.patch * 3, dtype=jnp.float32, name='pred',
@@ -96,7 +98,7 @@ class MaskedAutoencoder(vit.Module):
     self.decoder = Decoder(num_layers=self.decoder_num_layers, hidden_size=self.decoder_hidden_size,
                            num_heads=self.decoder_num_heads, patch=self.patch,
                            num_prefix_tokens=int(self.encoder.classifier == 'token_unpooled'),
-                           dtype=self.encoder.dtype)
+                           dtype=self.encoder.dtype, attention_impl=self.encoder.attention_impl)
 
   @property
   def patch(self) -> int:
