@@ -69,8 +69,27 @@ RECIPES = {
         dropout=0., attention_dropout=0., stochastic_depth=0., randaug=None, mixup=0., label_smoothing=0.,
         representation_size=None, crop=384, optimizer='sgd', momentum=0.9, grad_norm_clip=1.0,
         loss='softmax_xent'),
+    # MAE (He et al. 2022) appendix A.1, ViT-B and ViT-L alike: batch 4096, 1600 epochs of the 1,281,167 ImageNet-1k
+    # training images, 40 warmup epochs, cosine, AdamW betas (0.9, 0.95), weight decay 0.05, lr 1.5e-4 * 4096/256,
+    # RandomResizedCrop + flip only, no dropout, no clipping.
+    **{name: dict(base_lr=1.5e-4 * 4096 / 256, weight_decay=0.05, batch=4096,
+                  total_steps=round(1600 * 1_281_167 / 4096), warmup_steps=round(40 * 1_281_167 / 4096),
+                  decay_type='cosine', dropout=0., stochastic_depth=0.,
+                  randaug=None, mixup=0., label_smoothing=0., crop=224, optimizer='adamw', b1=0.9, b2=0.95,
+                  grad_norm_clip=0.) for name in ('mae_vit_b16_i1k', 'mae_vit_l16_i1k')},
+    # MAE appendix A.2 (table 9) with the MAE repository's FINETUNE.md per-model values: batch 1024, 5 warmup
+    # epochs, cosine, AdamW (0.9, 0.999), wd 0.05, RandAugment m9 (2 ops, timm's increasing), mixup 0.8, label
+    # smoothing 0.1; B: 100 epochs, base lr 5e-4, drop path 0.1; L: 50 epochs, base lr 1e-3, drop path 0.2.
+    'mae_finetune_i1k': dict(
+        base_lr=5e-4 * 1024 / 256, weight_decay=0.05, batch=1024, total_steps=round(100 * 1_281_167 / 1024),
+        warmup_steps=round(5 * 1_281_167 / 1024), decay_type='cosine', dropout=0., stochastic_depth=0.1,
+        randaug=(2, 9), randaug_variant='increasing', mixup=0.8, label_smoothing=0.1, crop=224, optimizer='adamw',
+        b1=0.9, b2=0.999, grad_norm_clip=0.),
+    'mae_finetune_i1k:l16': dict(
+        base_lr=1e-3 * 1024 / 256, total_steps=round(50 * 1_281_167 / 1024), stochastic_depth=0.2),
 }
-# 'default' (digits) is this repository's own recipe, with no paper behind it: its docstring gives its numbers.
+# 'default' and 'mae_digits' (digits) are this repository's own recipes, with no paper behind them: their
+# docstrings give their numbers.
 
 
 def _recipe(config, keys):
@@ -94,7 +113,8 @@ def _recipe(config, keys):
 
 
 def test_every_preset_but_default_has_a_recipe_row():
-  assert set(RECIPES) == {p for p in PRESETS if p not in ('default', 'finetune')} | {'finetune:cifar10'}
+  assert set(RECIPES) == ({p for p in PRESETS if p not in ('default', 'finetune', 'mae_digits')}
+                          | {'finetune:cifar10', 'mae_finetune_i1k:l16'})
 
 
 @pytest.mark.parametrize('key', sorted(RECIPES))
@@ -126,6 +146,8 @@ def _shrink(config):
     overrides['model.patch_size'] = 1
   if config.model.representation_size:
     overrides['model.representation_size'] = 8
+  if config.objective == 'mae':  # the paper's 8 x 512 decoder shrunk like the encoder
+    overrides.update({'model.decoder_num_layers': 1, 'model.decoder_hidden_size': 16, 'model.decoder_num_heads': 2})
   if config.optim.optimizer != 'sgd':  # Adam's lr 1e-3 barely moves a 16-wide model in 24 steps; SGD keeps 0.03.
     overrides['base_lr'] = 1e-2
   for name in config.evals:  # the preset's extra evaluators, on the same digits test split as val/
@@ -149,6 +171,9 @@ def test_preset_tiny_run_starts_at_the_known_loss_and_learns(name, arg, tmp_path
   assert metrics['step'] == 24
   losses = lib.train_losses(workdir)
   assert sorted(losses) == list(range(1, 25))
+  if config.objective == 'mae':  # no labels and no head: the held-out reconstruction loss falls below the first
+    assert metrics['val/loss'] < losses[1] and 'val/top1' not in metrics, (metrics, losses[1])
+    return
   # A zero head gives every class logit its bias b (0 for softmax): the first loss is log 10 for softmax, and
   # softplus(-b) + 9 softplus(b) for the summed sigmoid loss, whatever mixup did to the (sum-1) targets.
   b = config.model.head_bias_init

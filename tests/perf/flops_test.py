@@ -85,3 +85,18 @@ def test_peak_is_per_jax_device_and_matched_exactly(kind, peak):
 @pytest.mark.parametrize('kind', ['NVIDIA H100', 'NVIDIA H100 PCIe (MIG 3g.40gb)', 'TPU v4 lite', 'cpu'])
 def test_unknown_devices_get_no_peak_rather_than_a_neighbours(kind):
   assert metric_logging.peak_flops(kind) is None
+
+
+def test_mae_counts_the_encoder_on_visible_tokens_plus_the_decoder():
+  from vit_jax.models import mae  # pylint: disable=g-import-not-at-top
+  cfg = registry.get_config('Ti/4')
+  cfg['transformer']['num_layers'] = 2
+  model = mae.MaskedAutoencoder(encoder=vit.VisionTransformer(num_classes=0, **{**cfg, 'classifier': 'token_unpooled'}),
+                                decoder_num_layers=1, decoder_hidden_size=128, decoder_num_heads=4)
+  x = jnp.zeros((2, RES, RES, 3), jnp.float32)
+  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False)['params'])
+  cost = jax.jit(lambda p, x: model.apply({'params': p}, x, train=True)).lower(params, x).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  analytic = flops.mae_forward_flops(model, RES)
+  assert analytic < 0.6 * flops.model_forward_flops(model.encoder, RES)  # 16 of 64 patches: far less than all
+  assert 1.0 < cost['flops'] / 2 / analytic < 1.03

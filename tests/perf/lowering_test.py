@@ -141,7 +141,10 @@ PRESETS = {
     'vit_h14_i21k': (4, 21843, True),         # TPU v3-1024, fsdp=8, remat 'dots', scan
     'vit_b16_i1k_augreg': (128, 1000, True),  # TPU v3-32, 4 accumulation steps of 32 per device
     'finetune': (64, 10, False),              # TPU v3-8 (cifar10), 8 accumulation steps of 8 per device
+    'mae_finetune_i1k': (16, 1000, False),    # TPU v3-64
 }
+# MAE pretraining presets: name -> per-device batch (4096 over a TPU v3-128).
+MAE_PRESETS = {'mae_vit_b16_i1k': 32, 'mae_vit_l16_i1k': 32}
 PRESET_LAYERS = 1
 # Accumulation steps the presets need to fit the named TPU (docs/compile_check.md); the others take the whole batch.
 ACCUM_STEPS = {'vit_b16_i1k_augreg': 4, 'finetune': 8}
@@ -150,7 +153,8 @@ ACCUM_STEPS = {'vit_b16_i1k_augreg': 4, 'finetune': 8}
 def test_every_accelerator_preset_has_a_lowering_row():
   import glob  # pylint: disable=g-import-not-at-top
   presets = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, 'configs', '*.py'))}
-  assert set(PRESETS) == presets - {'__init__', 'default'}  # default: float32 on CPU, nothing to pin
+  # default, mae_digits: float32 on CPU, nothing to pin
+  assert set(PRESETS) | set(MAE_PRESETS) == presets - {'__init__', 'default', 'mae_digits'}
 
 
 def _preset_program(name: str, platform: str):
@@ -203,6 +207,22 @@ def test_preset_train_step_lowers_with_its_pins(name, platform):
     assert c['spmd_partitioned_calls'] == 0
     assert c['dots_bf16_in'] == 3 * (DENSE_PER_LAYER + 2) * layers + (layers if remat else 0)
     assert c['dots_by_type']['bf16xbf16->f32'] == (2 if remat else 1) * layers
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(len(jax.devices()) < 8, reason='needs 8 devices (tests/conftest.py fakes 8 CPUs)')
+@pytest.mark.parametrize('platform', ['cuda', 'tpu'])
+@pytest.mark.parametrize('name', sorted(MAE_PRESETS))
+def test_mae_preset_train_step_lowers_with_fused_attention_in_encoder_and_decoder(name, platform):
+  per_device = MAE_PRESETS[name]
+  config = lib.apply(lib.load_config(name), {'model.num_layers': PRESET_LAYERS, 'batch': 8 * per_device})
+  c = lowering.summarize(lowering.lower_config(config, 1000, platform))
+  assert (c['host_callbacks'], c['other_custom_calls'], c['fmha_fwd'], c['fmha_bwd']) == (0, 0, 0, 0)
+  if platform == 'cuda':  # cuDNN in the encoder's and the decoder's blocks alike, forward and backward
+    layers = PRESET_LAYERS + config.model.decoder_num_layers
+    assert (c['spmd_fmha_fwd'], c['spmd_fmha_bwd']) == (layers, layers)
+  else:
+    assert c['spmd_partitioned_calls'] == 0
 
 
 @pytest.mark.skipif(jax.default_backend() == 'cpu' or len(jax.devices()) < 2,

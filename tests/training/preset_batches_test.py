@@ -16,7 +16,8 @@ import loop_testlib as lib
 from vit_jax.training import loop
 
 PRESETS = [('default', None), ('vit_s16_i21k', None), ('vit_b16_i21k', None), ('vit_l16_i21k', None),
-           ('vit_h14_i21k', None), ('vit_b16_i1k_augreg', None), ('finetune', 'imagenet2012')]
+           ('vit_h14_i21k', None), ('vit_b16_i1k_augreg', None), ('finetune', 'imagenet2012'),
+           ('mae_vit_b16_i1k', None), ('mae_vit_l16_i1k', None), ('mae_finetune_i1k', 'b16'), ('mae_digits', 'pretrain')]
 
 
 def test_the_list_names_every_preset():

@@ -85,6 +85,12 @@ def get_config() -> ml_collections.ConfigDict:
       projection_dim=_ph(int),     # bias-free linear map of the pooled features before the head (CLIP)
       pixel_mean=_ph(tuple),       # (r, g, b): the model re-normalises its [-1, 1] input to (x01 - mean) / std
       pixel_std=_ph(tuple),        # (r, g, b), with pixel_mean (ImageNet, OpenAI CLIP statistics)
+      # MAE pretraining (config.objective='mae', docs/mae.md); a plain ViT's encoder, this decoder.
+      mask_ratio=0.75,             # fraction of each image's patches masked (the encoder sees the rest); in (0, 1)
+      decoder_num_layers=8,        # MAE decoder blocks
+      decoder_hidden_size=512,     # MAE decoder width (its MLP is 4x); fixed sin-cos position embeddings
+      decoder_num_heads=16,        # MAE decoder attention heads
+      norm_pix_loss=True,          # MAE: normalise each target patch by its own mean and variance
   ))
   c.model_init = _ph(str)          # checkpoint to fine-tune from: .npz, workdir, timm/HF file or folder (docs/timm_hf.md)
   c.model_init_arch = _ph(str)     # timm architecture of a bare timm state dict in model_init
@@ -114,6 +120,7 @@ def get_config() -> ml_collections.ConfigDict:
       freeze=(),                   # (regex, ...): params that get no updates
       layer_decay=_ph(float),      # layer-wise lr decay (BEiT/MAE fine-tuning), e.g. 0.75
   ))
+  c.objective = 'classification'   # 'classification' (labels) | 'mae' (masked-autoencoder pretraining, docs/mae.md)
   c.loss = 'softmax_xent'          # 'softmax_xent' | 'sigmoid_xent' (multi-label, ImageNet-21k)
   c.ema_decay = 0.                 # > 0: keep an EMA of the params and evaluate it beside the raw params
 

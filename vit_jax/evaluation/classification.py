@@ -9,6 +9,9 @@ def evaluate(eval_step: Callable[[Any, Mapping[str, jax.Array]], Dict[str, jax.A
              batches: Iterable[Mapping[str, jax.Array]], what: str = 'config.pp.test') -> Dict[str, float]:
   """{'loss', 'top1', 'top5', 'count'} over `batches` (global arrays with 'mask'), from `eval_step`'s sums.
 
+  Every sum the step returns becomes its mean per example ('loss_sum' -> 'loss'), so a step without top-k counts
+  (MAE's reconstruction loss) reports just its loss.
+
   Sums stay on the device until the end, so there is one host transfer per evaluation, not per batch. `what`
   names the split's setting in the errors.
   """
@@ -22,8 +25,8 @@ def evaluate(eval_step: Callable[[Any, Mapping[str, jax.Array]], Dict[str, jax.A
   count = float(totals['count'])
   if count <= 0:
     raise ValueError(f'The eval split has no unmasked example: check {what}.')
-  return {'loss': float(totals['loss_sum']) / count, 'top1': float(totals['top1']) / count,
-          'top5': float(totals['top5']) / count, 'count': count}
+  means = {k.removesuffix('_sum'): float(v) / count for k, v in totals.items() if k != 'count'}
+  return {**means, 'count': count}
 
 
 def evaluate_all(eval_step: Callable[..., Dict[str, jax.Array]], state: Any,

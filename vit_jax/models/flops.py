@@ -10,7 +10,7 @@ of 197 tokens to 198. Norms, GELU and softmax are left out (a few % of a ViT's F
 holds the count to XLA's cost analysis of the unrolled forward for every model option).
 """
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 
 def _get(cfg: Any, key: str, default: Any = None) -> Any:
@@ -45,13 +45,15 @@ def kept_patches(num_patches: int, patch_dropout: float, train: bool) -> int:
   return max(1, int(num_patches * (1. - patch_dropout)))
 
 
-def forward_flops(mc: Mapping[str, Any], resolution: int, num_classes: int, *, train: bool = False) -> float:
+def forward_flops(mc: Mapping[str, Any], resolution: int, num_classes: int, *, train: bool = False,
+                  visible: Optional[int] = None) -> float:
   """Matmul FLOPs of one image's forward pass for a model config of the model table (`registry.get_config`).
 
   `mc` may also hold the model options that change the token count, `num_registers` and `patch_dropout` (the
   latter applies when `train`). Per layer 2 N (4 D^2 + 2 D M) for the q/k/v/out projections and the MLP, plus
   4 N^2 D for q k^T and weights @ v, with N the tokens in the encoder; plus the ResNet root of hybrids, the patch
-  embedding (every patch: dropout comes after it), a MAP head, the pre-logits layer and the head.
+  embedding (every patch: dropout comes after it), a MAP head, the pre-logits layer and the head. `visible`: the
+  patch tokens the encoder runs on when fewer than all (MAE's unmasked patches).
   """
   p = _get(mc, 'patches')['size'][0]
   d, t = mc['hidden_size'], _get(mc, 'transformer')
@@ -65,7 +67,7 @@ def forward_flops(mc: Mapping[str, Any], resolution: int, num_classes: int, *, t
   outputs = grid  # tokens leaving the encoder (registers dropped)
   if t is not None:
     cls = 1 if classifier in ('token', 'token_unpooled') else 0
-    outputs = cls + kept_patches(grid, _get(mc, 'patch_dropout', 0.), train)
+    outputs = cls + kept_patches(grid if visible is None else visible, _get(mc, 'patch_dropout', 0.), train)
     n, m = outputs + _get(mc, 'num_registers', 0), t['mlp_dim']
     flops += t['num_layers'] * (2 * n * (4 * d * d + 2 * d * m) + 4 * n * n * d)
     if classifier == 'map':  # one probe query: q/out projections of 1 token, k/v of the outputs, attention, MLP
@@ -85,8 +87,27 @@ def model_config(model: Any) -> dict:
           'num_registers': model.num_registers, 'patch_dropout': model.patch_dropout}
 
 
+def mae_forward_flops(model: Any, resolution: int) -> float:
+  """One image's forward through a `models.mae.MaskedAutoencoder`: the patch embedding of every patch, the encoder
+  on the class token and the visible patches, the decoder's embedding of those, its blocks on all tokens (MLP 4x)
+  and the pixel prediction of every token."""
+  enc = model.encoder
+  p = _get(enc.patches, 'size')[0]
+  n = (resolution // p) ** 2
+  k = max(1, int(n * (1. - model.mask_ratio)))  # models.mae.num_visible
+  prefix = 1 if enc.classifier in ('token', 'token_unpooled') else 0
+  flops = forward_flops(model_config(enc), resolution, 0, visible=k)
+  d, dd, tokens = enc.hidden_size, model.decoder_hidden_size, prefix + n
+  flops += 2 * (prefix + k) * d * dd
+  flops += model.decoder_num_layers * (2 * tokens * (4 * dd * dd + 2 * dd * 4 * dd) + 4 * tokens * tokens * dd)
+  return float(flops + 2 * tokens * dd * p * p * 3)
+
+
 def model_forward_flops(model: Any, resolution: int, *, train: bool = False) -> float:
-  """`forward_flops` of a built `VisionTransformer`; `train` counts the tokens patch dropout keeps."""
+  """`forward_flops` of a built `VisionTransformer` (or `mae_forward_flops` of an MAE); `train` counts the tokens
+  patch dropout keeps."""
+  if hasattr(model, 'decoder_num_layers'):  # an MAE (models.mae, not imported: this module stays flax-free)
+    return mae_forward_flops(model, resolution)
   return forward_flops(model_config(model), resolution, model.num_classes or 0, train=train)
 
 

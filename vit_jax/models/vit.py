@@ -414,7 +414,8 @@ class Encoder(Module):
   norm_eps: float = 1e-6           # of pre_norm and encoder_norm (the blocks' is in block_options)
 
   @nn.compact
-  def __call__(self, x: Array, *, train: Optional[bool] = None) -> Array:
+  def __call__(self, x: Array, *, train: Optional[bool] = None, keep: Optional[Array] = None) -> Array:
+    """`keep` (B, K) int: run only these patch tokens (MAE's visible ones), picked after the position embeddings."""
     train = self.train if train is None else train  # a field, or a call argument as in the reference
     if self.add_position_embedding:
       if self.posemb == 'learn':
@@ -424,6 +425,9 @@ class Encoder(Module):
         pe = np.concatenate([np.zeros((1, self.num_prefix_tokens, x.shape[-1]), np.float32), pe], axis=1)
         x = x + jnp.asarray(pe, x.dtype)
       x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=not train)
+    if keep is not None:
+      patches = jnp.take_along_axis(x[:, self.num_prefix_tokens:], keep[..., None], axis=1)
+      x = jnp.concatenate([x[:, :self.num_prefix_tokens], patches], axis=1)
     if train and self.patch_dropout > 0:
       x = _patch_dropout(x, self.patch_dropout, self.num_prefix_tokens, self.make_rng('dropout'))
     if self.pre_norm:
@@ -550,7 +554,8 @@ class VisionTransformer(Module):
     return float(np.sqrt(base_head_dim) / head_dim)
 
   @nn.compact
-  def __call__(self, inputs: Array, *, train: bool) -> Array:
+  def __call__(self, inputs: Array, *, train: bool, keep: Optional[Array] = None) -> Array:
+    """`keep` (B, K) int: the encoder runs on these patch tokens only (MAE's visible patches; `models.mae`)."""
     self._check()
     x = jnp.asarray(inputs, self.dtype)
     if self.pixel_mean is not None:  # checkpoints trained on mean/std-normalised pixels take our [-1, 1] images
@@ -596,7 +601,7 @@ class VisionTransformer(Module):
                          stochastic_depth=self.stochastic_depth, posemb=self.posemb, grid=(h, w),
                          num_prefix_tokens=prefix, train=train, patch_dropout=self.patch_dropout,
                          block_options=block_options, pre_norm=self.pre_norm, final_norm=not self.fc_norm,
-                         norm_eps=self.norm_eps)(x)
+                         norm_eps=self.norm_eps)(x, keep=keep)
       if self.num_registers:  # registers only carry computation: no output, no pooling
         x = jnp.concatenate([x[:, :num_cls], x[:, num_cls + self.num_registers:]], axis=1)
 

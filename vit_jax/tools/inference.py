@@ -67,11 +67,12 @@ def workdir_model(workdir: epath.PathLike, num_classes: int) -> models.VisionTra
 
 def load_params(path: epath.PathLike) -> Params:
   """Plain numpy params (looped `encoderblock_{i}` layout) from a published .npz or a training workdir (local
-  or a URL)."""
+  or a URL; an MAE workdir gives its encoder, without the decoder)."""
   if not epath.Path(path).exists():
     raise FileNotFoundError(f'Checkpoint {path} does not exist; pass a .npz file or a training workdir.')
   params = _load_workdir_params(path) if epath.Path(path).is_dir() else checkpoint.load(path)
   params = flax.core.unfreeze(params) if isinstance(params, flax.core.FrozenDict) else dict(params)
+  params.pop('decoder', None)  # an MAE workdir: the decoder only serves pretraining; the encoder is a plain ViT
   if 'Transformer' in params:
     params = models.unstack_encoder_blocks(params)
   return params

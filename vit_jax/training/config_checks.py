@@ -33,6 +33,7 @@ _NON_NEGATIVE_INTS = ('warmup_steps', 'keep_checkpoint_every', 'profile_steps', 
 _ENUMS = {
     'decay_type': optim.DECAY_TYPES,
     'loss': ('softmax_xent', 'sigmoid_xent'),
+    'objective': ('classification', 'mae'),
 }
 
 
@@ -142,6 +143,12 @@ MODEL_RULES: Dict[str, Rule] = {
     'pixel_mean': Rule(_rgb, 'None or three numbers (r, g, b), e.g. (0.485, 0.456, 0.406)'),
     'pixel_std': Rule(lambda v: _rgb(v) and (v is None or min(v) > 0),
                       'None or three positive numbers (r, g, b), e.g. (0.229, 0.224, 0.225)'),
+    # MAE pretraining (config.objective='mae').
+    'mask_ratio': Rule(lambda v: _is_number(v) and 0 < v < 1, 'a number in (0, 1)'),
+    'decoder_num_layers': _int(1),
+    'decoder_hidden_size': _int(1),
+    'decoder_num_heads': _int(1),
+    'norm_pix_loss': _BOOL,
 }
 
 # Every `config.optim` key and what it accepts (vit_jax.training.optim; the schedule keys are top-level).
@@ -195,6 +202,19 @@ def check_model(model_name: str, model: Mapping[str, Any]) -> None:
   if heads and model.get('attention_impl') == 'cudnn' and (width // heads) % 8:
     raise ConfigError(f"config.model.attention_impl='cudnn' needs a head dim (hidden_size / num_heads) that is a "
                       f"multiple of 8, got {width // heads}; use 'auto' or 'xla'.")
+
+def _check_mae(model_name: str, model: Mapping[str, Any]) -> None:
+  """What MAE needs of the model: a plain ViT (no ResNet stem) and decoder heads that divide its width."""
+  stages = build.resnet_override(model)
+  if stages is not None or registry.get_config(model_name).get('resnet'):
+    raise ConfigError(f"config.objective='mae' needs a plain ViT, but {model_name!r} has a ResNet stem (its receptive "
+                      'field lets visible patches see masked pixels); pick a ViT model or set '
+                      'config.model.resnet_num_layers=None.')
+  width, heads = model.get('decoder_hidden_size', 512), model.get('decoder_num_heads', 16)
+  if width % heads or width % 4:
+    raise ConfigError(f'config.model.decoder_hidden_size={width} must be divisible by 4 and by '
+                      f'config.model.decoder_num_heads={heads}; change one of them.')
+
 
 def nearest(key: str, candidates: Iterable[str]) -> Optional[str]:
   """The candidate closest to `key` (difflib), or None."""
@@ -286,6 +306,8 @@ def validate(config: Any, *, num_devices: Optional[int] = None, check_data: bool
     if value not in allowed:
       raise ConfigError(f'config.{key}={value!r} is not one of {", ".join(map(repr, allowed))}; pick one.')
   check_model(config.model_name, config.model)
+  if _get(config, 'objective') == 'mae':
+    _check_mae(config.model_name, config.model)
   check_section(config.optim, OPTIM_RULES, 'config.optim')
   if config.warmup_steps >= config.total_steps and config.decay_type in ('cosine', 'linear'):
     raise ConfigError(f'config.warmup_steps={config.warmup_steps} must be below config.total_steps='

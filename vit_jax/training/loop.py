@@ -8,8 +8,8 @@ Resume order (the first that applies wins):
   1. the newest readable checkpoint in `<workdir>/checkpoints` (a corrupt newest one is reported and skipped; one
      of another model, or storage that keeps failing, stops the run: `checkpointing.Checkpointer.restore`);
   2. `config.resume`: another workdir or checkpoint directory (train state and data position);
-  3. `config.model_init`: a published .npz or a timm / HF checkpoint (whose architecture then sets
-     `config.model`, `vit_jax.interop`), loaded into fresh params (`vit_jax.checkpoint.load_pretrained`: head
+  3. `config.model_init`: a published .npz, one of our workdirs (an MAE one gives its encoder) or a timm / HF
+     checkpoint (whose architecture then sets `config.model`, `vit_jax.interop`), loaded into fresh params (`vit_jax.checkpoint.load_pretrained`: head
      re-initialised, position embeddings resampled);
   4. from scratch (`config.seed`).
 The workdir and every path in the config may be local or a URL (gs://...; `vit_jax.storage`).
@@ -42,11 +42,15 @@ from vit_jax.evaluation import classification as evaluate
 from vit_jax.evaluation import fewshot
 from vit_jax.models import build
 from vit_jax.models import flops
+from vit_jax.models import mae as mae_model
 from vit_jax.models import vit
+from vit_jax.tools import inference
 from vit_jax.training import checkpointing
 from vit_jax.training import config_checks
 from vit_jax.training import losses
+from vit_jax.training import mae
 from vit_jax.training import metric_logging
+from vit_jax.training import objectives
 from vit_jax.training import optim
 from vit_jax.training import provenance
 from vit_jax.training import sharding
@@ -130,6 +134,25 @@ def jit_step(step_fn, state_shardings, batch_sharding, replicated):
       out_shardings=(state_shardings, replicated, replicated, replicated), donate_argnums=(0, 2, 3))
 
 
+@dataclasses.dataclass
+class Trained:
+  """What `config.objective` trains: the module whose params the state holds, its loss, its eval step's maker."""
+  model: Any
+  loss: objectives.Objective
+  make_eval_step: Callable[..., Callable[..., Dict[str, jax.Array]]]  # (mesh=, rules=, batch_ops=) -> eval_step
+
+
+def objective_for(config: Any, model: vit.VisionTransformer, loss_fn: Any) -> Trained:
+  """The one place the objective is chosen: classification of `model`, or MAE (its encoder plus a decoder)."""
+  if config.get('objective', 'classification') == 'mae':
+    autoencoder = mae_model.from_classifier(model, config.model)
+    norm_pix = config.model.get('norm_pix_loss', True)
+    return Trained(autoencoder, mae.objective(autoencoder, norm_pix),
+                   functools.partial(mae.make_eval_step, autoencoder, norm_pix))
+  return Trained(model, objectives.classification(model, loss_fn),
+                 functools.partial(train_step.make_eval_step, model, loss_fn))
+
+
 def _load_model_init(state: train_step.TrainState, config: Any,
                      model: vit.VisionTransformer) -> train_step.TrainState:
   """Replaces fresh params (and EMA) with a published checkpoint's (square images: posemb grid resampled).
@@ -149,6 +172,8 @@ def _load_model_init(state: train_step.TrainState, config: Any,
   restored = None
   if interop.is_foreign(config.model_init):
     restored = interop.to_params(interop.read(config.model_init, config.model_init_arch))
+  elif epath.Path(config.model_init).is_dir():  # one of our workdirs (an MAE one: its encoder, the decoder dropped)
+    restored = inference.load_params(config.model_init)
   params = checkpoint.load_pretrained(pretrained_path=config.model_init, model_config=model_config,
                                       init_params=jax.tree_util.tree_map_with_path(init_value, state.params),
                                       restored_params=restored)
@@ -193,7 +218,8 @@ def step_program(config: Any, info: input_pipeline.DatasetInfo, model: vit.Visio
   finishes them on the devices (`batch_ops`); `vit_jax.perf.lowering` lowers this same step."""
   batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   rng = jax.random.PRNGKey(config.seed)
-  init = functools.partial(train_step.create_train_state, model, tx,
+  trained = objective_for(config, model, loss_fn)
+  init = functools.partial(train_step.create_train_state, trained.model, tx,
                            input_shape=(1, info.image_size, info.image_size, 3), ema=config.ema_decay > 0)
   state_shardings = sharding.param_shardings(jax.eval_shape(functools.partial(init, unbox=False), rng),
                                              mesh, rules)
@@ -204,7 +230,7 @@ def step_program(config: Any, info: input_pipeline.DatasetInfo, model: vit.Visio
   sums = {k: jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated) for k in AVERAGED_METRICS}
   step = jit_step(train_step.make_train_step(model, tx, loss_fn, lr_schedule=schedule, accum_steps=config.accum_steps,
                                              ema_decay=config.ema_decay or None, mesh=mesh, rules=rules,
-                                             batch_ops=batch_ops),
+                                             batch_ops=batch_ops, objective=trained.loss),
                   state_shardings, batch_sharding, replicated)
   return StepProgram(init=init, state_shardings=state_shardings, abstract_state=abstract_state, step=step,
                      args=(abstract_state, abstract_batch, first_bad, sums))
@@ -215,12 +241,13 @@ def _compile(config: Any, info: Any, model: vit.VisionTransformer, tx: Any, sche
   """The sharded init (no param ever materialises unsharded), the AOT-compiled donated train step with the NaN
   marker and the window sums folded in, and the eval step; both steps finish uint8 batches on the devices."""
   program = step_program(config, info, model, tx, schedule, loss_fn, batch_ops, mesh, rules)
-  eval_step = jax.jit(train_step.make_eval_step(model, loss_fn, mesh=mesh, rules=rules, batch_ops=batch_ops),
+  trained = objective_for(config, model, loss_fn)
+  eval_step = jax.jit(trained.make_eval_step(mesh=mesh, rules=rules, batch_ops=batch_ops),
                       out_shardings=sharding.replicated(mesh))
   return _Programs(init=jax.jit(program.init, out_shardings=program.state_shardings),
                    train_step=program.step.lower(*program.args).compile(), eval_step=eval_step,
                    abstract_state=program.abstract_state, rng=jax.random.PRNGKey(config.seed),
-                   flops_per_step=flops.train_step_flops(model, info.image_size, config.batch))
+                   flops_per_step=flops.train_step_flops(trained.model, info.image_size, config.batch))
 
 
 def _restore_or_init(config: Any, workdir: epath.Path, ckpt: checkpointing.Checkpointer, programs: _Programs,
