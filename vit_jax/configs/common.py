@@ -86,6 +86,7 @@ def get_config() -> ml_collections.ConfigDict:
       projection_dim=_ph(int),     # bias-free linear map of the pooled features before the head (CLIP)
       pixel_mean=_ph(tuple),       # (r, g, b): the model re-normalises its [-1, 1] input to (x01 - mean) / std
       pixel_std=_ph(tuple),        # (r, g, b), with pixel_mean (ImageNet, OpenAI CLIP statistics)
+      distill_token=False,         # DeiT's distillation token: own head on the teacher's hard label (classifier 'token')
   ))
   c.model_init = _ph(str)          # checkpoint to fine-tune from: .npz, workdir, timm/HF file or folder (docs/timm_hf.md)
   c.model_init_arch = _ph(str)     # timm architecture of a bare timm state dict in model_init
@@ -117,6 +118,16 @@ def get_config() -> ml_collections.ConfigDict:
   ))
   c.loss = 'softmax_xent'          # 'softmax_xent' | 'sigmoid_xent' (multi-label, ImageNet-21k)
   c.ema_decay = 0.                 # > 0: keep an EMA of the params and evaluate it beside the raw params
+
+  # --- Objective (vit_jax.training.objectives); distillation (vit_jax.training.distill, docs/distillation.md).
+  c.objective = 'classification'   # 'classification' (labels) | 'distill' (a frozen teacher, config.teacher)
+  c.teacher = _ph(str)             # distill: teacher checkpoint: our workdir (its newest, EMA if any), .npz, timm/HF file
+  c.teacher_model_name = _ph(str)  # distill: the teacher's registered model (None: the workdir's own, or timm/HF's)
+  c.teacher_model = ml_collections.ConfigDict()  # distill: config.model-style overrides of the teacher's model
+  c.distill = ml_collections.ConfigDict(dict(
+      temperature=1.0,             # T: KL(teacher || student) of the logits / T, times T**2
+      alpha=1.0,                   # loss = alpha * distillation + (1 - alpha) * label loss
+  ))
 
   # --- Evaluators beside the default 'val' (config.dataset's pp.test split, logged as val/...), big_vision style:
   # name -> dict(split=..., dataset=... (default config.dataset), pp=dict(...) (eval pp overrides), every=...

@@ -1,0 +1,165 @@
+"""Distillation: the KL objective against numpy, the teacher on the student's mixed batch, DeiT's distillation
+token, the config checks, and the teacher as the jitted step's argument."""
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import loop_testlib as lib
+from vit_jax import models
+from vit_jax.data import mixing
+from vit_jax.training import config_checks
+from vit_jax.training import distill
+from vit_jax.training import losses
+from vit_jax.training import train_step
+
+NUM_CLASSES = 10
+SIZE = 16
+
+
+def _model(width=16, **options):
+  return models.get_model('B/8', num_classes=NUM_CLASSES, hidden_size=width, head_zeroinit=False,
+                          transformer={'mlp_dim': 2 * width, 'num_heads': 2, 'num_layers': 1}, **options)
+
+
+def _params(model, seed):
+  return model.init(jax.random.PRNGKey(seed), jnp.zeros((1, SIZE, SIZE, 3)), train=False)['params']
+
+
+def _images(n=6, seed=0):
+  return np.random.RandomState(seed).uniform(-1, 1, (n, SIZE, SIZE, 3)).astype(np.float32)
+
+
+def _np_log_softmax(z):
+  z = z.astype(np.float64)
+  z = z - z.max(-1, keepdims=True)
+  return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def test_loss_equals_numpy_kl_at_a_temperature_mixed_with_the_label_loss():
+  """alpha * T^2 * KL(p_teacher,T || p_student,T) + (1 - alpha) * xent(student, labels), written in numpy."""
+  student, teacher = _model(16), _model(32)
+  s_params, t_params = _params(student, 0), _params(teacher, 1)
+  images = _images()
+  labels = np.random.RandomState(2).dirichlet(np.ones(NUM_CLASSES), len(images)).astype(np.float32)
+  temperature, alpha = 2.5, 0.3
+  s_logits = np.asarray(student.apply({'params': s_params}, images, train=False))
+  t_logits = np.asarray(teacher.apply({'params': t_params}, images, train=False))
+  assert np.abs(s_logits - t_logits).max() > 0.5  # two different functions: the KL is far from 0
+
+  log_p, log_q = _np_log_softmax(t_logits / temperature), _np_log_softmax(s_logits / temperature)
+  kl = temperature**2 * (np.exp(log_p) * (log_p - log_q)).sum(-1)
+  xent = -(labels * _np_log_softmax(s_logits)).sum(-1)
+  np.testing.assert_allclose(distill.kl_divergence(s_logits, t_logits, temperature), kl, rtol=1e-5, atol=1e-6)
+
+  loss = distill.distill(student, teacher, losses.softmax_xent, temperature=temperature, alpha=alpha)
+  got = float(loss(s_params, images, labels, jax.random.PRNGKey(0), t_params))
+  assert got == pytest.approx(np.mean(alpha * kl + (1 - alpha) * xent), rel=1e-5, abs=1e-6)
+  pure = distill.distill(student, teacher, temperature=1., alpha=1.)
+  log_p1, log_q1 = _np_log_softmax(t_logits), _np_log_softmax(s_logits)
+  assert float(pure(s_params, images, labels, jax.random.PRNGKey(0), t_params)) == pytest.approx(
+      np.mean((np.exp(log_p1) * (log_p1 - log_q1)).sum(-1)), rel=1e-5, abs=1e-6)
+
+
+class _Seen:
+  """The arrays a `_Recorder` was called on (a plain object: flax would freeze a list field into a tuple)."""
+
+  def __init__(self):
+    self.arrays = []
+
+
+class _Recorder(nn.Module):
+  """A linear classifier that hands the images it is called on to the host."""
+  seen: _Seen
+
+  @nn.compact
+  def __call__(self, x, *, train, **_):
+    jax.debug.callback(lambda v: self.seen.arrays.append(np.asarray(v)), x)
+    return nn.Dense(NUM_CLASSES)(x.reshape(x.shape[0], -1))
+
+
+def test_the_teacher_sees_exactly_the_students_mixed_batch():
+  student_box, teacher_box = _Seen(), _Seen()
+  student, teacher = _Recorder(student_box), _Recorder(teacher_box)
+  tx = optax.sgd(0.1)
+  ops = mixing.BatchOps(num_classes=NUM_CLASSES, mixup=1., cutmix=1.)  # one of the two per batch
+  step = jax.jit(train_step.make_train_step(student, tx, batch_ops=ops,
+                                            objective=distill.distill(student, teacher, alpha=0.5)))
+  rs = np.random.RandomState(0)
+  batch = {'image': rs.randint(0, 256, (8, 4, 4, 3)).astype(np.uint8),
+           'label': rs.randint(0, NUM_CLASSES, 8).astype(np.int32)}
+  state = train_step.create_train_state(student, tx, jax.random.PRNGKey(0), input_shape=(1, 4, 4, 3))
+  t_params = teacher.init(jax.random.PRNGKey(1), jnp.zeros((1, 4, 4, 3)), train=False)['params']
+  jax.effects_barrier()
+  student_box.arrays.clear(), teacher_box.arrays.clear()  # the inits' calls
+  for _ in range(2):
+    state, _ = step(state, batch, t_params)
+  jax.effects_barrier()
+  student_seen, teacher_seen = student_box.arrays, teacher_box.arrays
+  assert len(teacher_seen) == 2 and len(student_seen) == 2
+  for t, s in zip(teacher_seen, student_seen):
+    np.testing.assert_array_equal(t, s)
+    assert not np.allclose(t, mixing.to_float(batch['image']))  # mixed, not the raw batch
+  assert not np.array_equal(teacher_seen[0], teacher_seen[1])  # a fresh mix each step
+
+
+def _count(params):
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+
+
+def test_distill_token_adds_exactly_deits_params():
+  """DeiT-B/16 distilled is timm's 87,338,192 params: ViT-B/16's 86,567,656 plus a token, its position embedding
+  and a second 1000-class head."""
+  def count(**options):
+    model = models.get_model('B/16', num_classes=1000, **options)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)), train=False))
+    return _count(nn.meta.unbox(shapes)['params'])
+  assert count() == 86_567_656
+  assert count(distill_token=True) == 87_338_192 == 86_567_656 + 768 + 768 + 768 * 1000 + 1000
+
+
+def test_distill_token_heads_average_at_eval_and_off_leaves_the_model_as_it_was():
+  model, plain = _model(16, distill_token=True), _model(16)
+  params = _params(model, 0)
+  images = _images()
+  cls_logits, dist_logits = model.apply({'params': params}, images, train=False, distill_heads=True)
+  assert np.abs(np.asarray(cls_logits - dist_logits)).max() > 1e-3  # two heads on two tokens
+  np.testing.assert_allclose(model.apply({'params': params}, images, train=False),
+                             (cls_logits + dist_logits) / 2, rtol=1e-6, atol=1e-6)
+  plain_params = flax.traverse_util.flatten_dict(_params(plain, 0), sep='/')
+  extra = set(flax.traverse_util.flatten_dict(params, sep='/')) - set(plain_params)
+  assert extra == {'dist', 'head_dist/kernel', 'head_dist/bias'}
+  with pytest.raises(ValueError, match="distill_token needs classifier='token'"):
+    _model(16, distill_token=True, classifier='gap').init(jax.random.PRNGKey(0), images[:1], train=False)
+
+
+def test_distill_token_objective_trains_the_two_heads_on_label_and_teacher_argmax():
+  student, teacher = _model(16, distill_token=True), _model(32)
+  s_params, t_params = _params(student, 0), _params(teacher, 1)
+  images = _images()
+  labels = np.eye(NUM_CLASSES, dtype=np.float32)[np.arange(len(images)) % NUM_CLASSES]
+  cls_logits, dist_logits = (np.asarray(x) for x in student.apply({'params': s_params}, images, train=False,
+                                                                    distill_heads=True))
+  hard = np.argmax(np.asarray(teacher.apply({'params': t_params}, images, train=False)), -1)
+  want = np.mean(0.5 * -(labels * _np_log_softmax(cls_logits)).sum(-1)
+                 + 0.5 * -_np_log_softmax(dist_logits)[np.arange(len(images)), hard])
+  loss = distill.distill(student, teacher, alpha=0.5, distill_token=True)
+  assert float(loss(s_params, images, labels, jax.random.PRNGKey(0), t_params)) == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize('overrides,expected', [
+    ({'objective': 'distill', 'teacher': '/nonexistent/teacher'},
+     "config.teacher='/nonexistent/teacher' does not exist"),
+    ({'objective': 'distill'}, "config.objective='distill' needs config.teacher"),
+    ({'distill.temperature': 0.}, 'config.distill.temperature=0.0 is out of range: it must be a number > 0'),
+    ({'distill.alpha': 1.5}, 'config.distill.alpha=1.5 is out of range: it must be a number in [0, 1]'),
+    ({'model.distill_token': True, 'model.classifier': 'gap'}, 'config.model.distill_token needs'),
+])
+def test_config_errors_are_one_line(overrides, expected):
+  config = lib.apply(lib.tiny_config(), overrides)
+  with pytest.raises(config_checks.ConfigError) as e:
+    config_checks.validate(config, num_devices=8, check_data=False)
+  assert str(e.value).startswith(expected) and '\n' not in str(e.value)
