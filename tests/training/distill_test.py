@@ -1,5 +1,7 @@
 """Distillation: the KL objective against numpy, the teacher on the student's mixed batch, DeiT's distillation
 token, the config checks, and the teacher as the jitted step's argument."""
+import re
+
 import flax
 import flax.linen as nn
 import jax
@@ -13,6 +15,7 @@ from vit_jax import models
 from vit_jax.data import mixing
 from vit_jax.training import config_checks
 from vit_jax.training import distill
+from vit_jax.training import loop
 from vit_jax.training import losses
 from vit_jax.training import train_step
 
@@ -26,7 +29,13 @@ def _model(width=16, **options):
 
 
 def _params(model, seed):
-  return model.init(jax.random.PRNGKey(seed), jnp.zeros((1, SIZE, SIZE, 3)), train=False)['params']
+  return jax.jit(lambda: model.init(jax.random.PRNGKey(seed), jnp.zeros((1, SIZE, SIZE, 3)), train=False))()[
+      'params']
+
+
+def _apply(model, params, images, **kwargs):
+  """`model.apply` jitted: one compiled program instead of op-by-op dispatch on 8 fake devices."""
+  return jax.jit(lambda p, x: model.apply({'params': p}, x, train=False, **kwargs))(params, images)
 
 
 def _images(n=6, seed=0):
@@ -39,6 +48,7 @@ def _np_log_softmax(z):
   return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
+@pytest.mark.slow
 def test_loss_equals_numpy_kl_at_a_temperature_mixed_with_the_label_loss():
   """alpha * T^2 * KL(p_teacher,T || p_student,T) + (1 - alpha) * xent(student, labels), written in numpy."""
   student, teacher = _model(16), _model(32)
@@ -46,8 +56,8 @@ def test_loss_equals_numpy_kl_at_a_temperature_mixed_with_the_label_loss():
   images = _images()
   labels = np.random.RandomState(2).dirichlet(np.ones(NUM_CLASSES), len(images)).astype(np.float32)
   temperature, alpha = 2.5, 0.3
-  s_logits = np.asarray(student.apply({'params': s_params}, images, train=False))
-  t_logits = np.asarray(teacher.apply({'params': t_params}, images, train=False))
+  s_logits = np.asarray(_apply(student, s_params, images))
+  t_logits = np.asarray(_apply(teacher, t_params, images))
   assert np.abs(s_logits - t_logits).max() > 0.5  # two different functions: the KL is far from 0
 
   log_p, log_q = _np_log_softmax(t_logits / temperature), _np_log_softmax(s_logits / temperature)
@@ -56,11 +66,12 @@ def test_loss_equals_numpy_kl_at_a_temperature_mixed_with_the_label_loss():
   np.testing.assert_allclose(distill.kl_divergence(s_logits, t_logits, temperature), kl, rtol=1e-5, atol=1e-6)
 
   loss = distill.distill(student, teacher, losses.softmax_xent, temperature=temperature, alpha=alpha)
+  loss = jax.jit(loss)
   got = float(loss(s_params, images, labels, jax.random.PRNGKey(0), t_params))
   assert got == pytest.approx(np.mean(alpha * kl + (1 - alpha) * xent), rel=1e-5, abs=1e-6)
   pure = distill.distill(student, teacher, temperature=1., alpha=1.)
   log_p1, log_q1 = _np_log_softmax(t_logits), _np_log_softmax(s_logits)
-  assert float(pure(s_params, images, labels, jax.random.PRNGKey(0), t_params)) == pytest.approx(
+  assert float(jax.jit(pure)(s_params, images, labels, jax.random.PRNGKey(0), t_params)) == pytest.approx(
       np.mean((np.exp(log_p1) * (log_p1 - log_q1)).sum(-1)), rel=1e-5, abs=1e-6)
 
 
@@ -81,6 +92,7 @@ class _Recorder(nn.Module):
     return nn.Dense(NUM_CLASSES)(x.reshape(x.shape[0], -1))
 
 
+@pytest.mark.slow
 def test_the_teacher_sees_exactly_the_students_mixed_batch():
   student_box, teacher_box = _Seen(), _Seen()
   student, teacher = _Recorder(student_box), _Recorder(teacher_box)
@@ -121,13 +133,14 @@ def test_distill_token_adds_exactly_deits_params():
   assert count(distill_token=True) == 87_338_192 == 86_567_656 + 768 + 768 + 768 * 1000 + 1000
 
 
+@pytest.mark.slow
 def test_distill_token_heads_average_at_eval_and_off_leaves_the_model_as_it_was():
   model, plain = _model(16, distill_token=True), _model(16)
   params = _params(model, 0)
   images = _images()
-  cls_logits, dist_logits = model.apply({'params': params}, images, train=False, distill_heads=True)
+  cls_logits, dist_logits = _apply(model, params, images, distill_heads=True)
   assert np.abs(np.asarray(cls_logits - dist_logits)).max() > 1e-3  # two heads on two tokens
-  np.testing.assert_allclose(model.apply({'params': params}, images, train=False),
+  np.testing.assert_allclose(_apply(model, params, images),
                              (cls_logits + dist_logits) / 2, rtol=1e-6, atol=1e-6)
   plain_params = flax.traverse_util.flatten_dict(_params(plain, 0), sep='/')
   extra = set(flax.traverse_util.flatten_dict(params, sep='/')) - set(plain_params)
@@ -136,17 +149,17 @@ def test_distill_token_heads_average_at_eval_and_off_leaves_the_model_as_it_was(
     _model(16, distill_token=True, classifier='gap').init(jax.random.PRNGKey(0), images[:1], train=False)
 
 
+@pytest.mark.slow
 def test_distill_token_objective_trains_the_two_heads_on_label_and_teacher_argmax():
   student, teacher = _model(16, distill_token=True), _model(32)
   s_params, t_params = _params(student, 0), _params(teacher, 1)
   images = _images()
   labels = np.eye(NUM_CLASSES, dtype=np.float32)[np.arange(len(images)) % NUM_CLASSES]
-  cls_logits, dist_logits = (np.asarray(x) for x in student.apply({'params': s_params}, images, train=False,
-                                                                    distill_heads=True))
-  hard = np.argmax(np.asarray(teacher.apply({'params': t_params}, images, train=False)), -1)
+  cls_logits, dist_logits = (np.asarray(x) for x in _apply(student, s_params, images, distill_heads=True))
+  hard = np.argmax(np.asarray(_apply(teacher, t_params, images)), -1)
   want = np.mean(0.5 * -(labels * _np_log_softmax(cls_logits)).sum(-1)
                  + 0.5 * -_np_log_softmax(dist_logits)[np.arange(len(images)), hard])
-  loss = distill.distill(student, teacher, alpha=0.5, distill_token=True)
+  loss = jax.jit(distill.distill(student, teacher, alpha=0.5, distill_token=True))
   assert float(loss(s_params, images, labels, jax.random.PRNGKey(0), t_params)) == pytest.approx(want, rel=1e-5)
 
 
@@ -163,3 +176,23 @@ def test_config_errors_are_one_line(overrides, expected):
   with pytest.raises(config_checks.ConfigError) as e:
     config_checks.validate(config, num_devices=8, check_data=False)
   assert str(e.value).startswith(expected) and '\n' not in str(e.value)
+
+
+@pytest.mark.slow
+def test_distillation_resumes_exactly_after_sigkill(tmp_path):
+  """A half-width student distilled from a tiny trained workdir, killed once a checkpoint is on disk and run to
+  the end: its losses are bit-identical to an uninterrupted run's (the teacher is reloaded, the batch redrawn)."""
+  teacher_dir = str(tmp_path / 'teacher')
+  loop.train_and_evaluate(lib.tiny_config(total_steps=3), teacher_dir)
+  student = {'objective': 'distill', 'teacher': teacher_dir, 'distill.temperature': 2., 'distill.alpha': 0.5,
+             'model.hidden_size': 8, 'model.mlp_dim': 16, 'total_steps': 9}
+  ref_dir = str(tmp_path / 'reference')
+  loop.train_and_evaluate(lib.apply(lib.tiny_config(), student), ref_dir)
+  workdir = str(tmp_path / 'killed')
+  lib.run_main_killed(workdir, student, after_checkpoint=3)
+  resumed = lib.run_main(workdir, student)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert 0 < int(re.search(r'Resumed from step (\d+)', resumed.stdout).group(1)) < 9
+  assert f'Teacher: {teacher_dir} (params).' in resumed.stdout
+  expected, got = lib.train_losses(ref_dir), lib.train_losses(workdir)
+  assert sorted(got) == list(range(1, 10)) and got == expected  # bit-identical on CPU
