@@ -5,11 +5,11 @@ Command:   python -m vit_jax.main --config=configs/distill_default.py --workdir=
            --config.teacher=<workdir> names another)
 Hardware:  2 CPU cores (any laptop); no accelerator needed.
 Time:      about 3 minutes on 2 idle CPU cores (1,000 steps of batch 128, each running the teacher too).
-Expected:  within 1 point of the teacher's test accuracy (scripts/distill_digits.py prints the teacher, this
-           student and the same student trained on labels alone; docs/distillation.md has the measured figures).
-The student keeps the default's stem, depth and recipe and halves the transformer's width (hidden 64 -> 32, MLP
-128 -> 64, heads 4 -> 2, so the head dim stays 16); the loss is the "patient and consistent" one: KL to the
-teacher at T = 1 alone (alpha = 1), the teacher seeing the same mixup-ed batch as the student.
+Expected:  within 1 point of the teacher's test accuracy; measured (seed 0, scripts/distill_digits.py): teacher
+           97.31%, this student 97.64%, the same student on labels alone 97.98% (docs/distillation.md).
+Recipe:    the default's (stem, depth, augmentation, optimizer, 1,000 steps) at half the transformer's width (hidden
+           64 -> 32, MLP 128 -> 64, heads 4 -> 2, so the head dim stays 16); the loss is the "patient and
+           consistent" one: KL to the teacher at T = 1 alone (alpha = 1), the teacher seeing the student's mixed batch.
 """
 from configs import default
 
