@@ -41,6 +41,7 @@ BAD = {
     'model.projection_dim': (0, 'None or an int >= 1'),
     'model.pixel_mean': ((0.5, 0.5), 'None or three numbers (r, g, b)'),
     'model.pixel_std': ((0.2, 0., 0.2), 'None or three positive numbers (r, g, b)'),
+    'model.distill_token': ('yes', 'True or False'),
     'optim.optimizer': ('lamb', "one of 'adam', 'adamw', 'sgd', 'adafactor'"),
     'optim.weight_decay': (-0.1, 'a number >= 0'),
     'optim.b1': (1.0, 'None or a number in [0, 1)'),
