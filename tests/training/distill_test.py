@@ -6,17 +6,22 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
 
 import loop_testlib as lib
+from vit_jax import checkpoint
 from vit_jax import models
 from vit_jax.data import mixing
+from vit_jax.models import build
 from vit_jax.training import config_checks
 from vit_jax.training import distill
 from vit_jax.training import loop
 from vit_jax.training import losses
+from vit_jax.training import sharding
+from vit_jax.training import teacher
 from vit_jax.training import train_step
 
 NUM_CLASSES = 10
@@ -196,3 +201,30 @@ def test_distillation_resumes_exactly_after_sigkill(tmp_path):
   assert f'Teacher: {teacher_dir} (params).' in resumed.stdout
   expected, got = lib.train_losses(ref_dir), lib.train_losses(workdir)
   assert sorted(got) == list(range(1, 10)) and got == expected  # bit-identical on CPU
+
+
+def test_npz_teacher_in_bf16_is_sharded_by_the_students_rules(tmp_path):
+  """A .npz teacher of the student's own architecture: bf16 with the student's dtype, and under FSDP every param
+  has the student's sharding (some of them split over 'fsdp'), its values those of the file."""
+  config = lib.tiny_config(objective='distill', model__dtype='bfloat16', teacher_model_name='testing')
+  config.teacher_model = ml_collections.ConfigDict({k: config.model[k] for k in (
+      'hidden_size', 'num_layers', 'num_heads', 'mlp_dim', 'patch_size', 'resnet_num_layers', 'classifier')})
+  model = build.build_model(config.model_name, config.model, NUM_CLASSES)
+  params = jax.jit(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)), train=False))()['params']
+  config.teacher = str(tmp_path / 'teacher.npz')
+  checkpoint.save_npz(params, config.teacher)
+
+  t_model, host = teacher.load(config, NUM_CLASSES, 8)
+  assert t_model.dtype == jnp.bfloat16 and {x.dtype for x in jax.tree.leaves(host)} == {jnp.dtype(jnp.bfloat16)}
+  mesh = sharding.make_mesh({'data': 1, 'fsdp': 8, 'tensor': 1})
+  rules = sharding.get_rules('fsdp')
+  abstract = teacher.abstract_params(t_model, host, 8, mesh, rules)
+  boxed = jax.eval_shape(lambda: models.init_with_axes(model, {'params': jax.random.PRNGKey(0)},
+                                                       jnp.zeros((1, 8, 8, 3)), train=False)['params'])
+  student_shardings = sharding.param_shardings(boxed, mesh, rules)
+  assert jax.tree.map(lambda a: a.sharding.spec, abstract) == jax.tree.map(lambda s: s.spec, student_shardings)
+  assert any('fsdp' in str(a.sharding.spec) for a in jax.tree.leaves(abstract))
+  on_mesh = teacher.put(host, abstract)
+  jax.tree.map(lambda x, p: np.testing.assert_array_equal(np.asarray(x, np.float32),
+                                                          np.asarray(jnp.asarray(p, jnp.bfloat16), np.float32)),
+               on_mesh, jax.device_get(params))
