@@ -41,7 +41,7 @@ def main(argv: Sequence[str]) -> int:
   top1 = {}
   for name, flags in runs(args.root).items():
     command = [sys.executable, '-m', 'vit_jax.main'] + flags + list(args.extra)
-    print('$ ' + ' '.join(command[1:]), flush=True)
+    print('$ python ' + ' '.join(command[1:]), flush=True)
     result = subprocess.run(command, cwd=REPO, env=env, check=False, capture_output=True, text=True)
     if result.returncode:
       print(f'{name} failed (status {result.returncode}):\n{result.stderr[-2000:]}', file=sys.stderr)
