@@ -12,9 +12,11 @@ import optax
 import pytest
 
 import loop_testlib as lib
+import tiny_checkpoint
 from vit_jax import checkpoint
 from vit_jax import models
 from vit_jax.data import mixing
+from vit_jax.interop import save as interop_save
 from vit_jax.models import build
 from vit_jax.training import config_checks
 from vit_jax.training import distill
@@ -228,3 +230,16 @@ def test_npz_teacher_in_bf16_is_sharded_by_the_students_rules(tmp_path):
   jax.tree.map(lambda x, p: np.testing.assert_array_equal(np.asarray(x, np.float32),
                                                           np.asarray(jnp.asarray(p, jnp.bfloat16), np.float32)),
                on_mesh, jax.device_get(params))
+
+
+def test_timm_folder_teacher_describes_its_own_model(tmp_path):
+  """A timm checkpoint (our export of a tiny ViT) as the teacher: its architecture comes from the file, its
+  logits are the exported model's."""
+  model, params = tiny_checkpoint.random_params(mlp_activation='gelu', num_classes=NUM_CLASSES)
+  folder = str(tmp_path / 'timm_teacher')
+  interop_save.save(model, params, folder, 'timm')
+  config = lib.tiny_config(objective='distill', teacher=folder)
+  t_model, t_params = teacher.load(config, NUM_CLASSES, tiny_checkpoint.SIZE)
+  images = np.random.RandomState(0).uniform(-1, 1, (2, tiny_checkpoint.SIZE, tiny_checkpoint.SIZE, 3))
+  np.testing.assert_array_equal(_apply(t_model, t_params, images.astype(np.float32)),
+                                _apply(model, params, images.astype(np.float32)))
