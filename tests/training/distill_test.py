@@ -18,6 +18,7 @@ from vit_jax import models
 from vit_jax.data import mixing
 from vit_jax.interop import save as interop_save
 from vit_jax.models import build
+from vit_jax.models import flops
 from vit_jax.training import config_checks
 from vit_jax.training import distill
 from vit_jax.training import loop
@@ -194,7 +195,15 @@ def test_distillation_resumes_exactly_after_sigkill(tmp_path):
   student = {'objective': 'distill', 'teacher': teacher_dir, 'distill.temperature': 2., 'distill.alpha': 0.5,
              'model.hidden_size': 8, 'model.mlp_dim': 16, 'total_steps': 9}
   ref_dir = str(tmp_path / 'reference')
-  loop.train_and_evaluate(lib.apply(lib.tiny_config(), student), ref_dir)
+  config = lib.apply(lib.tiny_config(), student)
+  loop.train_and_evaluate(config, ref_dir)
+  # MFU counts the teacher's forward besides the student's step.
+  logged = [r['progress/model_flops_per_step'] for r in lib.read_metrics(ref_dir)
+            if 'progress/model_flops_per_step' in r]
+  tiny = lib.tiny_config()
+  want = (flops.train_step_flops(build.build_model(config.model_name, config.model, 10), 8, 16)
+          + 16 * flops.model_forward_flops(build.build_model(tiny.model_name, tiny.model, 10), 8))
+  assert logged and logged == [pytest.approx(want)] * len(logged)
   workdir = str(tmp_path / 'killed')
   lib.run_main_killed(workdir, student, after_checkpoint=3)
   resumed = lib.run_main(workdir, student)

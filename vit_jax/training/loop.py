@@ -313,15 +313,17 @@ def train_and_evaluate(config: Any, workdir: epath.PathLike) -> Dict[str, float]
   loss_fn = losses.get_loss_fn(config.loss)
 
   # --- The objective (config.objective) and what its step takes besides the state (a teacher's params).
-  objective, frozen = None, None
+  objective, frozen, frozen_flops = None, None, 0.
   if config.objective == 'distill':
-    objective, frozen = _distillation(config, info, model, loss_fn, mesh, rules)
+    objective, frozen, frozen_flops = _distillation(config, info, model, loss_fn, mesh, rules)
 
   # --- Sharded init and the compiled steps.
   programs = _compile(config, info, model, tx, schedule, loss_fn, batch_ops, mesh, rules, objective,
                       None if frozen is None else jax.tree.map(lambda x: jax.ShapeDtypeStruct(
                           x.shape, x.dtype, sharding=x.sharding), frozen))
   programs.frozen_args = () if frozen is None else (frozen,)
+  if programs.flops_per_step:  # the teacher's forward is work the step does too (MFU)
+    programs.flops_per_step += frozen_flops
 
   # --- Resume: own checkpoint -> config.resume -> config.model_init -> scratch (see the module docstring).
   ckpt = checkpointing.Checkpointer(workdir / 'checkpoints', save_every=config.checkpoint_every,
@@ -346,13 +348,14 @@ def train_and_evaluate(config: Any, workdir: epath.PathLike) -> Dict[str, float]
 
 # --- Distillation (config.objective='distill'): kept apart so that other objectives merge beside it.
 def _distillation(config: Any, info: Any, model: vit.VisionTransformer, loss_fn: Any, mesh: jax.sharding.Mesh,
-                  rules: Any) -> Tuple[Any, Any]:
-  """(the distillation objective, the teacher's params on the mesh, sharded by the student's rules)."""
+                  rules: Any) -> Tuple[Any, Any, float]:
+  """(the distillation objective, the teacher's params on the mesh, sharded by the student's rules, the teacher's
+  forward FLOPs per step)."""
   teacher_model, host_params = teacher.load(config, info.num_classes, info.image_size)
   params = teacher.put(host_params, teacher.abstract_params(teacher_model, host_params, info.image_size, mesh, rules))
   objective = distill.distill(model, teacher_model, loss_fn, temperature=config.distill.temperature,
                               alpha=config.distill.alpha, distill_token=bool(config.model.get('distill_token')))
-  return objective, params
+  return objective, params, flops.model_forward_flops(teacher_model, info.image_size) * config.batch
 
 
 @dataclasses.dataclass
