@@ -1,5 +1,6 @@
 """Distillation: the KL objective against numpy, the teacher on the student's mixed batch, DeiT's distillation
 token, the config checks, and the teacher as the jitted step's argument."""
+import functools
 import re
 
 import flax
@@ -41,6 +42,13 @@ def _params(model, seed):
       'params']
 
 
+@functools.lru_cache(maxsize=None)
+def _tiny(width, seed, distill_token=False):
+  """(model, params), shared between tests: each init is a compilation."""
+  model = _model(width, distill_token=distill_token)
+  return model, _params(model, seed)
+
+
 def _apply(model, params, images, **kwargs):
   """`model.apply` jitted: one compiled program instead of op-by-op dispatch on 8 fake devices."""
   return jax.jit(lambda p, x: model.apply({'params': p}, x, train=False, **kwargs))(params, images)
@@ -59,8 +67,7 @@ def _np_log_softmax(z):
 @pytest.mark.slow
 def test_loss_equals_numpy_kl_at_a_temperature_mixed_with_the_label_loss():
   """alpha * T^2 * KL(p_teacher,T || p_student,T) + (1 - alpha) * xent(student, labels), written in numpy."""
-  student, teacher = _model(16), _model(32)
-  s_params, t_params = _params(student, 0), _params(teacher, 1)
+  (student, s_params), (teacher, t_params) = _tiny(16, 0), _tiny(32, 1)
   images = _images()
   labels = np.random.RandomState(2).dirichlet(np.ones(NUM_CLASSES), len(images)).astype(np.float32)
   temperature, alpha = 2.5, 0.3
@@ -143,14 +150,14 @@ def test_distill_token_adds_exactly_deits_params():
 
 @pytest.mark.slow
 def test_distill_token_heads_average_at_eval_and_off_leaves_the_model_as_it_was():
-  model, plain = _model(16, distill_token=True), _model(16)
-  params = _params(model, 0)
+  model, params = _tiny(16, 0, distill_token=True)
   images = _images()
   cls_logits, dist_logits = _apply(model, params, images, distill_heads=True)
   assert np.abs(np.asarray(cls_logits - dist_logits)).max() > 1e-3  # two heads on two tokens
   np.testing.assert_allclose(_apply(model, params, images),
                              (cls_logits + dist_logits) / 2, rtol=1e-6, atol=1e-6)
-  plain_params = flax.traverse_util.flatten_dict(_params(plain, 0), sep='/')
+  plain_params = flax.traverse_util.flatten_dict(jax.eval_shape(
+      lambda: _model(16).init(jax.random.PRNGKey(0), jnp.zeros((1, SIZE, SIZE, 3)), train=False))['params'], sep='/')
   extra = set(flax.traverse_util.flatten_dict(params, sep='/')) - set(plain_params)
   assert extra == {'dist', 'head_dist/kernel', 'head_dist/bias'}
   with pytest.raises(ValueError, match="distill_token needs classifier='token'"):
@@ -159,8 +166,7 @@ def test_distill_token_heads_average_at_eval_and_off_leaves_the_model_as_it_was(
 
 @pytest.mark.slow
 def test_distill_token_objective_trains_the_two_heads_on_label_and_teacher_argmax():
-  student, teacher = _model(16, distill_token=True), _model(32)
-  s_params, t_params = _params(student, 0), _params(teacher, 1)
+  (student, s_params), (teacher, t_params) = _tiny(16, 0, distill_token=True), _tiny(32, 1)
   images = _images()
   labels = np.eye(NUM_CLASSES, dtype=np.float32)[np.arange(len(images)) % NUM_CLASSES]
   cls_logits, dist_logits = (np.asarray(x) for x in _apply(student, s_params, images, distill_heads=True))
