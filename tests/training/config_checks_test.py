@@ -46,6 +46,7 @@ BAD = {
     'model.decoder_hidden_size': (0, 'an int >= 1'),
     'model.decoder_num_heads': (0, 'an int >= 1'),
     'model.norm_pix_loss': ('yes', 'True or False'),
+    'model.distill_token': ('yes', 'True or False'),
     'optim.optimizer': ('lamb', "one of 'adam', 'adamw', 'sgd', 'adafactor'"),
     'optim.weight_decay': (-0.1, 'a number >= 0'),
     'optim.b1': (1.0, 'None or a number in [0, 1)'),

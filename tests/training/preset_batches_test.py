@@ -22,7 +22,8 @@ PRESETS = [('default', None), ('vit_s16_i21k', None), ('vit_b16_i21k', None), ('
 
 def test_the_list_names_every_preset():
   files = {f[:-3] for f in os.listdir(os.path.join(lib.REPO, 'configs')) if f.endswith('.py') and f != '__init__.py'}
-  assert files == {name for name, _ in PRESETS}
+  # The distillation presets' loop also reads a teacher from a file (tests/training/distill_test.py runs that loop).
+  assert files - {'distill_default', 'deit_b16_i1k_distill'} == {name for name, _ in PRESETS}
 
 
 @pytest.mark.parametrize('name,arg', PRESETS, ids=[n for n, _ in PRESETS])
@@ -30,9 +31,9 @@ def test_the_loop_hands_every_presets_steps_uint8_images_and_int32_labels(name, 
   seen = {'train': [], 'eval': []}
   shape = lambda batch: {k: (v.dtype.name, v.shape) for k, v in batch.items()}
 
-  def compile_stand_in(config, info, model, tx, schedule, loss_fn, batch_ops, mesh, rules):
+  def compile_stand_in(config, info, model, tx, schedule, loss_fn, batch_ops, mesh, rules, objective, frozen):
     seen['batch_ops'] = batch_ops
-    return types.SimpleNamespace()
+    return types.SimpleNamespace(flops_per_step=None)
 
   def eval_step(params, batch):  # the sums the real eval step returns, so the evaluator runs to its end
     seen['eval'].append(shape(batch))

@@ -91,6 +91,7 @@ def get_config() -> ml_collections.ConfigDict:
       decoder_hidden_size=512,     # MAE decoder width (its MLP is 4x); fixed sin-cos position embeddings
       decoder_num_heads=16,        # MAE decoder attention heads
       norm_pix_loss=True,          # MAE: normalise each target patch by its own mean and variance
+      distill_token=False,         # DeiT's distillation token: own head on the teacher's hard label (classifier 'token')
   ))
   c.model_init = _ph(str)          # checkpoint to fine-tune from: .npz, workdir, timm/HF file or folder (docs/timm_hf.md)
   c.model_init_arch = _ph(str)     # timm architecture of a bare timm state dict in model_init
@@ -123,6 +124,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.objective = 'classification'   # 'classification' (labels) | 'mae' (masked-autoencoder pretraining, docs/mae.md)
   c.loss = 'softmax_xent'          # 'softmax_xent' | 'sigmoid_xent' (multi-label, ImageNet-21k)
   c.ema_decay = 0.                 # > 0: keep an EMA of the params and evaluate it beside the raw params
+
+  # --- Objective (vit_jax.training.objectives); distillation (vit_jax.training.distill, docs/distillation.md).
+  c.objective = 'classification'   # 'classification' (labels) | 'distill' (a frozen teacher, config.teacher)
+  c.teacher = _ph(str)             # distill: teacher checkpoint: our workdir (its newest, EMA if any), .npz, timm/HF file
+  c.teacher_model_name = _ph(str)  # distill: the teacher's registered model (None: the workdir's own, or timm/HF's)
+  c.teacher_model = ml_collections.ConfigDict()  # distill: config.model-style overrides of the teacher's model
+  c.distill = ml_collections.ConfigDict(dict(
+      temperature=1.0,             # T: KL(teacher || student) of the logits / T, times T**2
+      alpha=1.0,                   # loss = alpha * distillation + (1 - alpha) * label loss
+  ))
 
   # --- Evaluators beside the default 'val' (config.dataset's pp.test split, logged as val/...), big_vision style:
   # name -> dict(split=..., dataset=... (default config.dataset), pp=dict(...) (eval pp overrides), every=...

@@ -16,7 +16,7 @@ _TRANSFORMER_KEYS = ('num_layers', 'num_heads', 'mlp_dim', 'dropout_rate', 'atte
 _OPTION_KEYS = ('posemb', 'head_bias_init', 'head_zeroinit', 'stochastic_depth', 'attention_impl', 'scan',
                 'remat_policy', 'num_registers', 'layer_scale_init', 'qk_norm', 'parallel_block', 'use_bias',
                 'patch_dropout', 'mup_base_width', 'mlp_activation', 'norm_eps', 'pre_norm', 'fc_norm',
-                'projection_dim', 'pixel_mean', 'pixel_std')
+                'projection_dim', 'pixel_mean', 'pixel_std', 'distill_token')
 
 
 def resnet_override(model: Mapping[str, Any]) -> Optional[tuple]:

@@ -493,7 +493,9 @@ class VisionTransformer(Module):
   Transformers Need Registers"); `layer_scale_init` (CaiT / DeiT III LayerScale); `qk_norm` and `parallel_block`
   (ViT-22B); `use_bias=False` drops the q/k/v/out and MLP biases; `patch_dropout` keeps a random
   1 - patch_dropout of the patch tokens in training (FLIP); `mup_base_width` switches on muP's forward pass (see
-  `vit_jax.training.optim.mup_lr_scales` for the table).
+  `vit_jax.training.optim.mup_lr_scales` for the table); `distill_token` (DeiT, classifier 'token'): a second
+  learned token whose output feeds its own head; the logits are the two heads' mean, or with
+  `distill_heads=True` the pair (class head, distillation head) that `vit_jax.training.distill` trains.
   """
 
   num_classes: Optional[int]
@@ -528,6 +530,7 @@ class VisionTransformer(Module):
   projection_dim: Optional[int] = None  # bias-free linear map of the pooled features (CLIP's projection)
   pixel_mean: Optional[Tuple[float, float, float]] = None  # [-1, 1] inputs re-normalised to (x01 - mean) / std
   pixel_std: Optional[Tuple[float, float, float]] = None
+  distill_token: bool = False          # DeiT: a learned `dist` token after `cls`, with its own head `head_dist`
 
   def _check(self) -> None:
     for name, value, allowed in (('classifier', self.classifier, CLASSIFIERS),
@@ -544,6 +547,8 @@ class VisionTransformer(Module):
                        f'{", ".join(layers.ACTIVATIONS)}.')
     if self.num_registers < 0:
       raise ValueError(f'num_registers={self.num_registers} must be >= 0.')
+    if self.distill_token and self.classifier != 'token':
+      raise ValueError(f"distill_token needs classifier='token', got {self.classifier!r}.")
 
   def _mup_attention_logit_scale(self) -> Optional[float]:
     """muP: q k^T / head_dim instead of / sqrt(head_dim), equal to the standard scale at the base width."""
@@ -554,8 +559,10 @@ class VisionTransformer(Module):
     return float(np.sqrt(base_head_dim) / head_dim)
 
   @nn.compact
-  def __call__(self, inputs: Array, *, train: bool, keep: Optional[Array] = None) -> Array:
-    """`keep` (B, K) int: the encoder runs on these patch tokens only (MAE's visible patches; `models.mae`)."""
+  def __call__(self, inputs: Array, *, train: bool, keep: Optional[Array] = None, distill_heads: bool = False
+               ) -> Any:
+    """`keep` (B, K) int: the encoder runs on these patch tokens only (MAE's visible patches; `models.mae`).
+    `distill_heads`: with `distill_token`, the class and distillation heads' logits apart (else their mean at eval)."""
     self._check()
     x = jnp.asarray(inputs, self.dtype)
     if self.pixel_mean is not None:  # checkpoints trained on mean/std-normalised pixels take our [-1, 1] images
@@ -582,6 +589,10 @@ class VisionTransformer(Module):
         cls = self.param('cls', _logical(nn.initializers.zeros, (None, None, 'embed')), (1, 1, c))
         x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), [n, 1, 1]), x], axis=1)
         prefix = 1
+      if self.distill_token:  # DeiT's init: truncated normal 0.02 (ours: normal 0.02), distinct from cls
+        dist = self.param('dist', _logical(nn.initializers.normal(stddev=0.02), (None, None, 'embed')), (1, 1, c))
+        x = jnp.concatenate([x[:, :1], jnp.tile(dist.astype(x.dtype), [n, 1, 1]), x[:, 1:]], axis=1)
+        prefix = 2
       num_cls = prefix
       if self.num_registers:
         # DINOv2's (and timm's) init; the position embedding gives each register its own start.
@@ -605,7 +616,9 @@ class VisionTransformer(Module):
       if self.num_registers:  # registers only carry computation: no output, no pooling
         x = jnp.concatenate([x[:, :num_cls], x[:, num_cls + self.num_registers:]], axis=1)
 
-    if self.classifier == 'token':
+    if self.classifier == 'token' and self.distill_token:
+      x = x[:, :2]  # (cls, dist): the layers below act on the last axis, both tokens through the same ones
+    elif self.classifier == 'token':
       x = x[:, 0]
     elif self.classifier == 'gap':
       x = jnp.mean(x, axis=1)
@@ -630,9 +643,16 @@ class VisionTransformer(Module):
       if self.mup_base_width:  # muP's output multiplier (1 at the base width)
         x = x * (self.mup_base_width / self.hidden_size)
       kernel_init = nn.initializers.zeros if self.head_zeroinit else nn.initializers.lecun_normal()
-      x = nn.Dense(self.num_classes, name='head', dtype=jnp.float32,
-                   kernel_init=_logical(kernel_init, ('embed', 'classes')),
-                   bias_init=_logical(nn.initializers.constant(self.head_bias_init), ('classes',)))(x)
+      def head(name):
+        return nn.Dense(self.num_classes, name=name, dtype=jnp.float32,
+                        kernel_init=_logical(kernel_init, ('embed', 'classes')),
+                        bias_init=_logical(nn.initializers.constant(self.head_bias_init), ('classes',)))
+      if self.distill_token:
+        class_logits, distill_logits = head('head')(x[:, 0]), head('head_dist')(x[:, 1])
+        return (class_logits, distill_logits) if distill_heads else (class_logits + distill_logits) / 2
+      x = head('head')(x)
+    elif self.distill_token:
+      x = x[:, 0]  # features: the class token's
     return x
 
 

@@ -25,8 +25,9 @@ Params = Dict[str, Any]
 
 
 # ------------------------------------------------------------------------------------------------ checkpoints
-def _load_workdir_params(workdir: epath.PathLike) -> Params:
-  """The params of a training workdir's newest checkpoint (`checkpoints/<step>/state`), as host numpy arrays.
+def _load_workdir_params(workdir: epath.PathLike, ema: bool = False) -> Params:
+  """The params (`ema`: their EMA) of a training workdir's newest checkpoint (`checkpoints/<step>/state`), as host
+  numpy arrays.
 
   Reads the `state` item without a target tree, so neither the model, the optimizer nor the device count of the
   training run is needed; the newest step that reads wins, like the loop's own resume.
@@ -47,7 +48,7 @@ def _load_workdir_params(workdir: epath.PathLike) -> Params:
         tree = getattr(tree, 'tree', tree)
         as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
         state = ckptr.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
-      return state['params']
+      return state['ema_params' if ema else 'params']
     except Exception as e:  # pylint: disable=broad-except  # Any failure to read: try the previous step.
       errors.append(f'step {step}: {type(e).__name__}: {str(e).strip().splitlines()[0][:120] if str(e) else ""}')
   raise ValueError(f'No readable checkpoint in {directory} ({"; ".join(errors)}).')
@@ -65,12 +66,13 @@ def workdir_model(workdir: epath.PathLike, num_classes: int) -> models.VisionTra
   return model.clone(scan=False, remat_policy='none', attention_impl=impl)
 
 
-def load_params(path: epath.PathLike) -> Params:
+def load_params(path: epath.PathLike, *, ema: bool = False) -> Params:
   """Plain numpy params (looped `encoderblock_{i}` layout) from a published .npz or a training workdir (local
-  or a URL; an MAE workdir gives its encoder, without the decoder)."""
+  or a URL; an MAE workdir gives its encoder, without the decoder; `ema`: the workdir's EMA params, which a run
+  with `config.ema_decay` > 0 keeps)."""
   if not epath.Path(path).exists():
     raise FileNotFoundError(f'Checkpoint {path} does not exist; pass a .npz file or a training workdir.')
-  params = _load_workdir_params(path) if epath.Path(path).is_dir() else checkpoint.load(path)
+  params = _load_workdir_params(path, ema) if epath.Path(path).is_dir() else checkpoint.load(path)
   params = flax.core.unfreeze(params) if isinstance(params, flax.core.FrozenDict) else dict(params)
   params.pop('decoder', None)  # an MAE workdir: the decoder only serves pretraining; the encoder is a plain ViT
   if 'Transformer' in params:

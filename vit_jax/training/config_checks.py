@@ -33,7 +33,7 @@ _NON_NEGATIVE_INTS = ('warmup_steps', 'keep_checkpoint_every', 'profile_steps', 
 _ENUMS = {
     'decay_type': optim.DECAY_TYPES,
     'loss': ('softmax_xent', 'sigmoid_xent'),
-    'objective': ('classification', 'mae'),
+    'objective': ('classification', 'mae', 'distill'),
 }
 
 
@@ -149,6 +149,13 @@ MODEL_RULES: Dict[str, Rule] = {
     'decoder_hidden_size': _int(1),
     'decoder_num_heads': _int(1),
     'norm_pix_loss': _BOOL,
+    'distill_token': _BOOL,
+}
+
+# `config.distill` (vit_jax.training.distill).
+DISTILL_RULES: Dict[str, Rule] = {
+    'temperature': _number(0., open_low=True),
+    'alpha': _number(0., 1., closed_high=True),
 }
 
 # Every `config.optim` key and what it accepts (vit_jax.training.optim; the schedule keys are top-level).
@@ -199,6 +206,9 @@ def check_model(model_name: str, model: Mapping[str, Any]) -> None:
                       f'(of {model_name!r} unless set); pick a width that is a multiple of the heads.')
   if model.get('posemb') == 'sincos2d' and width % 4:
     raise ConfigError(f"config.model.posemb='sincos2d' needs config.model.hidden_size divisible by 4, got {width}.")
+  if model.get('distill_token') and (model.get('classifier') or registered.get('classifier')) != 'token':
+    raise ConfigError("config.model.distill_token needs config.model.classifier='token' (DeiT's class and "
+                      'distillation tokens); set it.')
   if heads and model.get('attention_impl') == 'cudnn' and (width // heads) % 8:
     raise ConfigError(f"config.model.attention_impl='cudnn' needs a head dim (hidden_size / num_heads) that is a "
                       f"multiple of 8, got {width // heads}; use 'auto' or 'xla'.")
@@ -331,6 +341,7 @@ def validate(config: Any, *, num_devices: Optional[int] = None, check_data: bool
   if isinstance(config.sharding_rules, str) and config.sharding_rules not in ('dp', 'fsdp', 'tp'):
     raise ConfigError(f'config.sharding_rules={config.sharding_rules!r} is not one of dp, fsdp, tp (or a '
                       'list of (logical axis, mesh axes) pairs).')
+  _check_distill(config)
   for key in ('resume', 'model_init'):
     path = config[key]
     if path and not epath.Path(path).exists():
@@ -371,6 +382,17 @@ def validate(config: Any, *, num_devices: Optional[int] = None, check_data: bool
                       f'{patch} of {config.model_name!r}; set config.pp.crop to a multiple of {patch} or '
                       'config.model.patch_size to a divisor of it.')
   return info
+
+
+def _check_distill(config: Any) -> None:
+  """`config.distill`'s ranges; with `objective='distill'` a teacher that exists."""
+  check_section(config.distill, DISTILL_RULES, 'config.distill')
+  if config.objective != 'distill':
+    return
+  if not config.teacher:
+    raise ConfigError("config.objective='distill' needs config.teacher: a workdir, .npz or timm/HF checkpoint.")
+  if not epath.Path(config.teacher).exists():
+    raise ConfigError(f'config.teacher={config.teacher!r} does not exist; fix the path.')
 
 
 def pp_dict(pp: Any) -> dict:

@@ -47,6 +47,7 @@ from vit_jax.models import vit
 from vit_jax.tools import inference
 from vit_jax.training import checkpointing
 from vit_jax.training import config_checks
+from vit_jax.training import distill
 from vit_jax.training import losses
 from vit_jax.training import mae
 from vit_jax.training import metric_logging
@@ -54,6 +55,7 @@ from vit_jax.training import objectives
 from vit_jax.training import optim
 from vit_jax.training import provenance
 from vit_jax.training import sharding
+from vit_jax.training import teacher
 from vit_jax.training import train_step
 
 # Keys of `config` that vit_jax.training.optim reads at the top level (vit_jax's names); the rest live in `config.optim`.
@@ -118,19 +120,22 @@ def _zero_sums(replicated: jax.sharding.Sharding) -> Dict[str, jax.Array]:
   return {k: jax.device_put(np.float32(0.), replicated) for k in AVERAGED_METRICS}
 
 
-def jit_step(step_fn, state_shardings, batch_sharding, replicated):
+def jit_step(step_fn, state_shardings, batch_sharding, replicated, frozen_shardings=None):
   """The jitted, donated step the loop runs: (state, batch, first_bad, sums) -> (state, metrics, first_bad, sums).
 
-  `first_bad` marks the first non-finite step; `sums` adds up AVERAGED_METRICS on the device.
+  `first_bad` marks the first non-finite step; `sums` adds up AVERAGED_METRICS on the device. With
+  `frozen_shardings` the step takes a fifth argument, `frozen` (a distillation teacher's params), passed to the
+  objective and never donated: an argument rather than a closure, which would embed it in the program as constants.
   """
 
-  def guarded_step(state, batch, first_bad, sums):
-    state, metrics = step_fn(state, batch)
+  def guarded_step(state, batch, first_bad, sums, *frozen):
+    state, metrics = step_fn(state, batch, *frozen)
     sums = {k: sums[k] + metrics[k].astype(jnp.float32) for k in sums}
     return state, metrics, _first_bad_step(first_bad, state.step, metrics), sums
 
+  frozen_in = () if frozen_shardings is None else (frozen_shardings,)
   return jax.jit(
-      guarded_step, in_shardings=(state_shardings, batch_sharding, replicated, replicated),
+      guarded_step, in_shardings=(state_shardings, batch_sharding, replicated, replicated) + frozen_in,
       out_shardings=(state_shardings, replicated, replicated, replicated), donate_argnums=(0, 2, 3))
 
 
@@ -143,7 +148,10 @@ class Trained:
 
 
 def objective_for(config: Any, model: vit.VisionTransformer, loss_fn: Any) -> Trained:
-  """The one place the objective is chosen: classification of `model`, or MAE (its encoder plus a decoder)."""
+  """The model and loss `config.objective` trains: classification of `model`, or MAE (its encoder plus a decoder).
+
+  Distillation classifies too; its loss needs the teacher's loaded params, so `_distillation` makes it and the step
+  takes it in place of this one's."""
   if config.get('objective', 'classification') == 'mae':
     autoencoder = mae_model.from_classifier(model, config.model)
     norm_pix = config.model.get('norm_pix_loss', True)
@@ -193,6 +201,7 @@ class _Programs:
   abstract_state: Any
   rng: jax.Array
   flops_per_step: Optional[float]  # analytic model FLOPs of one step over the global batch (models/flops.py)
+  frozen_args: Tuple[Any, ...] = ()  # the train step's arguments after sums: (teacher params,) when distilling
 
 
 def _write_config(config: Any, workdir: epath.Path) -> None:
@@ -207,15 +216,18 @@ class StepProgram:
   init: Callable[[jax.Array], train_step.TrainState]  # unjitted; `out_shardings=state_shardings` shards it
   state_shardings: Any
   abstract_state: Any
-  step: Any  # jit_step(...): (state, batch, first_bad, sums) -> (state, metrics, first_bad, sums)
-  args: Tuple[Any, ...]  # abstract (state, batch, first_bad, sums), with their shardings
+  step: Any  # jit_step(...): (state, batch, first_bad, sums[, frozen]) -> (state, metrics, first_bad, sums)
+  args: Tuple[Any, ...]  # abstract (state, batch, first_bad, sums[, frozen]), with their shardings
 
 
 def step_program(config: Any, info: input_pipeline.DatasetInfo, model: vit.VisionTransformer, tx: Any,
                  schedule: Any, loss_fn: Any, batch_ops: mixing.BatchOps, mesh: jax.sharding.Mesh,
-                 rules: Any) -> StepProgram:
+                 rules: Any, objective: Any = None, frozen: Any = None) -> StepProgram:
   """Shapes, then shardings from the rules, then the jitted step, which takes uint8 images and integer labels and
-  finishes them on the devices (`batch_ops`); `vit_jax.perf.lowering` lowers this same step."""
+  finishes them on the devices (`batch_ops`); `vit_jax.perf.lowering` lowers this same step.
+
+  `objective`: the loss (None: `objective_for`'s, classification with `loss_fn` or MAE); `frozen`: abstract arrays
+  (with shardings) the step takes as a fifth argument and hands to the objective (`_distillation`)."""
   batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   rng = jax.random.PRNGKey(config.seed)
   trained = objective_for(config, model, loss_fn)
@@ -230,17 +242,19 @@ def step_program(config: Any, info: input_pipeline.DatasetInfo, model: vit.Visio
   sums = {k: jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated) for k in AVERAGED_METRICS}
   step = jit_step(train_step.make_train_step(model, tx, loss_fn, lr_schedule=schedule, accum_steps=config.accum_steps,
                                              ema_decay=config.ema_decay or None, mesh=mesh, rules=rules,
-                                             batch_ops=batch_ops, objective=trained.loss),
-                  state_shardings, batch_sharding, replicated)
+                                             batch_ops=batch_ops, objective=objective or trained.loss),
+                  state_shardings, batch_sharding, replicated,
+                  None if frozen is None else jax.tree.map(lambda x: x.sharding, frozen))
   return StepProgram(init=init, state_shardings=state_shardings, abstract_state=abstract_state, step=step,
-                     args=(abstract_state, abstract_batch, first_bad, sums))
+                     args=(abstract_state, abstract_batch, first_bad, sums) + (() if frozen is None else (frozen,)))
 
 
 def _compile(config: Any, info: Any, model: vit.VisionTransformer, tx: Any, schedule: Any, loss_fn: Any,
-             batch_ops: mixing.BatchOps, mesh: jax.sharding.Mesh, rules: Any) -> _Programs:
+             batch_ops: mixing.BatchOps, mesh: jax.sharding.Mesh, rules: Any, objective: Any = None,
+             frozen: Any = None) -> _Programs:
   """The sharded init (no param ever materialises unsharded), the AOT-compiled donated train step with the NaN
   marker and the window sums folded in, and the eval step; both steps finish uint8 batches on the devices."""
-  program = step_program(config, info, model, tx, schedule, loss_fn, batch_ops, mesh, rules)
+  program = step_program(config, info, model, tx, schedule, loss_fn, batch_ops, mesh, rules, objective, frozen)
   trained = objective_for(config, model, loss_fn)
   eval_step = jax.jit(trained.make_eval_step(mesh=mesh, rules=rules, batch_ops=batch_ops),
                       out_shardings=sharding.replicated(mesh))
@@ -328,8 +342,18 @@ def train_and_evaluate(config: Any, workdir: epath.PathLike) -> Dict[str, float]
   tx, schedule = optim.make_optimizer(optim_section(config))
   loss_fn = losses.get_loss_fn(config.loss)
 
+  # --- The objective (config.objective) and what its step takes besides the state (a teacher's params).
+  objective, frozen, frozen_flops = None, None, 0.
+  if config.objective == 'distill':
+    objective, frozen, frozen_flops = _distillation(config, info, model, loss_fn, mesh, rules)
+
   # --- Sharded init and the compiled steps.
-  programs = _compile(config, info, model, tx, schedule, loss_fn, batch_ops, mesh, rules)
+  programs = _compile(config, info, model, tx, schedule, loss_fn, batch_ops, mesh, rules, objective,
+                      None if frozen is None else jax.tree.map(lambda x: jax.ShapeDtypeStruct(
+                          x.shape, x.dtype, sharding=x.sharding), frozen))
+  programs.frozen_args = () if frozen is None else (frozen,)
+  if programs.flops_per_step:  # the teacher's forward is work the step does too (MFU)
+    programs.flops_per_step += frozen_flops
 
   # --- Resume: own checkpoint -> config.resume -> config.model_init -> scratch (see the module docstring).
   ckpt = checkpointing.Checkpointer(workdir / 'checkpoints', save_every=config.checkpoint_every,
@@ -350,6 +374,18 @@ def train_and_evaluate(config: Any, workdir: epath.PathLike) -> Dict[str, float]
   if jax.process_index() == 0:
     (workdir / 'final_metrics.json').write_text(json.dumps(eval_metrics))
   return eval_metrics
+
+
+# --- Distillation (config.objective='distill'): kept apart so that other objectives merge beside it.
+def _distillation(config: Any, info: Any, model: vit.VisionTransformer, loss_fn: Any, mesh: jax.sharding.Mesh,
+                  rules: Any) -> Tuple[Any, Any, float]:
+  """(the distillation objective, the teacher's params on the mesh, sharded by the student's rules, the teacher's
+  forward FLOPs per step)."""
+  teacher_model, host_params = teacher.load(config, info.num_classes, info.image_size)
+  params = teacher.put(host_params, teacher.abstract_params(teacher_model, host_params, info.image_size, mesh, rules))
+  objective = distill.distill(model, teacher_model, loss_fn, temperature=config.distill.temperature,
+                              alpha=config.distill.alpha, distill_token=bool(config.model.get('distill_token')))
+  return objective, params, flops.model_forward_flops(teacher_model, info.image_size) * config.batch
 
 
 @dataclasses.dataclass
@@ -423,7 +459,8 @@ def _train(config: Any, workdir: epath.Path, state: train_step.TrainState, progr
       with progress.waiting_for_input():
         batch = next(train_iter)
       with jax.transfer_guard_device_to_host('disallow'):
-        state, metrics, first_bad, sums = programs.train_step(state, batch, first_bad, sums)
+        state, metrics, first_bad, sums = programs.train_step(state, batch, first_bad, sums,
+                                                              *programs.frozen_args)
       step += 1
       window_steps += 1
       last = step == config.total_steps
