@@ -218,6 +218,7 @@ class StepProgram:
   abstract_state: Any
   step: Any  # jit_step(...): (state, batch, first_bad, sums[, frozen]) -> (state, metrics, first_bad, sums)
   args: Tuple[Any, ...]  # abstract (state, batch, first_bad, sums[, frozen]), with their shardings
+  trained: Trained  # what the state's params are of (`objective_for`): the eval step and the FLOPs follow it
 
 
 def step_program(config: Any, info: input_pipeline.DatasetInfo, model: vit.VisionTransformer, tx: Any,
@@ -246,7 +247,8 @@ def step_program(config: Any, info: input_pipeline.DatasetInfo, model: vit.Visio
                   state_shardings, batch_sharding, replicated,
                   None if frozen is None else jax.tree.map(lambda x: x.sharding, frozen))
   return StepProgram(init=init, state_shardings=state_shardings, abstract_state=abstract_state, step=step,
-                     args=(abstract_state, abstract_batch, first_bad, sums) + (() if frozen is None else (frozen,)))
+                     args=(abstract_state, abstract_batch, first_bad, sums) + (() if frozen is None else (frozen,)),
+                     trained=trained)
 
 
 def _compile(config: Any, info: Any, model: vit.VisionTransformer, tx: Any, schedule: Any, loss_fn: Any,
@@ -255,7 +257,7 @@ def _compile(config: Any, info: Any, model: vit.VisionTransformer, tx: Any, sche
   """The sharded init (no param ever materialises unsharded), the AOT-compiled donated train step with the NaN
   marker and the window sums folded in, and the eval step; both steps finish uint8 batches on the devices."""
   program = step_program(config, info, model, tx, schedule, loss_fn, batch_ops, mesh, rules, objective, frozen)
-  trained = objective_for(config, model, loss_fn)
+  trained = program.trained
   eval_step = jax.jit(trained.make_eval_step(mesh=mesh, rules=rules, batch_ops=batch_ops),
                       out_shardings=sharding.replicated(mesh))
   return _Programs(init=jax.jit(program.init, out_shardings=program.state_shardings),
