@@ -6,8 +6,12 @@ in the ordinary ViT layout at the top level (`embedding`, `cls`, `Transformer/..
 a workdir's params minus `decoder` load into a classifier (`config.model_init`) or export as a ViT `.npz`.
 
 The decoder's position embeddings are the fixed 2-D sin-cos ones (as the paper's): nothing to learn or resample,
-and the decoder is thrown away after pretraining. Hybrid (ResNet stem) models are not supported: the stem's
-receptive field would let visible tokens see masked pixels.
+and the decoder is thrown away after pretraining.
+
+Hybrids (ResNet stem + ViT): a token covers a square of `patch` pixels (the stem's stride times the patch size), and
+the masked squares' pixels are set to 0 (the middle of our [-1, 1] range) before the stem, so that no visible token
+sees a masked pixel through the stem's receptive field; the transformer still runs on the visible tokens only. The
+stem itself runs on the whole (partly zeroed) image.
 """
 from typing import Any, Optional, Tuple
 
@@ -15,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vit_jax.models import resnet as resnet_lib
 from vit_jax.models import vit
 
 Array = jax.Array
@@ -38,6 +43,19 @@ def random_masks(rng: Array, batch: int, num_patches: int, mask_ratio: float) ->
   keep = jax.vmap(one)(jnp.arange(batch))
   masked = jnp.ones((batch, num_patches), bool).at[jnp.arange(batch)[:, None], keep].set(False)
   return keep, masked
+
+
+def stem_stride(resnet: Any) -> int:
+  """How many pixels one position of the ResNet stem's output spans; 1 without a stem."""
+  return 1 if resnet is None else resnet_lib.root_stride(resnet['num_layers'])
+
+
+def pixel_visible(masked: Array, grid: Tuple[int, int], patch: int) -> Array:
+  """(B, H, W, 1) bool: the pixels of the visible tokens, from `masked` (B, N) over a row-major `grid` of squares
+  of `patch` pixels."""
+  m = ~masked.reshape(masked.shape[0], grid[0], 1, grid[1], 1)
+  m = jnp.broadcast_to(m, (masked.shape[0], grid[0], patch, grid[1], patch))
+  return m.reshape(masked.shape[0], grid[0] * patch, grid[1] * patch, 1)
 
 
 class Decoder(vit.Module):
@@ -89,9 +107,6 @@ class MaskedAutoencoder(vit.Module):
   decoder_num_heads: int = 16
 
   def setup(self):
-    if self.encoder.resnet is not None:
-      raise ValueError('MAE needs a plain ViT: a hybrid\'s ResNet stem lets visible tokens see masked pixels; '
-                       'choose a model without resnet.')
     if not 0 < self.mask_ratio < 1:
       raise ValueError(f'mask_ratio={self.mask_ratio} must be in (0, 1).')
     nn.share_scope(self, self.encoder)  # the encoder's params at the top level: the ordinary ViT layout
@@ -102,12 +117,16 @@ class MaskedAutoencoder(vit.Module):
 
   @property
   def patch(self) -> int:
-    return int(tuple(self.encoder.patches['size'])[0])
+    """The side in pixels of the square one token covers (and the decoder predicts): the patch size, times the
+    ResNet stem's stride in a hybrid."""
+    return int(tuple(self.encoder.patches['size'])[0]) * stem_stride(self.encoder.resnet)
 
   def __call__(self, images: Array, *, train: bool, mask_rng: Optional[Array] = None) -> Tuple[Array, Array]:
     b, h, w = images.shape[0], images.shape[1] // self.patch, images.shape[2] // self.patch
     rng = jax.random.PRNGKey(0) if mask_rng is None else mask_rng
     keep, masked = random_masks(rng, b, h * w, self.mask_ratio)
+    if self.encoder.resnet is not None:  # the stem must not see masked pixels: zero them
+      images = images * pixel_visible(masked, (h, w), self.patch).astype(images.dtype)
     tokens = self.encoder(images, train=train, keep=keep)
     return self.decoder(tokens, keep, (h, w), train=train), masked
 

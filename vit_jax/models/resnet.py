@@ -70,6 +70,11 @@ class ResNetStage(nn.Module):
     return x
 
 
+def root_stride(num_layers: Sequence[int]) -> int:
+  """Pixels per output position of `resnet_root`: 4 (root conv and max-pool), times 2 per stage after the first."""
+  return 4 * 2 ** max(len(tuple(num_layers)) - 1, 0)
+
+
 def resnet_root(x: jnp.ndarray, num_layers: Sequence[int], width_factor: float = 1,
                 dtype: Dtype = jnp.float32) -> jnp.ndarray:
   """Root conv + stages of a hybrid; call inside a compact method so the layers sit at its top level.

@@ -17,6 +17,7 @@ from etils import epath
 from vit_jax.models import build
 from vit_jax.models import layers
 from vit_jax.models import registry
+from vit_jax.models import resnet
 from vit_jax.models import vit
 from vit_jax.training import optim
 from vit_jax.training import sharding
@@ -213,13 +214,9 @@ def check_model(model_name: str, model: Mapping[str, Any]) -> None:
     raise ConfigError(f"config.model.attention_impl='cudnn' needs a head dim (hidden_size / num_heads) that is a "
                       f"multiple of 8, got {width // heads}; use 'auto' or 'xla'.")
 
-def _check_mae(model_name: str, model: Mapping[str, Any]) -> None:
-  """What MAE needs of the model: a plain ViT (no ResNet stem) and decoder heads that divide its width."""
-  stages = build.resnet_override(model)
-  if stages is not None or registry.get_config(model_name).get('resnet'):
-    raise ConfigError(f"config.objective='mae' needs a plain ViT, but {model_name!r} has a ResNet stem (its receptive "
-                      'field lets visible patches see masked pixels); pick a ViT model or set '
-                      'config.model.resnet_num_layers=None.')
+def _check_mae(model: Mapping[str, Any]) -> None:
+  """What MAE needs of the model: decoder heads that divide its width (a hybrid's stem is fed the visible pixels
+  only: `models.mae`)."""
   width, heads = model.get('decoder_hidden_size', 512), model.get('decoder_num_heads', 16)
   if width % heads or width % 4:
     raise ConfigError(f'config.model.decoder_hidden_size={width} must be divisible by 4 and by '
@@ -286,12 +283,12 @@ def _patch_grid_divisor(config: Any) -> int:
   """How many pixels each token covers along one side (`check_model` has checked the model name)."""
   model_cfg = registry.get_config(config.model_name)  # known: check_model ran first
   patch = config.model.patch_size or model_cfg['patches']['size'][0]
-  resnet = model_cfg.get('resnet')
+  registered = model_cfg.get('resnet')
   stages = build.resnet_override(config.model)
-  if stages is None and resnet is not None:
-    stages = resnet['num_layers']
-  if stages is not None:  # The ResNet root downsamples 4x, then 2x per stage after the first.
-    patch *= 4 * 2 ** max(len(stages) - 1, 0)
+  if stages is None and registered is not None:
+    stages = registered['num_layers']
+  if stages is not None:
+    patch *= resnet.root_stride(stages)
   return patch
 
 
@@ -317,7 +314,7 @@ def validate(config: Any, *, num_devices: Optional[int] = None, check_data: bool
       raise ConfigError(f'config.{key}={value!r} is not one of {", ".join(map(repr, allowed))}; pick one.')
   check_model(config.model_name, config.model)
   if _get(config, 'objective') == 'mae':
-    _check_mae(config.model_name, config.model)
+    _check_mae(config.model)
   check_section(config.optim, OPTIM_RULES, 'config.optim')
   if config.warmup_steps >= config.total_steps and config.decay_type in ('cosine', 'linear'):
     raise ConfigError(f'config.warmup_steps={config.warmup_steps} must be below config.total_steps='
