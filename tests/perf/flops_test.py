@@ -33,6 +33,7 @@ OPTIONS = {
     'patch_dropout': dict(patch_dropout=0.5),
     'patch_dropout+map+registers': dict(patch_dropout=0.75, classifier='map', num_registers=4),
     'hybrid': dict(resnet={'num_layers': (1,), 'width_factor': 1}, patches={'size': (1, 1)}),
+    'distill_token+rep': dict(distill_token=True, representation_size=96),  # 2 tokens, each through pre_logits
     'block options': dict(qk_norm=True, parallel_block=True, layer_scale_init=1e-4, use_bias=False,
                           posemb='sincos2d', mup_base_width=96),
 }
@@ -87,10 +88,13 @@ def test_unknown_devices_get_no_peak_rather_than_a_neighbours(kind):
   assert metric_logging.peak_flops(kind) is None
 
 
-def test_mae_counts_the_encoder_on_visible_tokens_plus_the_decoder():
+@pytest.mark.parametrize('option', ['token', 'hybrid'])
+def test_mae_counts_the_encoder_on_visible_tokens_plus_the_decoder(option):
+  """A hybrid's tokens cover 4x4 pixels (stem stride 4, patch 1): the same 64 tokens, plus the stem on every pixel."""
   from vit_jax.models import mae  # pylint: disable=g-import-not-at-top
   cfg = registry.get_config('Ti/4')
   cfg['transformer']['num_layers'] = 2
+  cfg.update(OPTIONS[option])
   model = mae.MaskedAutoencoder(encoder=vit.VisionTransformer(num_classes=0, **{**cfg, 'classifier': 'token_unpooled'}),
                                 decoder_num_layers=1, decoder_hidden_size=128, decoder_num_heads=4)
   x = jnp.zeros((2, RES, RES, 3), jnp.float32)

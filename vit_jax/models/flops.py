@@ -3,8 +3,8 @@
 The count the MFU figures use (the training loop's `progress/mfu` and the benchmark's): unlike XLA's cost analysis
 it does not count a `scan` body once, a gradient-accumulation scan once, or a cuDNN attention custom call as zero.
 It counts the tokens the model actually processes: patch dropout's kept patches (training only), the class token,
-register tokens, a MAP head's probe over the pooled tokens, a per-token head for unpooled classifiers, and the
-ResNet stem of hybrids. A train step is 3 forward passes (forward + backward, the convention of
+DeiT's distillation token (and its second head), register tokens, a MAP head's probe over the pooled tokens, a
+per-token head for unpooled classifiers, and the ResNet stem of hybrids. A train step is 3 forward passes (forward + backward, the convention of
 `timm_baseline.py`); recomputation under remat is not model work and is not counted, nor is the cuDNN path's padding
 of 197 tokens to 198. Norms, GELU and softmax are left out (a few % of a ViT's FLOPs; `tests/perf/flops_test.py`
 holds the count to XLA's cost analysis of the unrolled forward for every model option).
@@ -66,13 +66,15 @@ def forward_flops(mc: Mapping[str, Any], resolution: int, num_classes: int, *, t
   classifier = _get(mc, 'classifier', 'token')
   outputs = grid  # tokens leaving the encoder (registers dropped)
   if t is not None:
-    cls = 1 if classifier in ('token', 'token_unpooled') else 0
+    cls = (1 if classifier in ('token', 'token_unpooled') else 0) + int(bool(_get(mc, 'distill_token')))
     outputs = cls + kept_patches(grid if visible is None else visible, _get(mc, 'patch_dropout', 0.), train)
     n, m = outputs + _get(mc, 'num_registers', 0), t['mlp_dim']
     flops += t['num_layers'] * (2 * n * (4 * d * d + 2 * d * m) + 4 * n * n * d)
     if classifier == 'map':  # one probe query: q/out projections of 1 token, k/v of the outputs, attention, MLP
       flops += 2 * 2 * d * d + 2 * outputs * 2 * d * d + 4 * outputs * d + 2 * 2 * d * m
   heads = outputs if classifier in ('unpooled', 'token_unpooled') else 1  # the head runs on every token
+  if _get(mc, 'distill_token'):  # DeiT: the class and distillation tokens, each through its own head
+    heads = 2
   rep = _get(mc, 'representation_size')
   if rep:
     flops += heads * 2 * d * rep
@@ -84,15 +86,16 @@ def model_config(model: Any) -> dict:
   """The fields of a built `VisionTransformer` that `forward_flops` reads."""
   return {'patches': model.patches, 'hidden_size': model.hidden_size, 'transformer': model.transformer,
           'resnet': model.resnet, 'classifier': model.classifier, 'representation_size': model.representation_size,
-          'num_registers': model.num_registers, 'patch_dropout': model.patch_dropout}
+          'num_registers': model.num_registers, 'patch_dropout': model.patch_dropout,
+          'distill_token': model.distill_token}
 
 
 def mae_forward_flops(model: Any, resolution: int) -> float:
-  """One image's forward through a `models.mae.MaskedAutoencoder`: the patch embedding of every patch, the encoder
-  on the class token and the visible patches, the decoder's embedding of those, its blocks on all tokens (MLP 4x)
+  """One image's forward through a `models.mae.MaskedAutoencoder`: a hybrid's ResNet stem on the whole image, the
+  patch embedding of every patch, the encoder on the class token and the visible patches, the decoder's embedding of those, its blocks on all tokens (MLP 4x)
   and the pixel prediction of every token."""
   enc = model.encoder
-  p = _get(enc.patches, 'size')[0]
+  p = model.patch  # pixels per token side (the stem's stride times the patch size in a hybrid)
   n = (resolution // p) ** 2
   k = max(1, int(n * (1. - model.mask_ratio)))  # models.mae.num_visible
   prefix = 1 if enc.classifier in ('token', 'token_unpooled') else 0
