@@ -145,6 +145,8 @@ PRESETS = {
 }
 # MAE pretraining presets: name -> per-device batch (4096 over a TPU v3-128).
 MAE_PRESETS = {'mae_vit_b16_i1k': 32, 'mae_vit_l16_i1k': 32}
+# Distillation presets: name -> per-device batch (1024 over a TPU v3-32).
+DISTILL_PRESETS = {'deit_b16_i1k_distill': 32}
 PRESET_LAYERS = 1
 # Accumulation steps the presets need to fit the named TPU (docs/compile_check.md); the others take the whole batch.
 ACCUM_STEPS = {'vit_b16_i1k_augreg': 4, 'finetune': 8}
@@ -153,10 +155,9 @@ ACCUM_STEPS = {'vit_b16_i1k_augreg': 4, 'finetune': 8}
 def test_every_accelerator_preset_has_a_lowering_row():
   import glob  # pylint: disable=g-import-not-at-top
   presets = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, 'configs', '*.py'))}
-  # default, mae_digits: float32 on CPU, nothing to pin; the distillation presets' step also takes a teacher read
-  # from a file at run time (lowering it, teacher included, is not done yet).
-  assert set(PRESETS) | set(MAE_PRESETS) == presets - {'__init__', 'default', 'mae_digits', 'distill_default',
-                                                       'deit_b16_i1k_distill'}
+  # default, mae_digits, distill_default: float32 on CPU, nothing to pin.
+  assert set(PRESETS) | set(MAE_PRESETS) | set(DISTILL_PRESETS) == presets - {'__init__', 'default', 'mae_digits',
+                                                                              'distill_default'}
 
 
 def _preset_program(name: str, platform: str):
@@ -223,6 +224,41 @@ def test_mae_preset_train_step_lowers_with_fused_attention_in_encoder_and_decode
   if platform == 'cuda':  # cuDNN in the encoder's and the decoder's blocks alike, forward and backward
     layers = PRESET_LAYERS + config.model.decoder_num_layers
     assert (c['spmd_fmha_fwd'], c['spmd_fmha_bwd']) == (layers, layers)
+  else:
+    assert c['spmd_partitioned_calls'] == 0
+
+
+@pytest.fixture(scope='module')
+def vit_b16_teacher(tmp_path_factory):
+  """config overrides naming a one-block ViT-B/16 ImageNet teacher written as an .npz (zeros: the lowering reads
+  only its shapes)."""
+  from vit_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from vit_jax.models import build  # pylint: disable=g-import-not-at-top
+  model = build.build_model('ViT-B_16', {'num_layers': PRESET_LAYERS}, 1000)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)), train=False))
+  path = str(tmp_path_factory.mktemp('teacher') / 'vit_b16.npz')
+  checkpoint.save_npz(jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes['params']), path)
+  return {'teacher': path, 'teacher_model_name': 'ViT-B_16', 'teacher_model.num_layers': PRESET_LAYERS}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(len(jax.devices()) < 8, reason='needs 8 devices (tests/conftest.py fakes 8 CPUs)')
+@pytest.mark.parametrize('platform', ['cuda', 'tpu'])
+@pytest.mark.parametrize('name', sorted(DISTILL_PRESETS))
+def test_distill_preset_step_runs_the_teacher_forward_only_in_bf16(name, platform, vit_b16_teacher):
+  per_device = DISTILL_PRESETS[name]
+  config = lib.apply(lib.load_config(name), {'model.num_layers': PRESET_LAYERS, 'batch': 8 * per_device,
+                                             **vit_b16_teacher})
+  text = lowering.lower_config(config, 1000, platform)
+  c = lowering.summarize(text)
+  assert (c['host_callbacks'], c['other_custom_calls'], c['fmha_fwd'], c['fmha_bwd']) == (0, 0, 0, 0)
+  # The teacher enters the step as bf16 arrays (the student's params are float32 masters): its MLP kernel.
+  main = next(line for line in text.splitlines() if re.search(r'func\.func public @main\(', line))
+  assert 'tensor<768x3072xbf16>' in main and 'tensor<768x3072xf32>' in main
+  if platform == 'cuda':  # cuDNN attention in the student's blocks (forward and backward) and the teacher's
+    # (a forward that keeps no softmax statistics: the teacher is never differentiated)
+    assert (c['spmd_fmha_fwd'], c['spmd_fmha_bwd'], c['spmd_fmha_fwd_only']) == (PRESET_LAYERS,) * 3
+    assert c['spmd_partitioned_calls'] == 3 * PRESET_LAYERS
   else:
     assert c['spmd_partitioned_calls'] == 0
 

@@ -76,7 +76,8 @@ def config_program(config: Any, num_classes: int, image_size: Optional[int] = No
   """The training loop's own step for an experiment config, not compiled: `config.mesh` over `devices` (default:
   all), `config.sharding_rules`, the model of `config.model` (dtype, remat, scan, attention), the optimizer and
   loss, at `config.batch` uint8 images of `image_size` (default `config.pp.crop`) pixels with integer labels, the
-  preset's mixing and label ops done in the step as the loop does them."""
+  preset's mixing and label ops done in the step as the loop does them; under distillation the teacher that
+  `config.teacher` names (read from its file) as the step's fifth argument."""
   return config_step(config, num_classes, image_size, sharding.make_mesh(dict(config.mesh), devices))[0]
 
 
@@ -88,8 +89,11 @@ def config_step(config: Any, num_classes: int, image_size: Optional[int],
   info = input_pipeline.DatasetInfo(num_classes=num_classes, num_train=0, num_eval=0,
                                     image_size=image_size or config.pp.crop, multi_label=False)
   batch_ops = mixing.BatchOps.from_pp(config_checks.pp_dict(config.pp), num_classes)
-  program = loop.step_program(config, info, model, tx, schedule, losses.get_loss_fn(config.loss), batch_ops, mesh,
-                              sharding.get_rules(config.sharding_rules))
+  loss_fn, rules = losses.get_loss_fn(config.loss), sharding.get_rules(config.sharding_rules)
+  objective, frozen = None, None
+  if config.get('objective') == 'distill':  # the teacher read from config.teacher; its params stay abstract
+    objective, frozen, _, _ = loop.distillation(config, info, model, loss_fn, mesh, rules)
+  program = loop.step_program(config, info, model, tx, schedule, loss_fn, batch_ops, mesh, rules, objective, frozen)
   return program, model
 
 
@@ -143,7 +147,8 @@ def _function_counts(text: str) -> Dict[str, Dict[str, Any]]:
       if custom:
         results, target = custom.groups()
         ops['custom_call:' + target] += 1
-        if target == 'CustomSPMDPartitioning':  # jax's cuDNN attention under a mesh: (out, stats) or (dq, dk, dv)
+        # jax's cuDNN attention under a mesh: out (a forward nothing differentiates), (out, stats) or (dq, dk, dv)
+        if target == 'CustomSPMDPartitioning':
           ops[f'spmd_results:{results or 1}'] += 1
       dot = _DOT.search(line)
       if dot:
@@ -180,6 +185,7 @@ def summarize(text: str) -> Dict[str, int]:
       'spmd_partitioned_calls': customs.get('CustomSPMDPartitioning', 0),
       'spmd_fmha_fwd': counts.get('spmd_results:2', 0),
       'spmd_fmha_bwd': counts.get('spmd_results:3', 0),
+      'spmd_fmha_fwd_only': counts.get('spmd_results:1', 0),  # no stats kept: inference, a frozen teacher
       'host_callbacks': callbacks + sum(counts.get(k, 0) for k in _HOST_OPS),
       'other_custom_calls': sum(v for k, v in customs.items()
                                 if k not in (FMHA_FORWARD, FMHA_BACKWARD, 'CustomSPMDPartitioning')) - callbacks,

@@ -150,7 +150,7 @@ class Trained:
 def objective_for(config: Any, model: vit.VisionTransformer, loss_fn: Any) -> Trained:
   """The model and loss `config.objective` trains: classification of `model`, or MAE (its encoder plus a decoder).
 
-  Distillation classifies too; its loss needs the teacher's loaded params, so `_distillation` makes it and the step
+  Distillation classifies too; its loss needs the teacher's loaded params, so `distillation` makes it and the step
   takes it in place of this one's."""
   if config.get('objective', 'classification') == 'mae':
     autoencoder = mae_model.from_classifier(model, config.model)
@@ -228,7 +228,7 @@ def step_program(config: Any, info: input_pipeline.DatasetInfo, model: vit.Visio
   finishes them on the devices (`batch_ops`); `vit_jax.perf.lowering` lowers this same step.
 
   `objective`: the loss (None: `objective_for`'s, classification with `loss_fn` or MAE); `frozen`: abstract arrays
-  (with shardings) the step takes as a fifth argument and hands to the objective (`_distillation`)."""
+  (with shardings) the step takes as a fifth argument and hands to the objective (`distillation`)."""
   batch_sharding, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   rng = jax.random.PRNGKey(config.seed)
   trained = objective_for(config, model, loss_fn)
@@ -345,14 +345,14 @@ def train_and_evaluate(config: Any, workdir: epath.PathLike) -> Dict[str, float]
   loss_fn = losses.get_loss_fn(config.loss)
 
   # --- The objective (config.objective) and what its step takes besides the state (a teacher's params).
-  objective, frozen, frozen_flops = None, None, 0.
+  objective, abstract_frozen, frozen, frozen_flops = None, None, None, 0.
   if config.objective == 'distill':
-    objective, frozen, frozen_flops = _distillation(config, info, model, loss_fn, mesh, rules)
+    objective, abstract_frozen, host_frozen, frozen_flops = distillation(config, info, model, loss_fn, mesh, rules)
+    frozen = teacher.put(host_frozen, abstract_frozen)
 
   # --- Sharded init and the compiled steps.
   programs = _compile(config, info, model, tx, schedule, loss_fn, batch_ops, mesh, rules, objective,
-                      None if frozen is None else jax.tree.map(lambda x: jax.ShapeDtypeStruct(
-                          x.shape, x.dtype, sharding=x.sharding), frozen))
+                      abstract_frozen)
   programs.frozen_args = () if frozen is None else (frozen,)
   if programs.flops_per_step:  # the teacher's forward is work the step does too (MFU)
     programs.flops_per_step += frozen_flops
@@ -379,15 +379,15 @@ def train_and_evaluate(config: Any, workdir: epath.PathLike) -> Dict[str, float]
 
 
 # --- Distillation (config.objective='distill'): kept apart so that other objectives merge beside it.
-def _distillation(config: Any, info: Any, model: vit.VisionTransformer, loss_fn: Any, mesh: jax.sharding.Mesh,
-                  rules: Any) -> Tuple[Any, Any, float]:
-  """(the distillation objective, the teacher's params on the mesh, sharded by the student's rules, the teacher's
-  forward FLOPs per step)."""
+def distillation(config: Any, info: Any, model: vit.VisionTransformer, loss_fn: Any, mesh: jax.sharding.Mesh,
+                 rules: Any) -> Tuple[Any, Any, Any, float]:
+  """(the distillation objective, the teacher's params as abstract arrays sharded by the student's rules, the same
+  params on the host (`teacher.put` places them), the teacher's forward FLOPs per step)."""
   teacher_model, host_params = teacher.load(config, info.num_classes, info.image_size)
-  params = teacher.put(host_params, teacher.abstract_params(teacher_model, host_params, info.image_size, mesh, rules))
+  abstract = teacher.abstract_params(teacher_model, host_params, info.image_size, mesh, rules)
   objective = distill.distill(model, teacher_model, loss_fn, temperature=config.distill.temperature,
                               alpha=config.distill.alpha, distill_token=bool(config.model.get('distill_token')))
-  return objective, params, flops.model_forward_flops(teacher_model, info.image_size) * config.batch
+  return objective, abstract, host_params, flops.model_forward_flops(teacher_model, info.image_size) * config.batch
 
 
 @dataclasses.dataclass
