@@ -17,7 +17,10 @@ The watchdog here makes that bounded and readable:
 Stopping is one line on stderr naming the lost process, then exit status `EXIT_PROCESS_LOST` without waiting for
 anything (an async checkpoint save in flight is abandoned: Orbax commits a step only once every process wrote its
 part, so the newest committed checkpoint stays the one a relaunch resumes from). JAX's own heartbeat timeout is set
-to twice ours, as the backstop for a watchdog thread that cannot run (a network gone rather than a process).
+to four times ours (at least ours + 30 s), as the backstop for a watchdog thread that cannot run (a network gone
+rather than a process). Its service declares a process dead between half its timeout and its whole timeout after
+the death (a process's last heartbeat can be up to half a timeout old), so at only twice ours it could abort
+process 0, unexplained, in the same second as our watchdog's line (seen once on a loaded 2-core machine).
 
 When process 0 dies, JAX's client in every other process sees its long-polling error RPC fail at once and calls
 its missed-heartbeat callback, whose default logs "Terminating process because the JAX distributed service
@@ -50,7 +53,7 @@ def start(*, coordinator_address: Optional[str] = None, num_processes: Optional[
   jax.distributed.initialize(
       coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id,
       initialization_timeout=int(barrier_timeout_s),
-      heartbeat_timeout_seconds=int(max(2 * heartbeat_timeout_s, heartbeat_timeout_s + 10)))
+      heartbeat_timeout_seconds=int(max(4 * heartbeat_timeout_s, heartbeat_timeout_s + 30)))
   from jax._src import distributed  # pylint: disable=g-import-not-at-top  # The client is not public API.
   watchdog = Watchdog(distributed.global_state.client, jax.process_index(), jax.process_count(),
                       heartbeat_timeout_s, coordinator=distributed.global_state.coordinator_address,
