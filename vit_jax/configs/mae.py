@@ -27,6 +27,15 @@ def _imagenet(c: ml_collections.ConfigDict, batch: int) -> None:
   c.optim.weight_decay = 0.05
 
 
+def set_objective(c: ml_collections.ConfigDict, *, decoder: tuple, mask_ratio: float = 0.75,
+                  norm_pix_loss: bool = True) -> None:
+  """config.objective='mae' with its model keys; `decoder`: (layers, width, heads)."""
+  c.objective = 'mae'
+  c.model.mask_ratio = mask_ratio
+  c.model.decoder_num_layers, c.model.decoder_hidden_size, c.model.decoder_num_heads = decoder
+  c.model.norm_pix_loss = norm_pix_loss
+
+
 def pretrain(model_name: str) -> ml_collections.ConfigDict:
   """MAE pretraining: 1600 epochs, batch 4096, AdamW lr 1.5e-4 * 4096/256, betas (0.9, 0.95), wd 0.05, 40 warmup
   epochs then cosine; RandomResizedCrop (area 0.2-1) + flip; mask 0.75, decoder 8 x 512 (16 heads), norm_pix."""
@@ -34,12 +43,7 @@ def pretrain(model_name: str) -> ml_collections.ConfigDict:
   _imagenet(c, 4096)
   c.pp.area_range = (0.2, 1.0)
   c.model_name = model_name
-  c.objective = 'mae'
-  c.model.mask_ratio = 0.75
-  c.model.decoder_num_layers = 8
-  c.model.decoder_hidden_size = 512
-  c.model.decoder_num_heads = 16
-  c.model.norm_pix_loss = True
+  set_objective(c, decoder=(8, 512, 16))
   steps_per_epoch = IMAGENET_TRAIN / c.batch
   c.total_steps = round(1600 * steps_per_epoch)   # 500,456
   c.warmup_steps = round(40 * steps_per_epoch)    # 12,511
