@@ -182,7 +182,8 @@ def test_hybrid_sees_no_masked_pixel_through_its_stem():
   apply = jax.jit(lambda x: model.apply({'params': params}, x, train=False))  # the fixed eval masks
   pred, masked = apply(images)
   assert pred.shape == (2, 16, 4 * 4 * 3) and np.asarray(masked).sum() == 2 * 12
-  hidden = ~mae_model.pixel_visible(masked, (4, 4), 4)
+  # The masked squares' pixels, (B, 16, 16, 1), computed here rather than by the model's own helper.
+  hidden = np.repeat(np.repeat(np.asarray(masked).reshape(2, 4, 4), 4, axis=1), 4, axis=2)[..., None]
   noise = jax.random.uniform(jax.random.PRNGKey(3), images.shape, minval=-1, maxval=1)
   np.testing.assert_array_equal(apply(jnp.where(hidden, noise, images))[0], pred)
   square = int(np.flatnonzero(~np.asarray(masked[0]))[0])  # a visible square of example 0

@@ -4,10 +4,11 @@ The count the MFU figures use (the training loop's `progress/mfu` and the benchm
 it does not count a `scan` body once, a gradient-accumulation scan once, or a cuDNN attention custom call as zero.
 It counts the tokens the model actually processes: patch dropout's kept patches (training only), the class token,
 DeiT's distillation token (and its second head), register tokens, a MAP head's probe over the pooled tokens, a
-per-token head for unpooled classifiers, and the ResNet stem of hybrids. A train step is 3 forward passes (forward + backward, the convention of
-`timm_baseline.py`); recomputation under remat is not model work and is not counted, nor is the cuDNN path's padding
-of 197 tokens to 198. Norms, GELU and softmax are left out (a few % of a ViT's FLOPs; `tests/perf/flops_test.py`
-holds the count to XLA's cost analysis of the unrolled forward for every model option).
+per-token head for unpooled classifiers, and the ResNet stem of hybrids. A train step is 3 forward passes (forward
++ backward, the convention of `timm_baseline.py`); recomputation under remat is not model work and is not counted,
+nor is the cuDNN path's padding of 197 tokens to 198. Norms, GELU and softmax are left out (a few % of a ViT's
+FLOPs; `tests/perf/flops_test.py` holds the count to XLA's cost analysis of the unrolled forward for every model
+option).
 """
 import math
 from typing import Any, Mapping, Optional
@@ -63,18 +64,17 @@ def forward_flops(mc: Mapping[str, Any], resolution: int, num_classes: int, *, t
                                               _get(mc['resnet'], 'width_factor', 1))
   grid = (side // p) ** 2
   flops += 2 * grid * p * p * channels * d
-  classifier = _get(mc, 'classifier', 'token')
+  classifier, distill = _get(mc, 'classifier', 'token'), bool(_get(mc, 'distill_token'))
   outputs = grid  # tokens leaving the encoder (registers dropped)
   if t is not None:
-    cls = (1 if classifier in ('token', 'token_unpooled') else 0) + int(bool(_get(mc, 'distill_token')))
-    outputs = cls + kept_patches(grid if visible is None else visible, _get(mc, 'patch_dropout', 0.), train)
+    prefix = int(classifier in ('token', 'token_unpooled')) + int(distill)  # class (and DeiT's distillation) token
+    outputs = prefix + kept_patches(grid if visible is None else visible, _get(mc, 'patch_dropout', 0.), train)
     n, m = outputs + _get(mc, 'num_registers', 0), t['mlp_dim']
     flops += t['num_layers'] * (2 * n * (4 * d * d + 2 * d * m) + 4 * n * n * d)
     if classifier == 'map':  # one probe query: q/out projections of 1 token, k/v of the outputs, attention, MLP
       flops += 2 * 2 * d * d + 2 * outputs * 2 * d * d + 4 * outputs * d + 2 * 2 * d * m
-  heads = outputs if classifier in ('unpooled', 'token_unpooled') else 1  # the head runs on every token
-  if _get(mc, 'distill_token'):  # DeiT: the class and distillation tokens, each through its own head
-    heads = 2
+  # Unpooled: the head runs on every token; DeiT: the class and distillation tokens, each through its own head.
+  heads = outputs if classifier in ('unpooled', 'token_unpooled') else 2 if distill else 1
   rep = _get(mc, 'representation_size')
   if rep:
     flops += heads * 2 * d * rep
@@ -92,8 +92,8 @@ def model_config(model: Any) -> dict:
 
 def mae_forward_flops(model: Any, resolution: int) -> float:
   """One image's forward through a `models.mae.MaskedAutoencoder`: a hybrid's ResNet stem on the whole image, the
-  patch embedding of every patch, the encoder on the class token and the visible patches, the decoder's embedding of those, its blocks on all tokens (MLP 4x)
-  and the pixel prediction of every token."""
+  patch embedding of every patch, the encoder on the class token and the visible patches, the decoder's embedding
+  of those, its blocks on all tokens (MLP 4x) and the pixel prediction of every token."""
   enc = model.encoder
   p = model.patch  # pixels per token side (the stem's stride times the patch size in a hybrid)
   n = (resolution // p) ** 2

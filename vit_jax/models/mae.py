@@ -45,11 +45,6 @@ def random_masks(rng: Array, batch: int, num_patches: int, mask_ratio: float) ->
   return keep, masked
 
 
-def stem_stride(resnet: Any) -> int:
-  """How many pixels one position of the ResNet stem's output spans; 1 without a stem."""
-  return 1 if resnet is None else resnet_lib.root_stride(resnet['num_layers'])
-
-
 def pixel_visible(masked: Array, grid: Tuple[int, int], patch: int) -> Array:
   """(B, H, W, 1) bool: the pixels of the visible tokens, from `masked` (B, N) over a row-major `grid` of squares
   of `patch` pixels."""
@@ -119,7 +114,9 @@ class MaskedAutoencoder(vit.Module):
   def patch(self) -> int:
     """The side in pixels of the square one token covers (and the decoder predicts): the patch size, times the
     ResNet stem's stride in a hybrid."""
-    return int(tuple(self.encoder.patches['size'])[0]) * stem_stride(self.encoder.resnet)
+    resnet = self.encoder.resnet
+    stride = 1 if resnet is None else resnet_lib.root_stride(resnet['num_layers'])
+    return int(tuple(self.encoder.patches['size'])[0]) * stride
 
   def __call__(self, images: Array, *, train: bool, mask_rng: Optional[Array] = None) -> Tuple[Array, Array]:
     b, h, w = images.shape[0], images.shape[1] // self.patch, images.shape[2] // self.patch
